@@ -1,0 +1,134 @@
+//! The storage interface: one narrow trait in repository terms.
+//!
+//! Every repository, local or remote, is a flat namespace of write-once
+//! objects named by `/`-separated ASCII paths (`config`, `keys/<id>`,
+//! `packs/ab/<id>`, `index/<id>`, `snapshots/<id>`, `locks/<id>`,
+//! `pending/<id>`). The backend never sees plaintext or key material; names
+//! are keyed hashes or random ids.
+//!
+//! # Contract
+//!
+//! Implementations must uphold all of the following; `tests/it/backend_contract.rs`
+//! checks them against every implementation.
+//!
+//! - **`put_if_absent`** stores `data` under `name` only if no object of that
+//!   name exists, atomically: two racing writers produce exactly one
+//!   [`Put::Created`]; the other sees [`Put::Existed`] and the stored bytes
+//!   are the winner's, untouched. When it returns `Created`, the object is
+//!   durable (fsynced, or acknowledged by the store). A reader never sees a
+//!   partial object under `name`, even after a crash mid-write.
+//! - **`get`** returns the whole object or [`Error::NotFound`].
+//! - **`get_range`** returns exactly the bytes of `range`; a range that runs
+//!   past the end of the object is an error, never a short read.
+//! - **`list`** returns every object whose name starts with `prefix`, across
+//!   all pages. A failure on any page fails the whole call: a listing is
+//!   never silently partial, and an error is never reported as emptiness.
+//! - **`delete`** removes the object; deleting a missing object succeeds.
+//!
+//! Nothing here retries integrity failures: bytes are authenticated above
+//! this layer, and a damaged object stays an error.
+
+pub mod local;
+pub mod memory;
+pub mod metered;
+
+use std::fmt::Debug;
+use std::ops::Range;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub use local::LocalBackend;
+pub use memory::MemoryBackend;
+pub use metered::{Metered, RequestCounts};
+
+use crate::error::{Error, Result};
+
+/// Outcome of [`Backend::put_if_absent`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Put {
+    /// The object was created with the given bytes.
+    Created,
+    /// An object of that name already existed and was left untouched.
+    Existed,
+}
+
+/// One entry of a listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// The object's full name.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When the storage last modified it, by the storage's clock.
+    pub modified: Option<jiff::Timestamp>,
+}
+
+/// A repository's storage. See the module docs for the contract.
+#[async_trait]
+pub trait Backend: Send + Sync + Debug {
+    /// Where the repository lives, for messages (a path or URL).
+    fn location(&self) -> String;
+
+    /// Prepares empty storage for `init` (see the contract).
+    async fn create_root(&self) -> Result<()>;
+
+    /// Creates `name` with `data` unless it exists.
+    async fn put_if_absent(&self, name: &str, data: Bytes) -> Result<Put>;
+
+    /// Reads a whole object.
+    async fn get(&self, name: &str) -> Result<Bytes>;
+
+    /// Reads `range` of an object.
+    async fn get_range(&self, name: &str, range: Range<u64>) -> Result<Bytes>;
+
+    /// Lists every object under `prefix` (such as `"snapshots/"`).
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
+
+    /// Removes an object; a missing object is not an error.
+    async fn delete(&self, name: &str) -> Result<()>;
+}
+
+/// The top-level prefixes of a repository, in the order `init` creates them.
+pub const DIRECTORIES: [&str; 6] = ["keys", "packs", "index", "snapshots", "locks", "pending"];
+
+/// Opens the backend a `--repo` value names: a path, `file:///path`, or
+/// `s3://bucket/prefix`.
+pub fn open(url: &str) -> Result<Arc<dyn Backend>> {
+    if url.is_empty() {
+        return Err(Error::InvalidArgument(
+            "no repository given: pass --repo or set LARDER_REPO".into(),
+        ));
+    }
+    if let Some(path) = url.strip_prefix("file://") {
+        return Ok(Arc::new(LocalBackend::new(path)));
+    }
+    if let Some(scheme_end) = url.find("://") {
+        return Err(Error::InvalidArgument(format!(
+            "repository URL scheme {:?} is not supported by this build; use a local path or file:///path",
+            &url[..scheme_end]
+        )));
+    }
+    Ok(Arc::new(LocalBackend::new(url)))
+}
+
+/// Checks that `name` is a well-formed object name: non-empty `/`-separated
+/// components of `[a-z0-9._-]`, none of them `.` or `..`.
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.split('/').all(|c| {
+            !c.is_empty()
+                && c != "."
+                && c != ".."
+                && c.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "{name:?} is not a valid object name"
+        )))
+    }
+}

@@ -1,0 +1,273 @@
+//! A repository in a local directory.
+//!
+//! Objects are files under the repository root at their names. A write goes
+//! to a temporary file (`.tmp-<random>`) in the destination directory, is
+//! fsynced, renamed into place without overwriting (`renameat2` with
+//! `RENAME_NOREPLACE`, or `link` + `unlink` where the file system lacks it),
+//! and the directory is fsynced. A crash therefore leaves either nothing or
+//! the complete object under its name; stray temporary files are skipped by
+//! `list` and removed by prune.
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{Backend, ObjectInfo, Put, validate_name};
+use crate::error::{Error, Result};
+
+/// Prefix of temporary files; never a valid object name component.
+pub const TEMP_PREFIX: &str = ".tmp-";
+
+/// A local directory backend.
+#[derive(Clone, Debug)]
+pub struct LocalBackend {
+    root: PathBuf,
+}
+
+impl LocalBackend {
+    /// A backend rooted at `root` (which need not exist yet).
+    pub fn new(root: impl Into<PathBuf>) -> LocalBackend {
+        LocalBackend { root: root.into() }
+    }
+
+    /// The repository directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, name: &str) -> Result<PathBuf> {
+        validate_name(name)?;
+        Ok(self.root.join(name))
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| panic!("local storage task panicked: {e}"))
+}
+
+#[async_trait]
+impl Backend for LocalBackend {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    async fn create_root(&self) -> Result<()> {
+        let root = self.root.clone();
+        blocking(move || {
+            fs::create_dir_all(&root).map_err(|e| Error::io("creating", &root, e))?;
+            let mut entries = fs::read_dir(&root).map_err(|e| Error::io("listing", &root, e))?;
+            if entries.next().is_some() {
+                return Err(Error::AlreadyInitialised {
+                    location: root.display().to_string(),
+                });
+            }
+            for dir in super::DIRECTORIES {
+                let path = root.join(dir);
+                fs::create_dir(&path).map_err(|e| Error::io("creating", &path, e))?;
+            }
+            sync_dir(&root)?;
+            if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync_dir(parent)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn put_if_absent(&self, name: &str, data: Bytes) -> Result<Put> {
+        let path = self.path(name)?;
+        let root = self.root.clone();
+        blocking(move || write_new(&root, &path, &data)).await
+    }
+
+    async fn get(&self, name: &str) -> Result<Bytes> {
+        let path = self.path(name)?;
+        let name = name.to_string();
+        blocking(move || match fs::read(&path) {
+            Ok(bytes) => Ok(Bytes::from(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::NotFound { object: name }),
+            Err(e) => Err(Error::io("reading", path, e)),
+        })
+        .await
+    }
+
+    async fn get_range(&self, name: &str, range: Range<u64>) -> Result<Bytes> {
+        let path = self.path(name)?;
+        let name = name.to_string();
+        blocking(move || {
+            let mut file = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(Error::NotFound { object: name });
+                }
+                Err(e) => return Err(Error::io("opening", path, e)),
+            };
+            let len = usize::try_from(range.end.saturating_sub(range.start))
+                .expect("ranges fit in memory");
+            let mut buf = vec![0u8; len];
+            file.seek(SeekFrom::Start(range.start))
+                .and_then(|_| file.read_exact(&mut buf))
+                .map_err(|e| match e.kind() {
+                    io::ErrorKind::UnexpectedEof => Error::corrupt(
+                        &name,
+                        format!(
+                            "is shorter than expected: bytes {}..{} not present",
+                            range.start, range.end
+                        ),
+                    ),
+                    _ => Error::io("reading", &path, e),
+                })?;
+            Ok(Bytes::from(buf))
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let dir_name = prefix.trim_end_matches('/');
+        validate_name(dir_name)?;
+        let root = self.root.clone();
+        let dir = self.root.join(dir_name);
+        blocking(move || {
+            let mut out = Vec::new();
+            walk(&root, &dir, &mut out)?;
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete(&self, name: &str) -> Result<()> {
+        let path = self.path(name)?;
+        blocking(move || match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("deleting", path, e)),
+        })
+        .await
+    }
+}
+
+/// Lists files under `dir` recursively. A missing directory is an error: a
+/// local repository has every top-level directory from `init` on, so its
+/// absence means damage, never emptiness.
+fn walk(root: &Path, dir: &Path, out: &mut Vec<ObjectInfo>) -> Result<()> {
+    let entries = fs::read_dir(dir).map_err(|e| Error::io("listing", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("listing", dir, e))?;
+        let file_name = entry.file_name();
+        if file_name.as_bytes().starts_with(TEMP_PREFIX.as_bytes()) {
+            continue;
+        }
+        let path = entry.path();
+        let meta = entry
+            .metadata()
+            .map_err(|e| Error::io("reading metadata of", &path, e))?;
+        if meta.is_dir() {
+            walk(root, &path, out)?;
+        } else if meta.is_file() {
+            let rel = path.strip_prefix(root).expect("walk stays under root");
+            let name = rel
+                .to_str()
+                .ok_or_else(|| {
+                    Error::corrupt(path.display().to_string(), "object name is not UTF-8")
+                })?
+                .to_string();
+            let modified = meta
+                .modified()
+                .ok()
+                .and_then(|t| jiff::Timestamp::try_from(t).ok());
+            out.push(ObjectInfo {
+                name,
+                size: meta.len(),
+                modified,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn write_new(root: &Path, path: &Path, data: &[u8]) -> Result<Put> {
+    let dir = path.parent().expect("object paths have a parent");
+    if fs::symlink_metadata(path).is_ok() {
+        return Ok(Put::Existed);
+    }
+    if !dir.is_dir() {
+        fs::create_dir_all(dir).map_err(|e| Error::io("creating directory", dir, e))?;
+        // Make the new directory entry durable, up to the repository root.
+        let mut d = dir;
+        while let Some(parent) = d.parent() {
+            sync_dir(parent)?;
+            if parent == root {
+                break;
+            }
+            d = parent;
+        }
+    }
+    let tmp = dir.join(format!(
+        "{TEMP_PREFIX}{}",
+        hex::encode(&crate::hash::random_bytes()[..8])
+    ));
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| Error::io("creating", &tmp, e))?;
+        file.write_all(data)
+            .map_err(|e| Error::io("writing", &tmp, e))?;
+        file.sync_all().map_err(|e| Error::io("syncing", &tmp, e))?;
+        drop(file);
+        let created =
+            rename_noreplace(&tmp, path).map_err(|e| Error::io("renaming into", path, e))?;
+        sync_dir(dir)?;
+        Ok(if created { Put::Created } else { Put::Existed })
+    })();
+    // The temporary name is gone after a successful rename; after any other
+    // outcome remove it so a failed write leaves nothing behind.
+    let _ = fs::remove_file(&tmp);
+    result
+}
+
+/// Renames `from` to `to` unless `to` exists. Returns false if it existed.
+pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<bool> {
+    let from_c = CString::new(from.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let to_c = CString::new(to.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: both pointers are valid NUL-terminated strings for the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from_c.as_ptr(),
+            libc::AT_FDCWD,
+            to_c.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EEXIST) => Ok(false),
+        // File systems without RENAME_NOREPLACE: link fails if `to` exists.
+        Some(libc::EINVAL) | Some(libc::ENOSYS) => match fs::hard_link(from, to) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e),
+        },
+        _ => Err(err),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("syncing directory", dir, e))
+}

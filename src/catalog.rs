@@ -1,0 +1,684 @@
+//! The catalog: a per-repository SQLite database in the cache directory,
+//! holding snapshots, every blob's location, packs, and which index objects
+//! have been absorbed. The only module that speaks SQL.
+//!
+//! It is derived data: [`crate::repo::Repo`] keeps it in step with the
+//! repository on every open, and `larder catalog rebuild` recreates it from
+//! the repository alone. Dedup lookups, snapshot listings and blob locations
+//! are queries, so memory does not grow with the repository. Schema and the
+//! reasons for its shape: `catalog/schema.sql`.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::error::{Error, Result};
+use crate::hash::{BlobId, IndexId, PackId, SnapshotId};
+use crate::index::IndexObject;
+use crate::pack::PackKind;
+use crate::seal::ObjectKind;
+use crate::snapshot::Snapshot;
+
+/// The schema version this build creates and reads.
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = include_str!("catalog/schema.sql");
+
+/// Where one blob is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlobLocation {
+    /// The pack holding it.
+    pub pack: PackId,
+    /// Offset of the sealed blob in the pack.
+    pub offset: u64,
+    /// Sealed length.
+    pub length: u32,
+    /// Plaintext length.
+    pub raw_length: u32,
+    /// Blob kind.
+    pub kind: ObjectKind,
+}
+
+/// Whether a pack's blobs may be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PackState {
+    /// Normal.
+    Usable,
+    /// Listed by prune for deletion: backups store its blobs again.
+    Pending,
+    /// Found damaged or missing by `check`: backups store its blobs again.
+    Damaged,
+}
+
+impl PackState {
+    fn code(self) -> i64 {
+        match self {
+            PackState::Usable => 0,
+            PackState::Pending => 1,
+            PackState::Damaged => 2,
+        }
+    }
+
+    fn from_code(code: i64) -> PackState {
+        match code {
+            1 => PackState::Pending,
+            2 => PackState::Damaged,
+            _ => PackState::Usable,
+        }
+    }
+}
+
+/// A pack as the catalog knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackRecord {
+    /// The pack.
+    pub id: PackId,
+    /// Data or tree.
+    pub kind: PackKind,
+    /// Stored size.
+    pub size: u64,
+    /// Usable, pending or damaged.
+    pub state: PackState,
+}
+
+/// Which snapshots a listing returns.
+#[derive(Clone, Debug, Default)]
+pub struct SnapshotFilter {
+    /// Only this source.
+    pub source: Option<String>,
+    /// Only this host.
+    pub host: Option<String>,
+    /// Only snapshots carrying every one of these tags.
+    pub tags: Vec<String>,
+}
+
+/// An open catalog.
+#[derive(Debug)]
+pub struct Catalog {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Catalog {
+    /// Opens (creating if needed) the catalog at `path`.
+    pub fn open(path: &Path) -> Result<Catalog> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::io("creating cache directory", dir, e))?;
+        }
+        let conn = Connection::open(path).map_err(|e| Error::Catalog {
+            op: "opening",
+            path: path.into(),
+            source: e,
+        })?;
+        let mut catalog = Catalog {
+            conn,
+            path: path.into(),
+        };
+        catalog.configure()?;
+        Ok(catalog)
+    }
+
+    /// A catalog held in memory (tests, and one-off inspection).
+    pub fn open_in_memory() -> Result<Catalog> {
+        let conn = Connection::open_in_memory().map_err(|e| Error::Catalog {
+            op: "opening",
+            path: ":memory:".into(),
+            source: e,
+        })?;
+        let mut catalog = Catalog {
+            conn,
+            path: ":memory:".into(),
+        };
+        catalog.configure()?;
+        Ok(catalog)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, op: &'static str) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
+        move |source| Error::Catalog {
+            op,
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn configure(&mut self) -> Result<()> {
+        // WAL with NORMAL sync: the catalog is derived data, so a lost last
+        // transaction after a power cut costs a re-sync, never correctness.
+        // The page cache is bounded so peak memory stays flat.
+        self.conn
+            .execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 PRAGMA synchronous = NORMAL;
+                 PRAGMA cache_size = -16384;
+                 PRAGMA busy_timeout = 60000;
+                 PRAGMA temp_store = FILE;",
+            )
+            .map_err(self.err("configuring"))?;
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(self.err("reading the schema version"))?;
+        match version {
+            0 => {
+                let tx = self.conn.transaction().map_err(|source| Error::Catalog {
+                    op: "creating the schema",
+                    path: self.path.clone(),
+                    source,
+                })?;
+                tx.execute_batch(SCHEMA)
+                    .and_then(|_| tx.pragma_update(None, "user_version", SCHEMA_VERSION))
+                    .and_then(|_| tx.commit())
+                    .map_err(|source| Error::Catalog {
+                        op: "creating the schema",
+                        path: self.path.clone(),
+                        source,
+                    })?;
+                Ok(())
+            }
+            SCHEMA_VERSION => Ok(()),
+            newer => Err(Error::Unsupported {
+                what: format!(
+                    "catalog {} (made by a newer larder; delete it or run `larder catalog rebuild`)",
+                    self.path.display()
+                ),
+                found: u32::try_from(newer).unwrap_or(u32::MAX),
+                supported: SCHEMA_VERSION.to_string(),
+            }),
+        }
+    }
+
+    /// True if a usable pack holds the blob.
+    pub fn has_blob(&self, id: &BlobId) -> Result<bool> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT 1 FROM blobs b JOIN packs p ON p.rowid = b.pack
+                 WHERE b.id = ?1 AND p.state = 0
+                   AND NOT EXISTS (SELECT 1 FROM damaged_blobs d WHERE d.id = b.id AND d.pack = b.pack)
+                 LIMIT 1",
+            )
+            .map_err(self.err("looking up a blob"))?;
+        stmt.exists([id.as_bytes()])
+            .map_err(self.err("looking up a blob"))
+    }
+
+    /// Where a usable copy of the blob is stored.
+    pub fn locate(&self, id: &BlobId) -> Result<Option<BlobLocation>> {
+        Ok(self.locate_all(id)?.into_iter().next())
+    }
+
+    /// Every usable stored copy of the blob.
+    pub fn locate_all(&self, id: &BlobId) -> Result<Vec<BlobLocation>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT p.id, b.offset, b.length, b.raw_length, b.kind
+                 FROM blobs b JOIN packs p ON p.rowid = b.pack
+                 WHERE b.id = ?1 AND p.state = 0
+                   AND NOT EXISTS (SELECT 1 FROM damaged_blobs d WHERE d.id = b.id AND d.pack = b.pack)",
+            )
+            .map_err(self.err("locating a blob"))?;
+        let rows = stmt
+            .query_map([id.as_bytes()], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })
+            .map_err(self.err("locating a blob"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (pack, offset, length, raw_length, kind) =
+                row.map_err(self.err("locating a blob"))?;
+            out.push(BlobLocation {
+                pack: PackId::from_slice(&pack).ok_or_else(|| self.damaged("pack id"))?,
+                offset: offset as u64,
+                length: length as u32,
+                raw_length: raw_length as u32,
+                kind: ObjectKind::from_code(kind as u8).ok_or_else(|| self.damaged("blob kind"))?,
+            });
+        }
+        Ok(out)
+    }
+
+    fn damaged(&self, what: &str) -> Error {
+        Error::corrupt(
+            self.path.display().to_string(),
+            format!("catalog holds an invalid {what}; run `larder catalog rebuild`"),
+        )
+    }
+
+    /// Index objects already absorbed.
+    pub fn index_ids(&self) -> Result<HashSet<IndexId>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id FROM index_objects")
+            .map_err(self.err("listing index objects"))?;
+        let ids = stmt
+            .query_map([], |r| r.get::<_, Vec<u8>>(0))
+            .map_err(self.err("listing index objects"))?
+            .filter_map(|r| r.ok().and_then(|b| IndexId::from_slice(&b)))
+            .collect();
+        Ok(ids)
+    }
+
+    /// Records an index object's packs and blobs, in one transaction.
+    pub fn absorb_index(&mut self, id: IndexId, index: &IndexObject) -> Result<()> {
+        let path = self.path.clone();
+        let err = |source| Error::Catalog {
+            op: "absorbing an index object",
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        {
+            let mut insert_pack = tx
+                .prepare_cached("INSERT OR IGNORE INTO packs (id, kind, size) VALUES (?1, ?2, ?3)")
+                .map_err(err)?;
+            let mut pack_rowid = tx
+                .prepare_cached("SELECT rowid FROM packs WHERE id = ?1")
+                .map_err(err)?;
+            let mut insert_blob = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO blobs (id, pack, offset, length, raw_length, kind)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(err)?;
+            let mut link = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO index_packs (index_id, pack) VALUES (?1, ?2)",
+                )
+                .map_err(err)?;
+            for pack in &index.packs {
+                insert_pack
+                    .execute(params![pack.id.as_bytes(), pack.kind, pack.size as i64])
+                    .map_err(err)?;
+                let rowid: i64 = pack_rowid
+                    .query_row([pack.id.as_bytes()], |r| r.get(0))
+                    .map_err(err)?;
+                link.execute(params![id.as_bytes(), rowid]).map_err(err)?;
+                for blob in &pack.blobs {
+                    insert_blob
+                        .execute(params![
+                            blob.id.as_bytes(),
+                            rowid,
+                            blob.offset as i64,
+                            blob.length,
+                            blob.raw_length,
+                            blob.kind
+                        ])
+                        .map_err(err)?;
+                }
+            }
+            tx.execute(
+                "INSERT OR IGNORE INTO index_objects (id) VALUES (?1)",
+                [id.as_bytes()],
+            )
+            .map_err(err)?;
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Forgets index objects that left the repository, and every pack (with
+    /// its blobs) that no remaining index object names. Returns the number of
+    /// packs forgotten.
+    pub fn drop_indexes(&mut self, ids: &[IndexId]) -> Result<usize> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let path = self.path.clone();
+        let err = |source| Error::Catalog {
+            op: "forgetting index objects",
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        for id in ids {
+            tx.execute("DELETE FROM index_objects WHERE id = ?1", [id.as_bytes()])
+                .map_err(err)?;
+            tx.execute(
+                "DELETE FROM index_packs WHERE index_id = ?1",
+                [id.as_bytes()],
+            )
+            .map_err(err)?;
+        }
+        let removed = tx
+            .execute(
+                "DELETE FROM packs WHERE rowid NOT IN (SELECT pack FROM index_packs)",
+                [],
+            )
+            .map_err(err)?;
+        if removed > 0 {
+            tx.execute(
+                "DELETE FROM blobs WHERE pack NOT IN (SELECT rowid FROM packs)",
+                [],
+            )
+            .map_err(err)?;
+            tx.execute(
+                "DELETE FROM damaged_blobs WHERE pack NOT IN (SELECT rowid FROM packs)",
+                [],
+            )
+            .map_err(err)?;
+        }
+        tx.commit().map_err(err)?;
+        Ok(removed)
+    }
+
+    /// Every pack, in id order.
+    pub fn packs(&self) -> Result<Vec<PackRecord>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, kind, size, state FROM packs ORDER BY id")
+            .map_err(self.err("listing packs"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })
+            .map_err(self.err("listing packs"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, kind, size, state) = row.map_err(self.err("listing packs"))?;
+            out.push(PackRecord {
+                id: PackId::from_slice(&id).ok_or_else(|| self.damaged("pack id"))?,
+                kind: PackKind::from_code(kind as u8).ok_or_else(|| self.damaged("pack kind"))?,
+                size: size as u64,
+                state: PackState::from_code(state),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Marks a pack's state (check marks damaged packs so backups store their
+    /// blobs again; a later clean check marks them usable).
+    pub fn set_pack_state(&self, id: &PackId, state: PackState) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE packs SET state = ?2 WHERE id = ?1",
+                params![id.as_bytes(), state.code()],
+            )
+            .map_err(self.err("updating a pack"))?;
+        Ok(())
+    }
+
+    /// Records which blobs of a pack `check --read-data` found damaged,
+    /// replacing what an earlier check recorded for that pack.
+    pub fn set_damaged_blobs(&mut self, pack: &PackId, blobs: &[BlobId]) -> Result<()> {
+        let path = self.path.clone();
+        let err = |source| Error::Catalog {
+            op: "recording damaged blobs",
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        let rowid: Option<i64> = tx
+            .query_row(
+                "SELECT rowid FROM packs WHERE id = ?1",
+                [pack.as_bytes()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(err)?;
+        if let Some(rowid) = rowid {
+            tx.execute("DELETE FROM damaged_blobs WHERE pack = ?1", [rowid])
+                .map_err(err)?;
+            for blob in blobs {
+                tx.execute(
+                    "INSERT OR IGNORE INTO damaged_blobs (id, pack) VALUES (?1, ?2)",
+                    params![blob.as_bytes(), rowid],
+                )
+                .map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Number of blob locations recorded.
+    pub fn blob_count(&self) -> Result<u64> {
+        self.conn
+            .query_row("SELECT count(*) FROM blobs", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(self.err("counting blobs"))
+    }
+
+    /// Snapshots already absorbed.
+    pub fn snapshot_ids(&self) -> Result<HashSet<SnapshotId>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id FROM snapshots")
+            .map_err(self.err("listing snapshots"))?;
+        let ids = stmt
+            .query_map([], |r| r.get::<_, Vec<u8>>(0))
+            .map_err(self.err("listing snapshots"))?
+            .filter_map(|r| r.ok().and_then(|b| SnapshotId::from_slice(&b)))
+            .collect();
+        Ok(ids)
+    }
+
+    /// Records a snapshot.
+    pub fn insert_snapshot(&self, id: &SnapshotId, snapshot: &Snapshot) -> Result<()> {
+        let body = minicbor::to_vec(snapshot).expect("encoding to a Vec cannot fail");
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO snapshots (id, time_ns, source, host, kind, root, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    id.as_bytes(),
+                    snapshot.time_ns,
+                    snapshot.source,
+                    snapshot.host,
+                    snapshot.kind,
+                    snapshot.root.as_bytes(),
+                    body
+                ],
+            )
+            .map_err(self.err("recording a snapshot"))?;
+        Ok(())
+    }
+
+    /// Forgets snapshots that left the repository.
+    pub fn remove_snapshots(&mut self, ids: &[SnapshotId]) -> Result<()> {
+        let path = self.path.clone();
+        let err = |source| Error::Catalog {
+            op: "forgetting snapshots",
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        for id in ids {
+            tx.execute("DELETE FROM snapshots WHERE id = ?1", [id.as_bytes()])
+                .map_err(err)?;
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Snapshots matching `filter`, oldest first.
+    pub fn snapshots(&self, filter: &SnapshotFilter) -> Result<Vec<(SnapshotId, Snapshot)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, body FROM snapshots
+                 WHERE (?1 IS NULL OR source = ?1) AND (?2 IS NULL OR host = ?2)
+                 ORDER BY time_ns, id",
+            )
+            .map_err(self.err("listing snapshots"))?;
+        let rows = stmt
+            .query_map(params![filter.source, filter.host], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })
+            .map_err(self.err("listing snapshots"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, body) = row.map_err(self.err("listing snapshots"))?;
+            let id = SnapshotId::from_slice(&id).ok_or_else(|| self.damaged("snapshot id"))?;
+            let snapshot: Snapshot =
+                minicbor::decode(&body).map_err(|_| self.damaged("snapshot"))?;
+            if filter.tags.iter().all(|t| snapshot.tags.contains(t)) {
+                out.push((id, snapshot));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Snapshot ids whose hex form starts with `prefix`.
+    pub fn snapshots_with_prefix(&self, prefix: &str) -> Result<Vec<SnapshotId>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id FROM snapshots WHERE lower(hex(id)) LIKE ?1 || '%' ORDER BY time_ns",
+            )
+            .map_err(self.err("finding a snapshot"))?;
+        let ids = stmt
+            .query_map([prefix.to_ascii_lowercase()], |r| r.get::<_, Vec<u8>>(0))
+            .map_err(self.err("finding a snapshot"))?
+            .filter_map(|r| r.ok().and_then(|b| SnapshotId::from_slice(&b)))
+            .collect();
+        Ok(ids)
+    }
+
+    /// One snapshot.
+    pub fn snapshot(&self, id: &SnapshotId) -> Result<Option<Snapshot>> {
+        let body: Option<Vec<u8>> = self
+            .conn
+            .query_row(
+                "SELECT body FROM snapshots WHERE id = ?1",
+                [id.as_bytes()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err("reading a snapshot"))?;
+        body.map(|b| minicbor::decode(&b).map_err(|_| self.damaged("snapshot")))
+            .transpose()
+    }
+
+    /// Runs SQLite's own consistency check; returns its complaints.
+    pub fn integrity_check(&self) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare("PRAGMA quick_check")
+            .map_err(self.err("checking integrity"))?;
+        let rows: Vec<String> = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(self.err("checking integrity"))?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(self.err("checking integrity"))?;
+        Ok(rows.into_iter().filter(|r| r != "ok").collect())
+    }
+
+    /// Moves the write-ahead log into the database and truncates it, so the
+    /// catalog does not keep a large WAL after a big backup.
+    pub fn checkpoint(&self) -> Result<()> {
+        self.conn
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .map_err(self.err("checkpointing"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::IndexedPack;
+    use crate::pack::PackEntry;
+
+    fn index_with(pack: u8, blobs: &[u8]) -> IndexObject {
+        IndexObject {
+            packs: vec![IndexedPack {
+                id: PackId([pack; 32]),
+                kind: PackKind::Data.code(),
+                size: 1000,
+                blobs: blobs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| PackEntry {
+                        kind: ObjectKind::DataBlob.code(),
+                        id: BlobId([*b; 32]),
+                        offset: i as u64 * 10,
+                        length: 10,
+                        raw_length: 20,
+                    })
+                    .collect(),
+            }],
+            supersedes: vec![],
+        }
+    }
+
+    #[test]
+    fn absorbed_blobs_are_found_and_dropped_with_their_index() {
+        let mut cat = Catalog::open_in_memory().unwrap();
+        let a = IndexId([1; 32]);
+        let b = IndexId([2; 32]);
+        cat.absorb_index(a, &index_with(10, &[1, 2, 3])).unwrap();
+        cat.absorb_index(b, &index_with(11, &[3, 4])).unwrap();
+        assert!(cat.has_blob(&BlobId([1; 32])).unwrap());
+        assert_eq!(cat.locate_all(&BlobId([3; 32])).unwrap().len(), 2);
+        assert_eq!(cat.index_ids().unwrap().len(), 2);
+
+        assert_eq!(cat.drop_indexes(&[a]).unwrap(), 1);
+        assert!(!cat.has_blob(&BlobId([1; 32])).unwrap());
+        let loc = cat.locate(&BlobId([3; 32])).unwrap().unwrap();
+        assert_eq!(loc.pack, PackId([11; 32]));
+        assert_eq!(cat.blob_count().unwrap(), 2);
+    }
+
+    #[test]
+    fn damaged_packs_do_not_count_for_dedup() {
+        let mut cat = Catalog::open_in_memory().unwrap();
+        cat.absorb_index(IndexId([1; 32]), &index_with(10, &[1]))
+            .unwrap();
+        cat.set_pack_state(&PackId([10; 32]), PackState::Damaged)
+            .unwrap();
+        assert!(!cat.has_blob(&BlobId([1; 32])).unwrap());
+        assert!(cat.locate(&BlobId([1; 32])).unwrap().is_none());
+        cat.set_pack_state(&PackId([10; 32]), PackState::Usable)
+            .unwrap();
+        assert!(cat.has_blob(&BlobId([1; 32])).unwrap());
+    }
+
+    #[test]
+    fn damaged_blobs_are_not_used_but_other_copies_are() {
+        let mut cat = Catalog::open_in_memory().unwrap();
+        cat.absorb_index(IndexId([1; 32]), &index_with(10, &[1, 2]))
+            .unwrap();
+        cat.set_damaged_blobs(&PackId([10; 32]), &[BlobId([1; 32])])
+            .unwrap();
+        assert!(!cat.has_blob(&BlobId([1; 32])).unwrap());
+        assert!(cat.has_blob(&BlobId([2; 32])).unwrap());
+        cat.absorb_index(IndexId([2; 32]), &index_with(11, &[1]))
+            .unwrap();
+        assert_eq!(
+            cat.locate(&BlobId([1; 32])).unwrap().unwrap().pack,
+            PackId([11; 32])
+        );
+        cat.set_damaged_blobs(&PackId([10; 32]), &[]).unwrap();
+        assert_eq!(cat.locate_all(&BlobId([1; 32])).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite");
+        drop(Catalog::open(&path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(conn);
+        assert!(matches!(
+            Catalog::open(&path).unwrap_err(),
+            Error::Unsupported { .. }
+        ));
+    }
+}

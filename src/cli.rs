@@ -1,0 +1,182 @@
+//! Command-line interface: the clap definitions and dispatch. Each command
+//! lives in `cli/<command>.rs`, parses its flags into the library's options,
+//! calls one library verb, and renders the result as text or `--json`.
+
+mod backup;
+mod check;
+mod init;
+mod keys;
+mod passphrase;
+mod progress_bar;
+mod read;
+mod render;
+mod snapshots;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use larder::Repo;
+
+/// How a successful run ended.
+pub enum Outcome {
+    /// Everything worked.
+    Success,
+    /// The command finished, but with warnings (exit code 3).
+    Warnings,
+}
+
+/// Deduplicating, encrypted backups of database dumps and file trees.
+#[derive(Parser, Debug)]
+#[command(name = "larder", version, about, long_about = None, max_term_width = 100)]
+#[command(
+    after_help = "Passphrase: --password-command, --password-file, LARDER_PASSWORD, or a prompt on a terminal.\n\
+Exit codes: 0 success, 1 failure, 3 finished with warnings."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Flags every command takes.
+#[derive(Args, Debug, Clone)]
+pub struct GlobalArgs {
+    /// Repository: a directory path or file:///path
+    #[arg(
+        long,
+        short = 'r',
+        env = "LARDER_REPO",
+        global = true,
+        value_name = "URL"
+    )]
+    repo: Option<String>,
+    /// Read the passphrase from the first line of this file
+    #[arg(long, env = "LARDER_PASSWORD_FILE", global = true, value_name = "FILE")]
+    password_file: Option<PathBuf>,
+    /// Run this command (no shell) and use its first output line as the passphrase
+    #[arg(
+        long,
+        env = "LARDER_PASSWORD_COMMAND",
+        global = true,
+        value_name = "CMD"
+    )]
+    password_command: Option<String>,
+    /// Directory for the catalog and caches [default: $XDG_CACHE_HOME/larder or ~/.cache/larder]
+    #[arg(long, env = "LARDER_CACHE_DIR", global = true, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Print machine-readable JSON instead of text
+    #[arg(long, global = true)]
+    json: bool,
+    /// Print nothing but errors and requested data; no progress bars
+    #[arg(long, short = 'q', global = true)]
+    quiet: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a new repository
+    Init(init::InitArgs),
+    /// Back up a dump stream from standard input or a command
+    Backup(backup::BackupArgs),
+    /// List snapshots
+    Snapshots(snapshots::SnapshotsArgs),
+    /// Write one file of a snapshot (or a stream snapshot) to standard output
+    Cat(read::CatArgs),
+    /// Restore a snapshot into a directory
+    Restore(read::RestoreArgs),
+    /// Verify the repository's structure, or with --read-data every byte
+    Check(check::CheckArgs),
+    /// Manage the passphrases (key files) that open the repository
+    #[command(subcommand)]
+    Key(keys::KeyCommand),
+    /// Manage the local catalog
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum CatalogCommand {
+    /// Recreate the catalog from the repository alone (index objects, then pack headers)
+    Rebuild,
+}
+
+/// Runs one parsed command line.
+pub async fn run(cli: Cli) -> Result<Outcome> {
+    let global = cli.global;
+    match cli.command {
+        Command::Init(args) => init::run(&global, args).await,
+        Command::Backup(args) => backup::run(&global, args).await,
+        Command::Snapshots(args) => snapshots::run(&global, args).await,
+        Command::Cat(args) => read::cat(&global, args).await,
+        Command::Restore(args) => read::restore(&global, args).await,
+        Command::Check(args) => check::run(&global, args).await,
+        Command::Key(command) => keys::run(&global, command).await,
+        Command::Catalog(CatalogCommand::Rebuild) => {
+            let repo = open(&global).await?;
+            let summary = larder::ops::rebuild::rebuild_catalog(&repo).await?;
+            if global.json {
+                render::print_json(&summary)?;
+            } else if !global.quiet {
+                println!(
+                    "catalog rebuilt: {} snapshots, {} index objects, {} blob locations; {} packs read from their headers",
+                    summary.snapshots,
+                    summary.index_objects,
+                    summary.blobs,
+                    summary.packs_from_headers
+                );
+                if let Some(id) = &summary.repair_index {
+                    println!("wrote index object {} for them", &id[..8]);
+                }
+            }
+            render::warn_all(&summary.warnings);
+            Ok(if summary.warnings.is_empty() {
+                Outcome::Success
+            } else {
+                Outcome::Warnings
+            })
+        }
+    }
+}
+
+impl GlobalArgs {
+    fn repo_url(&self) -> Result<&str> {
+        self.repo
+            .as_deref()
+            .filter(|r| !r.is_empty())
+            .context("no repository given: pass --repo or set LARDER_REPO")
+    }
+
+    fn cache_root(&self) -> Result<PathBuf> {
+        if let Some(dir) = &self.cache_dir {
+            return Ok(dir.clone());
+        }
+        if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+            return Ok(PathBuf::from(dir).join("larder"));
+        }
+        if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+            return Ok(PathBuf::from(home).join(".cache").join("larder"));
+        }
+        anyhow::bail!(
+            "no cache directory: pass --cache-dir or set LARDER_CACHE_DIR, XDG_CACHE_HOME or HOME"
+        )
+    }
+
+    fn shows_progress(&self) -> bool {
+        !self.quiet && !self.json && std::io::IsTerminal::is_terminal(&std::io::stderr())
+    }
+}
+
+/// Opens the repository named by the global flags.
+pub async fn open(global: &GlobalArgs) -> Result<Repo> {
+    let url = global.repo_url()?;
+    let backend = larder::backend::open(url)?;
+    let passphrase = passphrase::existing(global)?;
+    let repo = Repo::open(backend, passphrase.as_bytes(), &global.cache_root()?)
+        .await
+        .with_context(|| format!("opening repository {url}"))?;
+    render::warn_all(&repo.open_report().warnings);
+    Ok(repo)
+}

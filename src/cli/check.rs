@@ -1,0 +1,85 @@
+//! `larder check`.
+
+use std::sync::Arc;
+
+use anyhow::{Result, bail};
+use clap::Args;
+use larder::ops::check::{CheckOptions, check};
+use larder::progress::Progress;
+
+use super::{GlobalArgs, Outcome, open, progress_bar::Bar, render};
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Download every pack and verify every blob (decrypt, decompress, recompute its id)
+    #[arg(long)]
+    read_data: bool,
+}
+
+pub async fn run(global: &GlobalArgs, args: CheckArgs) -> Result<Outcome> {
+    let repo = open(global).await?;
+    let progress = Arc::new(Progress::default());
+    let bar = Bar::start(
+        global.shows_progress() && args.read_data,
+        "reading packs",
+        Arc::clone(&progress),
+    );
+    let summary = check(
+        &repo,
+        &CheckOptions {
+            read_data: args.read_data,
+            progress,
+        },
+    )
+    .await?;
+    drop(bar);
+    if global.json {
+        render::print_json(&summary)?;
+    } else {
+        for p in &summary.problems {
+            eprintln!("damaged: {}: {}", p.object, p.problem);
+        }
+        for s in &summary.affected_snapshots {
+            eprintln!(
+                "affected: snapshot {} ({} {}):",
+                &s.id[..8],
+                s.source,
+                s.time
+            );
+            for r in &s.reasons {
+                eprintln!("  {r}");
+            }
+        }
+        if !global.quiet {
+            for n in &summary.notes {
+                println!("note: {n}");
+            }
+            println!(
+                "checked {} snapshots, {} packs{}",
+                summary.snapshots_checked,
+                summary.packs,
+                if args.read_data {
+                    format!(
+                        "; read {} packs, {} blobs, {}",
+                        summary.packs_read,
+                        summary.blobs_read,
+                        render::size(summary.bytes_read)
+                    )
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+    if !summary.is_ok() {
+        bail!(
+            "check found {} damaged or missing objects affecting {} snapshots",
+            summary.problems.len(),
+            summary.affected_snapshots.len()
+        );
+    }
+    if !global.quiet && !global.json {
+        println!("no problems found");
+    }
+    Ok(Outcome::Success)
+}

@@ -1,0 +1,82 @@
+//! `larder init`.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use larder::config::ChunkerProfile;
+use larder::key::KdfParams;
+use larder::repo::{InitOptions, Repo, current_host, current_user};
+
+use super::{GlobalArgs, Outcome, passphrase, render};
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Argon2id memory cost of the key file, in MiB (at least 64 recommended)
+    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    kdf_memory: u32,
+    /// Argon2id passes
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    kdf_passes: u32,
+    /// Override a chunker profile, as NAME=MIN:AVG:MAX (such as stream=4K:16K:64K);
+    /// profiles: "stream" for dumps, "files" for file trees
+    #[arg(long = "chunker", value_name = "SPEC", value_parser = parse_profile)]
+    chunkers: Vec<ChunkerProfile>,
+    /// zstd compression level for stored blobs [default: 1]
+    #[arg(long, value_name = "LEVEL", allow_hyphen_values = true)]
+    compression: Option<i32>,
+    /// Target size of data packs in MiB [default: 16]
+    #[arg(long, value_name = "MIB")]
+    pack_size: Option<u32>,
+    /// Entries per content list before another level is added (for testing deep lists)
+    #[arg(long, hide = true)]
+    list_fanout: Option<u32>,
+}
+
+fn parse_profile(spec: &str) -> Result<ChunkerProfile, String> {
+    ChunkerProfile::parse(spec).map_err(|e| e.to_string())
+}
+
+#[derive(serde::Serialize)]
+struct InitSummary {
+    repository: String,
+    id: String,
+    key: String,
+}
+
+pub async fn run(global: &GlobalArgs, args: InitArgs) -> Result<Outcome> {
+    let url = global.repo_url()?;
+    let backend = larder::backend::open(url)?;
+    let passphrase = passphrase::new_for_init(global)?;
+    let options = InitOptions {
+        kdf: KdfParams {
+            memory_kib: args.kdf_memory.saturating_mul(1024),
+            passes: args.kdf_passes,
+            ..KdfParams::default()
+        },
+        profiles: args.chunkers,
+        compression_level: args.compression,
+        data_pack_size: args.pack_size.map(|m| m.saturating_mul(1 << 20)),
+        list_fanout: args.list_fanout,
+        host: current_host(),
+        user: current_user(),
+    };
+    let repo = Repo::init(
+        backend,
+        passphrase.as_bytes(),
+        options,
+        &global.cache_root()?,
+    )
+    .await
+    .with_context(|| format!("creating repository {url}"))?;
+    let summary = InitSummary {
+        repository: url.into(),
+        id: repo.id().to_hex(),
+        key: repo.key_id().to_hex(),
+    };
+    if global.json {
+        render::print_json(&summary)?;
+    } else if !global.quiet {
+        println!("created repository {} at {url}", repo.id().short());
+        println!("keep the passphrase safe: without it the backups cannot be read");
+    }
+    Ok(Outcome::Success)
+}

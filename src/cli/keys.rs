@@ -1,0 +1,103 @@
+//! `larder key add|list|remove|passwd`.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use larder::key::KdfParams;
+use larder::ops::keys;
+
+use super::{GlobalArgs, Outcome, open, passphrase, render};
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// Add a passphrase that opens the repository
+    Add(NewKeyArgs),
+    /// List the key files
+    List,
+    /// Remove a key file (not the one in use, never the last)
+    Remove {
+        /// Key id prefix (at least 4 hex digits)
+        id: String,
+    },
+    /// Change the passphrase in use: add a new key file, then remove the current one
+    Passwd(NewKeyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct NewKeyArgs {
+    /// Read the new passphrase from this file [or LARDER_NEW_PASSWORD, or a prompt]
+    #[arg(long, value_name = "FILE")]
+    new_password_file: Option<PathBuf>,
+    /// Argon2id memory cost in MiB
+    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    kdf_memory: u32,
+    /// Argon2id passes
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    kdf_passes: u32,
+}
+
+impl NewKeyArgs {
+    fn kdf(&self) -> KdfParams {
+        KdfParams {
+            memory_kib: self.kdf_memory.saturating_mul(1024),
+            passes: self.kdf_passes,
+            ..KdfParams::default()
+        }
+    }
+}
+
+pub async fn run(global: &GlobalArgs, command: KeyCommand) -> Result<Outcome> {
+    let repo = open(global).await?;
+    match command {
+        KeyCommand::List => {
+            let keys = keys::list_keys(&repo).await?;
+            if global.json {
+                render::print_json(&keys)?;
+            } else {
+                println!(
+                    "  {:<8}  {:<27}  {:<16}  {:<12}  kdf",
+                    "id", "created", "host", "user"
+                );
+                for k in keys {
+                    println!(
+                        "{} {:<8}  {:<27}  {:<16}  {:<12}  {} MiB x {}",
+                        if k.current { '*' } else { ' ' },
+                        k.id.short(),
+                        k.created,
+                        k.host,
+                        k.user,
+                        k.kdf_memory_kib / 1024,
+                        k.kdf_passes
+                    );
+                }
+            }
+        }
+        KeyCommand::Add(args) => {
+            let pw = passphrase::new_key(args.new_password_file.as_deref())?;
+            let id = keys::add_key(&repo, pw.as_bytes(), args.kdf()).await?;
+            report(global, "added key", &id)?;
+        }
+        KeyCommand::Passwd(args) => {
+            let pw = passphrase::new_key(args.new_password_file.as_deref())?;
+            let id = keys::change_passphrase(&repo, pw.as_bytes(), args.kdf()).await?;
+            report(global, "passphrase changed; new key", &id)?;
+        }
+        KeyCommand::Remove { id } => {
+            let id = keys::remove_key(&repo, &id).await?;
+            report(global, "removed key", &id)?;
+        }
+    }
+    Ok(Outcome::Success)
+}
+
+fn report(global: &GlobalArgs, what: &str, id: &larder::hash::KeyId) -> Result<()> {
+    if global.json {
+        render::print_json(&serde_json::json!({ "key": id.to_hex() }))
+    } else {
+        if !global.quiet {
+            println!("{what} {}", id.short());
+        }
+        Ok(())
+    }
+}

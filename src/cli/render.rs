@@ -1,0 +1,64 @@
+//! Rendering: sizes, times, ids, warnings, and JSON.
+
+use anyhow::Result;
+use serde::Serialize;
+
+/// Prints `value` as pretty JSON on standard output.
+pub fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Prints `value` as one line of JSON on standard error (for commands whose
+/// standard output carries data).
+pub fn eprint_json<T: Serialize + ?Sized>(value: &T) -> Result<()> {
+    eprintln!("{}", serde_json::to_string(value)?);
+    Ok(())
+}
+
+/// Prints each warning on standard error.
+pub fn warn_all(warnings: &[String]) {
+    for w in warnings {
+        eprintln!("larder: warning: {w}");
+    }
+}
+
+/// Bytes in binary units with one decimal ("1.5 GiB").
+pub fn size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// A snapshot time in local time, to the second, for tables.
+pub fn local_time(ns: i64) -> String {
+    jiff::Timestamp::from_nanosecond(i128::from(ns))
+        .map(|t| {
+            t.to_zoned(jiff::tz::TimeZone::system())
+                .strftime("%Y-%m-%d %H:%M:%S")
+                .to_string()
+        })
+        .unwrap_or_else(|_| "?".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_use_binary_units() {
+        assert_eq!(size(0), "0 B");
+        assert_eq!(size(1023), "1023 B");
+        assert_eq!(size(1536), "1.5 KiB");
+        assert_eq!(size(5 << 30), "5.0 GiB");
+    }
+}

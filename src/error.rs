@@ -1,0 +1,190 @@
+//! The library's one public error type.
+//!
+//! Variants are modelled on what a caller does next: retry with another
+//! passphrase, run `check`, pick another snapshot, fix the command line. Each
+//! variant carries the object, path or name that makes its message useful on
+//! its own, and keeps the underlying cause in `#[source]` so that `{:#}`
+//! prints it once.
+
+use std::path::PathBuf;
+
+/// Shorthand for results whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No key file of the repository opens with the given passphrase.
+    #[error("wrong passphrase: no key file in {location} opens with it")]
+    WrongPassphrase {
+        /// The repository that was being opened.
+        location: String,
+    },
+
+    /// The location holds no repository (no `config` object).
+    #[error(
+        "{location} is not a larder repository (no config object); create one with `larder init`"
+    )]
+    NotARepository {
+        /// Where a repository was expected.
+        location: String,
+    },
+
+    /// `init` found something already at the location.
+    #[error("{location} already holds a repository or other files; refusing to initialise over it")]
+    AlreadyInitialised {
+        /// Where `init` was asked to create a repository.
+        location: String,
+    },
+
+    /// An object the repository should hold is not there.
+    #[error("{object} is missing from the repository")]
+    NotFound {
+        /// The object's name, such as `packs/ab/ab12…`.
+        object: String,
+    },
+
+    /// Bytes read from the repository failed authentication or did not parse.
+    /// Never retried, never skipped silently.
+    #[error("{object} is damaged: {reason}")]
+    Corrupt {
+        /// The object, or object and blob, that is damaged.
+        object: String,
+        /// What exactly failed.
+        reason: String,
+    },
+
+    /// The repository or an object in it uses a format this build does not know.
+    #[error(
+        "{what} uses format {found}, but this larder supports only {supported}; upgrade larder"
+    )]
+    Unsupported {
+        /// What carries the version.
+        what: String,
+        /// The version found.
+        found: u32,
+        /// The versions this build reads.
+        supported: String,
+    },
+
+    /// A key file asks for more work than larder allows, so it cannot be used
+    /// to exhaust memory or time.
+    #[error("key file {key} has out-of-bounds KDF parameters: {reason}")]
+    HostileKeyFile {
+        /// The key file's id.
+        key: String,
+        /// Which bound was exceeded.
+        reason: String,
+    },
+
+    /// A local file operation failed.
+    #[error("{op} {path}", path = path.display())]
+    Io {
+        /// What was being done ("writing", "reading", …).
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A storage request failed after any retries the backend makes.
+    #[error("storage request {op} {object} failed")]
+    Backend {
+        /// The request kind (`get`, `put`, `list`, `delete`).
+        op: &'static str,
+        /// The object or prefix.
+        object: String,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// The local catalog (SQLite) failed.
+    #[error("catalog {path}: {op}", path = path.display())]
+    Catalog {
+        /// What was being done.
+        op: &'static str,
+        /// The catalog file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: rusqlite::Error,
+    },
+
+    /// The data source of a backup failed; no snapshot was written.
+    #[error("source {source_name} failed: {reason}{}", stderr_block(.stderr_tail))]
+    SourceFailed {
+        /// The `--source` name.
+        source_name: String,
+        /// What happened (exit status, signal, empty input, read error).
+        reason: String,
+        /// The last lines the command wrote to standard error, if any.
+        stderr_tail: String,
+    },
+
+    /// No snapshot matches what the caller named.
+    #[error("no snapshot matches {0:?}")]
+    SnapshotNotFound(String),
+
+    /// A snapshot id prefix matches more than one snapshot.
+    #[error("snapshot prefix {prefix:?} is ambiguous: it matches {} and {} more", .matches[0], .matches.len() - 1)]
+    AmbiguousSnapshot {
+        /// The prefix given.
+        prefix: String,
+        /// The ids it matches.
+        matches: Vec<String>,
+    },
+
+    /// A path named inside a snapshot does not exist there.
+    #[error("{path} does not exist in snapshot {snapshot}")]
+    PathNotInSnapshot {
+        /// The path asked for.
+        path: String,
+        /// The snapshot's short id.
+        snapshot: String,
+    },
+
+    /// The caller asked for something that cannot be done as asked.
+    #[error("{0}")]
+    InvalidArgument(String),
+
+    /// An operation was stopped because another part of it failed first; the
+    /// first failure is reported instead of this.
+    #[error("operation cancelled")]
+    Cancelled,
+}
+
+fn stderr_block(tail: &str) -> String {
+    if tail.trim().is_empty() {
+        String::new()
+    } else {
+        format!("; its stderr ended with:\n{}", tail.trim_end())
+    }
+}
+
+impl Error {
+    /// Builds an [`Error::Corrupt`].
+    pub fn corrupt(object: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Corrupt {
+            object: object.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Builds an [`Error::Io`].
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// True when the error means data in the repository is damaged or missing,
+    /// as opposed to a transient or local failure.
+    pub fn is_damage(&self) -> bool {
+        matches!(self, Error::Corrupt { .. } | Error::NotFound { .. })
+    }
+}

@@ -1,0 +1,74 @@
+//! Index objects: which blobs live where, for a set of packs.
+//!
+//! ```text
+//! index/<random id> = sealed(kind Index, id) of CBOR IndexObject
+//! ```
+//!
+//! An index object is written only after every pack it names is durable, and
+//! before any snapshot that needs those packs. The catalog absorbs index
+//! objects; `catalog rebuild` falls back to pack headers for packs no index
+//! names.
+
+use crate::hash::{IndexId, PackId};
+use crate::pack::{PackEntry, PackKind};
+
+/// Largest index object plaintext accepted (256 MiB).
+pub const MAX_INDEX_SIZE: usize = 256 << 20;
+
+/// Blobs per index object before a writer starts another one.
+pub const INDEX_FLUSH_BLOBS: usize = 65_536;
+
+/// One pack and its blobs.
+#[derive(Clone, Debug, PartialEq, Eq, minicbor::Encode, minicbor::Decode)]
+#[cbor(map)]
+pub struct IndexedPack {
+    /// The pack.
+    #[n(0)]
+    pub id: PackId,
+    /// [`PackKind::code`].
+    #[n(1)]
+    pub kind: u8,
+    /// The pack's stored size in bytes.
+    #[n(2)]
+    pub size: u64,
+    /// Its blobs, as in its header.
+    #[n(3)]
+    pub blobs: Vec<PackEntry>,
+}
+
+impl IndexedPack {
+    /// The pack kind, if known.
+    pub fn pack_kind(&self) -> Option<PackKind> {
+        PackKind::from_code(self.kind)
+    }
+}
+
+/// The plaintext of an index object.
+#[derive(Clone, Debug, Default, PartialEq, Eq, minicbor::Encode, minicbor::Decode)]
+#[cbor(map)]
+pub struct IndexObject {
+    /// Packs described.
+    #[n(0)]
+    pub packs: Vec<IndexedPack>,
+    /// Index objects this one replaces (written by prune's consolidation;
+    /// they are deleted only after this one is durable).
+    #[n(1)]
+    pub supersedes: Vec<IndexId>,
+}
+
+impl IndexObject {
+    /// Number of blobs described.
+    pub fn blob_count(&self) -> usize {
+        self.packs.iter().map(|p| p.blobs.len()).sum()
+    }
+}
+
+/// The object name of an index object.
+pub fn index_path(id: &IndexId) -> String {
+    format!("index/{id}")
+}
+
+/// The object name of a snapshot.
+pub fn snapshot_path(id: &crate::hash::SnapshotId) -> String {
+    format!("snapshots/{id}")
+}

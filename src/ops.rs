@@ -1,0 +1,53 @@
+//! Operations: one module per user-visible verb. This is the library API
+//! the command line calls.
+//!
+//! Convention: a verb takes a `&Repo` and an `XOptions`, and returns an
+//! `XSummary` (serialisable, so `--json` is a rendering of it) that counts
+//! the storage requests made. Verbs never print, prompt or exit; live
+//! progress goes through [`crate::progress::Progress`].
+
+pub mod backup;
+pub mod cat;
+pub mod check;
+pub mod keys;
+pub mod rebuild;
+pub mod restore;
+
+/// `larder <version>`, recorded in snapshots.
+pub fn program_version() -> String {
+    format!("larder {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// True if `name` is exactly one normal path component: non-empty, no `/`,
+/// no NUL, and not `.` or `..`. Every name stored in or restored from a
+/// snapshot must pass this.
+pub fn is_single_component(name: &[u8]) -> bool {
+    !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/') && !name.contains(&0)
+}
+
+/// Formats nanoseconds since the epoch as RFC 3339 in UTC.
+pub fn format_time(ns: i64) -> String {
+    jiff::Timestamp::from_nanosecond(i128::from(ns))
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| format!("@{ns}ns"))
+}
+
+/// Serialises a 32-byte id as hex (for `--json`).
+pub fn hex_id<S: serde::Serializer, T: std::fmt::Display>(id: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_single_normal_components_pass() {
+        for good in [&b"a"[..], b"a.yaml", b"..a", b"a..", b"\xff\xfe"] {
+            assert!(is_single_component(good), "{good:?}");
+        }
+        for bad in [&b""[..], b".", b"..", b"a/b", b"/etc", b"../x", b"a\0b"] {
+            assert!(!is_single_component(bad), "{bad:?}");
+        }
+    }
+}

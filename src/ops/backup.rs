@@ -1,0 +1,451 @@
+//! `backup`: the write path wired into a pipeline.
+//!
+//! ```text
+//! reader thread ──► hash workers ──► coordinator ──► BlobWriter (seal workers ─► packer ─► uploader ─► index)
+//! (source, FastCDC)  keyed BLAKE3    reorders, dedups,
+//!                                    builds content lists
+//! ```
+//!
+//! Every stage is joined to the next by a bounded channel, so peak memory
+//! is flat whatever the input size; CPU stages run one thread per core.
+//! Commit order: packs, then the index objects naming them, then the
+//! snapshot object (the commit point). A source that fails writes no
+//! snapshot, and the first real cause (not a downstream "cancelled") is the
+//! error reported.
+
+pub mod writer;
+
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crossbeam_channel::bounded;
+
+pub use writer::{BlobWriter, WriteStats};
+
+use crate::backend::RequestCounts;
+use crate::catalog::SnapshotFilter;
+use crate::chunker::Chunker;
+use crate::config::STREAM_PROFILE;
+use crate::error::{Error, Result};
+use crate::hash::{BlobId, SnapshotId};
+use crate::progress::Progress;
+use crate::repo::{Repo, current_user, now_ns};
+use crate::seal::ObjectKind;
+use crate::snapshot::{
+    CommandRecord, Content, ContentBuilder, ContentRef, Node, Snapshot, SnapshotSummary, Tree,
+};
+use crate::source::{RunningCommand, StreamInput};
+
+/// The first failure of a multi-threaded operation, shared by its stages.
+///
+/// Stages call [`Abort::fail`] with real errors; a stage that stops only
+/// because another one did returns [`Error::Cancelled`], which is never
+/// recorded, so the error finally reported is the root cause.
+#[derive(Default)]
+pub struct Abort {
+    set: AtomicBool,
+    error: Mutex<Option<Error>>,
+    hooks: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
+}
+
+impl std::fmt::Debug for Abort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Abort({})", self.is_set())
+    }
+}
+
+impl Abort {
+    /// Records `error` (if it is the first real one), stops every stage, and
+    /// runs the abort hooks (such as killing a dump command).
+    pub fn fail(&self, error: Error) {
+        if !matches!(error, Error::Cancelled) {
+            let mut slot = self.error.lock().expect("abort lock");
+            if slot.is_none() {
+                *slot = Some(error);
+            }
+        }
+        if !self.set.swap(true, Ordering::SeqCst) {
+            for hook in self.hooks.lock().expect("abort lock").drain(..) {
+                hook();
+            }
+        }
+    }
+
+    /// True once any stage failed.
+    pub fn is_set(&self) -> bool {
+        self.set.load(Ordering::SeqCst)
+    }
+
+    /// Runs `hook` when the operation aborts (immediately if it already has).
+    pub fn on_abort(&self, hook: impl FnOnce() + Send + 'static) {
+        if self.is_set() {
+            hook();
+        } else {
+            self.hooks.lock().expect("abort lock").push(Box::new(hook));
+        }
+    }
+
+    /// The recorded root cause, or `Cancelled` if aborted without one.
+    pub fn error(&self) -> Option<Error> {
+        if !self.is_set() {
+            return None;
+        }
+        Some(
+            self.error
+                .lock()
+                .expect("abort lock")
+                .take()
+                .unwrap_or(Error::Cancelled),
+        )
+    }
+}
+
+/// What to back up and how to label it.
+#[derive(Debug)]
+pub struct BackupOptions {
+    /// The `--source` name.
+    pub source: String,
+    /// The stream.
+    pub input: StreamInput,
+    /// The file name the stream gets inside the snapshot.
+    pub stream_name: String,
+    /// Source kind recorded with the snapshot (`stream`, `postgres`, …).
+    pub kind: String,
+    /// Labels.
+    pub tags: Vec<String>,
+    /// Host recorded with the snapshot.
+    pub host: String,
+    /// Snapshot time; now if `None` (set it to import old dumps).
+    pub time: Option<jiff::Timestamp>,
+    /// Live counters.
+    pub progress: Arc<Progress>,
+}
+
+/// What a backup did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BackupSummary {
+    /// The new snapshot.
+    #[serde(serialize_with = "crate::ops::hex_id")]
+    pub snapshot_id: SnapshotId,
+    /// Bytes read from the source.
+    pub bytes_read: u64,
+    /// Stored bytes this run added (packs, index objects, snapshot object).
+    pub bytes_added: u64,
+    /// Blobs stored new.
+    pub blobs_new: u64,
+    /// Blobs already stored.
+    pub blobs_reused: u64,
+    /// Wall time.
+    pub duration_s: f64,
+    /// Storage requests made by the whole command.
+    pub requests: RequestCounts,
+    /// Non-fatal problems (such as compressed input).
+    pub warnings: Vec<String>,
+}
+
+/// Backs up one stream as a snapshot with one file.
+pub async fn backup_stream(repo: &Repo, options: BackupOptions) -> Result<BackupSummary> {
+    let started = Instant::now();
+    if options.source.is_empty() {
+        return Err(Error::InvalidArgument(
+            "the source name must not be empty".into(),
+        ));
+    }
+    if !crate::ops::is_single_component(options.stream_name.as_bytes()) {
+        return Err(Error::InvalidArgument(format!(
+            "stream name {:?} must be a single file name (no '/', not '.' or '..')",
+            options.stream_name
+        )));
+    }
+    let time_ns = match options.time {
+        Some(t) => i64::try_from(t.as_nanosecond())
+            .map_err(|_| Error::InvalidArgument("time out of range".into()))?,
+        None => now_ns(),
+    };
+    let parent = repo
+        .snapshots(&SnapshotFilter {
+            source: Some(options.source.clone()),
+            host: Some(options.host.clone()),
+            tags: vec![],
+        })?
+        .pop()
+        .map(|(id, _)| id);
+
+    let profile = repo.config().profile(STREAM_PROFILE)?.clone();
+    let chunker = Chunker::new(&profile, repo.config().chunker_seed);
+    let abort = Arc::new(Abort::default());
+    let progress = Arc::clone(&options.progress);
+
+    let (reader, command): (Box<dyn Read + Send>, Option<RunningCommand>) = match options.input {
+        StreamInput::Stdin => (Box::new(std::io::stdin()), None),
+        StreamInput::Reader(r) => (r, None),
+        StreamInput::Command { argv } => {
+            let (command, stdout) = RunningCommand::spawn(&argv, &options.source)?;
+            (Box::new(stdout), Some(command))
+        }
+    };
+    if let Some(command) = &command {
+        let killer = command.killer();
+        abort.on_abort(move || killer.kill());
+    }
+
+    let writer = Arc::new(BlobWriter::start(
+        repo,
+        Arc::clone(&abort),
+        Arc::clone(&progress),
+        profile.max as usize,
+    )?);
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let depth = (32usize << 20).div_ceil(profile.max as usize).clamp(4, 256);
+    let (raw_tx, raw_rx) = bounded::<(u64, Vec<u8>)>(depth);
+    let (hashed_tx, hashed_rx) = bounded::<(u64, BlobId, Vec<u8>)>(depth);
+    let warnings = Arc::new(Mutex::new(Vec::new()));
+
+    let reader_thread = {
+        let abort = Arc::clone(&abort);
+        let progress = Arc::clone(&progress);
+        let warnings = Arc::clone(&warnings);
+        let source = options.source.clone();
+        spawn_thread("larder-read", move || {
+            read_stream(
+                chunker, reader, command, &raw_tx, &abort, &progress, &warnings, &source,
+            )
+        })?
+    };
+    let mut hashers = Vec::new();
+    for i in 0..workers {
+        let rx = raw_rx.clone();
+        let tx = hashed_tx.clone();
+        let hasher = repo.hasher().clone();
+        hashers.push(spawn_thread(&format!("larder-hash-{i}"), move || {
+            for (seq, data) in rx {
+                let id = hasher.blob_id(&data);
+                if tx.send((seq, id, data)).is_err() {
+                    return;
+                }
+            }
+        })?);
+    }
+    drop((raw_rx, hashed_tx));
+
+    let coordinator = {
+        let writer = Arc::clone(&writer);
+        let abort = Arc::clone(&abort);
+        let hasher = repo.hasher().clone();
+        let fanout = repo.config().list_fanout as usize;
+        tokio::task::spawn_blocking(move || {
+            coordinate(&writer, &hashed_rx, ContentBuilder::new(fanout, hasher))
+                .map_err(|e| abort.fail(e))
+        })
+    };
+    let content = coordinator.await.expect("coordinator panicked");
+    let record = join(reader_thread).await;
+    for h in hashers {
+        join(h).await;
+    }
+    let writer = Arc::into_inner(writer).expect("every stage holding the writer has finished");
+
+    // Store the root tree, unless a stage failed; then drain the writer.
+    let (writer, root) = match content {
+        Ok((content, size)) if !abort.is_set() => {
+            let node = Node::stream_file(options.stream_name.as_bytes(), time_ns, size, content);
+            let tree = Tree {
+                entries: vec![node],
+            }
+            .encode();
+            let root = repo.hasher().blob_id(&tree);
+            let abort = Arc::clone(&abort);
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = writer.store(ObjectKind::TreeBlob, root, tree) {
+                    abort.fail(e);
+                }
+                (writer, root)
+            })
+            .await
+            .expect("storing the tree panicked")
+        }
+        _ => (writer, BlobId([0; 32])),
+    };
+    let stats = Arc::clone(writer.stats());
+    writer.finish().await?;
+    if let Some(e) = abort.error() {
+        return Err(e);
+    }
+
+    let stat = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let bytes_read = Progress::get(&progress.bytes_processed);
+    let mut summary = SnapshotSummary {
+        bytes_read,
+        bytes_added: stat(&stats.bytes_added),
+        blobs_new: stat(&stats.blobs_new),
+        blobs_reused: stat(&stats.blobs_reused),
+        duration_ms: started.elapsed().as_millis() as u64,
+        warnings: warnings.lock().expect("warnings lock").len() as u64,
+        ..SnapshotSummary::default()
+    };
+    let snapshot = Snapshot {
+        time_ns,
+        source: options.source,
+        host: options.host,
+        tags: options.tags,
+        kind: options.kind,
+        root,
+        parent,
+        paths: vec![],
+        command: record,
+        summary: summary.clone(),
+        program: crate::ops::program_version(),
+        user: current_user(),
+    };
+    let (snapshot_id, stored) = repo.write_snapshot(&snapshot).await?;
+    summary.bytes_added += stored;
+    let warnings = std::mem::take(&mut *warnings.lock().expect("warnings lock"));
+    Ok(BackupSummary {
+        snapshot_id,
+        bytes_read,
+        bytes_added: summary.bytes_added,
+        blobs_new: summary.blobs_new,
+        blobs_reused: summary.blobs_reused,
+        duration_s: started.elapsed().as_secs_f64(),
+        requests: repo.counts(),
+        warnings,
+    })
+}
+
+fn spawn_thread<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<std::thread::JoinHandle<T>> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map_err(|e| Error::io("starting thread", name, e))
+}
+
+async fn join<T: Send + 'static>(handle: std::thread::JoinHandle<T>) -> T {
+    tokio::task::spawn_blocking(move || {
+        handle
+            .join()
+            .unwrap_or_else(|_| panic!("a backup thread panicked"))
+    })
+    .await
+    .expect("joining a backup thread")
+}
+
+/// Counts bytes as they are read, for progress and the summary.
+struct CountingReader<R> {
+    inner: R,
+    progress: Arc<Progress>,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        Progress::add(&self.progress.bytes_processed, n as u64);
+        Ok(n)
+    }
+}
+
+/// The reader thread: chunks the stream, then checks how the source ended.
+/// Returns the command record for a command source that exited 0.
+#[allow(clippy::too_many_arguments)]
+fn read_stream(
+    chunker: Chunker,
+    reader: Box<dyn Read + Send>,
+    command: Option<RunningCommand>,
+    tx: &crossbeam_channel::Sender<(u64, Vec<u8>)>,
+    abort: &Abort,
+    progress: &Arc<Progress>,
+    warnings: &Mutex<Vec<String>>,
+    source: &str,
+) -> Option<CommandRecord> {
+    let reader = CountingReader {
+        inner: reader,
+        progress: Arc::clone(progress),
+    };
+    let mut seq = 0u64;
+    for chunk in chunker.chunks(reader) {
+        if abort.is_set() {
+            return None;
+        }
+        let data = match chunk {
+            Ok(data) => data,
+            Err(e) => {
+                let reason = format!("reading its output failed: {e}");
+                abort.fail(match command {
+                    Some(command) => command.abandon(reason),
+                    None => Error::SourceFailed {
+                        source_name: source.into(),
+                        reason,
+                        stderr_tail: String::new(),
+                    },
+                });
+                return None;
+            }
+        };
+        if seq == 0
+            && let Some(warning) = crate::dump::inspect_head(&data)
+        {
+            warnings.lock().expect("warnings lock").push(warning);
+        }
+        if tx.send((seq, data)).is_err() {
+            return None;
+        }
+        seq += 1;
+    }
+    let record = match command {
+        Some(command) => match command.wait() {
+            Ok(record) => Some(record),
+            Err(e) => {
+                abort.fail(e);
+                return None;
+            }
+        },
+        None => None,
+    };
+    if seq == 0 {
+        abort.fail(Error::SourceFailed {
+            source_name: source.into(),
+            reason: "produced no data; an empty dump is never a valid backup".into(),
+            stderr_tail: String::new(),
+        });
+        return None;
+    }
+    record
+}
+
+/// Restores content order, dedups and stores each chunk, and builds the
+/// content list.
+fn coordinate(
+    writer: &BlobWriter,
+    rx: &crossbeam_channel::Receiver<(u64, BlobId, Vec<u8>)>,
+    mut builder: ContentBuilder,
+) -> Result<(Content, u64)> {
+    let mut reorder = std::collections::BTreeMap::new();
+    let mut next = 0u64;
+    let mut size = 0u64;
+    let mut lists = Vec::new();
+    for (seq, id, data) in rx {
+        reorder.insert(seq, (id, data));
+        while let Some((id, data)) = reorder.remove(&next) {
+            next += 1;
+            let len = data.len() as u64;
+            size += len;
+            writer.store(ObjectKind::DataBlob, id, data)?;
+            builder.push(ContentRef { id, len }, &mut lists);
+            for (list_id, bytes) in lists.drain(..) {
+                writer.store(ObjectKind::ListBlob, list_id, bytes)?;
+            }
+        }
+    }
+    if !reorder.is_empty() {
+        return Err(Error::Cancelled);
+    }
+    let content = builder.finish(&mut lists);
+    for (list_id, bytes) in lists {
+        writer.store(ObjectKind::ListBlob, list_id, bytes)?;
+    }
+    Ok((content, size))
+}

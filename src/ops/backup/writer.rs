@@ -1,0 +1,379 @@
+//! The storing half of the write path: dedup → seal → pack → upload → index.
+//!
+//! ```text
+//! store() ──dedup──► seal workers (one per core) ──► packer ──► uploader ──► index ──► catalog
+//!          (claimed set + catalog)  zstd, AEAD, re-open        (async, bounded)   every 64Ki blobs
+//! ```
+//!
+//! `store` is called in content order from one thread and blocks when the
+//! pipeline is full, so memory stays bounded by the channel capacities and
+//! the packs in flight, whatever the input size. A blob is "claimed" by the
+//! run the moment it is sent to sealing, so the same new blob is stored once
+//! per run; once the index object naming it is written and absorbed into the
+//! catalog the claim is dropped, keeping the claimed set small.
+//!
+//! Invariants:
+//! - every sealed blob is opened again and compared with its plaintext
+//!   before it goes into a pack (guards against encoder bugs);
+//! - an index object is written only after every pack it names is durable;
+//! - after a failure nothing new is uploaded and no index is written: the
+//!   packs already stored are unreferenced garbage that prune removes.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender, bounded};
+use tokio::task::JoinSet;
+
+use super::Abort;
+use crate::backend::{Backend, Put};
+use crate::error::{Error, Result};
+use crate::hash::BlobId;
+use crate::index::{INDEX_FLUSH_BLOBS, IndexObject, IndexedPack};
+use crate::pack::{FinishedPack, PackKind, PackWriter, pack_path};
+use crate::progress::Progress;
+use crate::repo::Repo;
+use crate::seal::{Codec, ObjectKind};
+
+/// Packs uploaded at once. Each holds up to one pack in memory.
+const UPLOAD_CONCURRENCY: usize = 3;
+
+struct SealJob {
+    kind: ObjectKind,
+    id: BlobId,
+    data: Vec<u8>,
+}
+
+struct SealedBlob {
+    kind: ObjectKind,
+    id: BlobId,
+    bytes: Vec<u8>,
+    raw_len: u32,
+}
+
+/// Counters of a writer, readable while it runs.
+#[derive(Debug, Default)]
+pub struct WriteStats {
+    /// Blobs sent to storage.
+    pub blobs_new: AtomicU64,
+    /// Blobs found already stored.
+    pub blobs_reused: AtomicU64,
+    /// Plaintext bytes of new blobs.
+    pub bytes_new_plain: AtomicU64,
+    /// Stored bytes this writer added (packs and index objects).
+    pub bytes_added: AtomicU64,
+    /// Packs written.
+    pub packs: AtomicU64,
+    /// Index objects written.
+    pub indexes: AtomicU64,
+}
+
+/// The storing half of the write path; see the module docs.
+pub struct BlobWriter {
+    repo: Repo,
+    claimed: Arc<Mutex<HashSet<BlobId>>>,
+    seal_tx: Option<Sender<SealJob>>,
+    threads: Vec<JoinHandle<()>>,
+    uploader: tokio::task::JoinHandle<()>,
+    abort: Arc<Abort>,
+    stats: Arc<WriteStats>,
+}
+
+impl BlobWriter {
+    /// Starts the seal workers, the packer and the uploader.
+    pub fn start(
+        repo: &Repo,
+        abort: Arc<Abort>,
+        progress: Arc<Progress>,
+        max_blob: usize,
+    ) -> Result<BlobWriter> {
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        // Bound queued bytes, not just items: about 32 MiB per queue.
+        let depth = (32usize << 20).div_ceil(max_blob).clamp(4, 256);
+        let (seal_tx, seal_rx) = bounded::<SealJob>(depth);
+        let (sealed_tx, sealed_rx) = bounded::<SealedBlob>(depth);
+        let (pack_tx, pack_rx) = tokio::sync::mpsc::channel::<FinishedPack>(1);
+        let stats = Arc::new(WriteStats::default());
+
+        let mut threads = Vec::new();
+        for i in 0..workers {
+            let rx = seal_rx.clone();
+            let tx = sealed_tx.clone();
+            let repo = repo.clone();
+            let abort = Arc::clone(&abort);
+            threads.push(spawn(&format!("larder-seal-{i}"), move || {
+                seal_worker(&repo, &rx, &tx, &abort)
+            })?);
+        }
+        drop((seal_rx, sealed_tx));
+        {
+            let repo = repo.clone();
+            let abort = Arc::clone(&abort);
+            threads.push(spawn("larder-pack", move || {
+                packer(&repo, &sealed_rx, &pack_tx, &abort)
+            })?);
+        }
+        let claimed = Arc::new(Mutex::new(HashSet::new()));
+        let uploader = tokio::spawn(uploader(
+            repo.clone(),
+            pack_rx,
+            Arc::clone(&claimed),
+            Arc::clone(&abort),
+            Arc::clone(&stats),
+            progress,
+        ));
+        Ok(BlobWriter {
+            repo: repo.clone(),
+            claimed,
+            seal_tx: Some(seal_tx),
+            threads,
+            uploader,
+            abort,
+            stats,
+        })
+    }
+
+    /// The live counters.
+    pub fn stats(&self) -> &Arc<WriteStats> {
+        &self.stats
+    }
+
+    /// Stores `data` as a blob of `kind` named `id` unless the repository or
+    /// this run already has it. Returns whether it was new. Blocks while the
+    /// pipeline is full; call from a blocking thread.
+    pub fn store(&self, kind: ObjectKind, id: BlobId, data: Vec<u8>) -> Result<bool> {
+        if self.abort.is_set() {
+            return Err(Error::Cancelled);
+        }
+        let is_new = {
+            let mut claimed = self.claimed.lock().expect("claimed lock");
+            if claimed.contains(&id) || self.repo.catalog().has_blob(&id)? {
+                false
+            } else {
+                claimed.insert(id);
+                true
+            }
+        };
+        if !is_new {
+            self.stats.blobs_reused.fetch_add(1, Ordering::Relaxed);
+            return Ok(false);
+        }
+        self.stats.blobs_new.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .bytes_new_plain
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.seal_tx
+            .as_ref()
+            .expect("store after finish")
+            .send(SealJob { kind, id, data })
+            .map_err(|_| Error::Cancelled)?;
+        Ok(true)
+    }
+
+    /// Waits until every blob handed to [`BlobWriter::store`] is in a durable
+    /// pack named by a durable index object (or the run failed).
+    pub async fn finish(mut self) -> Result<()> {
+        drop(self.seal_tx.take());
+        let threads = std::mem::take(&mut self.threads);
+        tokio::task::spawn_blocking(move || {
+            for t in threads {
+                if t.join().is_err() {
+                    panic!("a write-path thread panicked");
+                }
+            }
+        })
+        .await
+        .expect("joining write-path threads");
+        (&mut self.uploader).await.expect("uploader task panicked");
+        match self.abort.error() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map_err(|e| Error::io("starting thread", name, e))
+}
+
+fn seal_worker(repo: &Repo, rx: &Receiver<SealJob>, tx: &Sender<SealedBlob>, abort: &Abort) {
+    let mut codec = Codec::new(repo.config().compression_level);
+    let sealer = repo.sealer();
+    for job in rx {
+        if abort.is_set() {
+            return;
+        }
+        let bytes = sealer.seal(&mut codec, job.kind, job.id.as_bytes(), &job.data, true);
+        // Open what was just sealed before it can reach storage: an encoder
+        // bug must fail the backup, never store an unreadable blob.
+        match sealer.open(
+            &mut codec,
+            job.kind,
+            job.id.as_bytes(),
+            &bytes,
+            job.data.len(),
+        ) {
+            Ok(back) if back == job.data => {}
+            outcome => {
+                abort.fail(Error::corrupt(
+                    format!("blob {} (just sealed)", job.id),
+                    format!(
+                        "does not open back to its content: {outcome:?}",
+                        outcome = outcome.err()
+                    ),
+                ));
+                return;
+            }
+        }
+        let blob = SealedBlob {
+            kind: job.kind,
+            id: job.id,
+            bytes,
+            raw_len: job.data.len() as u32,
+        };
+        if tx.send(blob).is_err() {
+            return;
+        }
+    }
+}
+
+fn packer(
+    repo: &Repo,
+    rx: &Receiver<SealedBlob>,
+    tx: &tokio::sync::mpsc::Sender<FinishedPack>,
+    abort: &Abort,
+) {
+    let mut codec = Codec::new(repo.config().compression_level);
+    let config = repo.config();
+    let mut data = PackWriter::new(PackKind::Data);
+    let mut tree = PackWriter::new(PackKind::Tree);
+    for blob in rx {
+        if abort.is_set() {
+            return;
+        }
+        let (writer, target) = match PackKind::for_blob(blob.kind) {
+            PackKind::Data => (&mut data, config.data_pack_size as usize),
+            PackKind::Tree => (&mut tree, config.tree_pack_size as usize),
+        };
+        writer.add(blob.kind, blob.id, &blob.bytes, blob.raw_len);
+        if writer.len() >= target {
+            let kind = PackKind::for_blob(blob.kind);
+            let full = std::mem::replace(writer, PackWriter::new(kind));
+            if tx
+                .blocking_send(full.finish(repo.sealer(), &mut codec))
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+    for writer in [data, tree] {
+        if !writer.is_empty()
+            && !abort.is_set()
+            && tx
+                .blocking_send(writer.finish(repo.sealer(), &mut codec))
+                .is_err()
+        {
+            return;
+        }
+    }
+}
+
+async fn uploader(
+    repo: Repo,
+    mut rx: tokio::sync::mpsc::Receiver<FinishedPack>,
+    claimed: Arc<Mutex<HashSet<BlobId>>>,
+    abort: Arc<Abort>,
+    stats: Arc<WriteStats>,
+    progress: Arc<Progress>,
+) {
+    let mut uploads: JoinSet<Result<(IndexedPack, u64)>> = JoinSet::new();
+    let mut pending = IndexObject::default();
+    let mut input_open = true;
+    while input_open || !uploads.is_empty() {
+        tokio::select! {
+            pack = rx.recv(), if input_open && uploads.len() < UPLOAD_CONCURRENCY => match pack {
+                Some(pack) if !abort.is_set() => {
+                    let backend = repo.backend().clone();
+                    uploads.spawn(async move { upload(&backend, pack).await });
+                }
+                Some(_) => {}
+                None => input_open = false,
+            },
+            Some(done) = uploads.join_next() => match done.expect("upload task panicked") {
+                Ok((indexed, stored)) => {
+                    stats.packs.fetch_add(1, Ordering::Relaxed);
+                    stats.bytes_added.fetch_add(stored, Ordering::Relaxed);
+                    Progress::add(&progress.bytes_stored, stored);
+                    pending.packs.push(indexed);
+                    if pending.blob_count() >= INDEX_FLUSH_BLOBS && !abort.is_set() {
+                        flush_index(&repo, &mut pending, &claimed, &abort, &stats).await;
+                    }
+                }
+                Err(e) => {
+                    abort.fail(e);
+                    // Stop taking packs: the packer sees the closed channel.
+                    rx.close();
+                }
+            },
+        }
+        if abort.is_set() && input_open {
+            rx.close();
+            while rx.recv().await.is_some() {}
+            input_open = false;
+        }
+    }
+    if !abort.is_set() && !pending.packs.is_empty() {
+        flush_index(&repo, &mut pending, &claimed, &abort, &stats).await;
+    }
+}
+
+async fn upload(
+    backend: &crate::backend::Metered,
+    pack: FinishedPack,
+) -> Result<(IndexedPack, u64)> {
+    let size = pack.bytes.len() as u64;
+    let put = backend
+        .put_if_absent(&pack_path(&pack.id), Bytes::from(pack.bytes))
+        .await?;
+    let stored = if put == Put::Created { size } else { 0 };
+    Ok((
+        IndexedPack {
+            id: pack.id,
+            kind: pack.kind.code(),
+            size,
+            blobs: pack.entries,
+        },
+        stored,
+    ))
+}
+
+async fn flush_index(
+    repo: &Repo,
+    pending: &mut IndexObject,
+    claimed: &Mutex<HashSet<BlobId>>,
+    abort: &Abort,
+    stats: &WriteStats,
+) {
+    let index = std::mem::take(pending);
+    match repo.write_index(&index).await {
+        Ok((_, stored)) => {
+            stats.indexes.fetch_add(1, Ordering::Relaxed);
+            stats.bytes_added.fetch_add(stored, Ordering::Relaxed);
+            // The catalog now answers for these blobs; drop their claims.
+            let mut claimed = claimed.lock().expect("claimed lock");
+            for pack in &index.packs {
+                for blob in &pack.blobs {
+                    claimed.remove(&blob.id);
+                }
+            }
+        }
+        Err(e) => abort.fail(e),
+    }
+}

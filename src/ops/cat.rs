@@ -1,0 +1,94 @@
+//! `cat`: one file of a snapshot (or the stream of a stream snapshot) to a
+//! writer. Only the tree blobs on the path and the file's own chunks are
+//! read.
+
+use std::io::Write;
+use std::time::Instant;
+
+use crate::backend::RequestCounts;
+use crate::error::{Error, Result};
+use crate::hash::SnapshotId;
+use crate::read::read_content;
+use crate::repo::Repo;
+use crate::snapshot::{Node, NodeKind, Snapshot};
+
+/// What `cat` did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CatSummary {
+    /// The file written out, as named in the snapshot.
+    pub path: String,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Wall time.
+    pub duration_s: f64,
+    /// Storage requests made by the whole command.
+    pub requests: RequestCounts,
+}
+
+/// Finds the file `path` names in `snapshot`; with no path, the single file
+/// of a stream snapshot.
+pub async fn find_file(
+    repo: &Repo,
+    id: &SnapshotId,
+    snapshot: &Snapshot,
+    path: Option<&str>,
+) -> Result<(String, Node)> {
+    let (path, node) = match path {
+        Some(path) => {
+            let node = repo
+                .lookup(&snapshot.root, path.as_bytes())
+                .await?
+                .ok_or_else(|| Error::PathNotInSnapshot {
+                    path: path.into(),
+                    snapshot: id.short(),
+                })?;
+            (path.to_string(), node)
+        }
+        None => {
+            let tree = repo.load_tree(&snapshot.root).await?;
+            match &tree.entries[..] {
+                [node] if node.kind == NodeKind::File => (node.display_name(), node.clone()),
+                _ => {
+                    return Err(Error::InvalidArgument(format!(
+                        "snapshot {} holds a file tree, not a single stream; name the file to print",
+                        id.short()
+                    )));
+                }
+            }
+        }
+    };
+    if node.kind != NodeKind::File {
+        return Err(Error::InvalidArgument(format!(
+            "{path} is not a regular file"
+        )));
+    }
+    Ok((path, node))
+}
+
+/// Writes one file of a snapshot to `out`. The bytes are verified blob by
+/// blob before they are written; on damage the error names the object and
+/// nothing unverified has been written.
+pub async fn cat(
+    repo: &Repo,
+    id: &SnapshotId,
+    snapshot: &Snapshot,
+    path: Option<&str>,
+    out: &mut (dyn Write + Send),
+) -> Result<CatSummary> {
+    let started = Instant::now();
+    let (path, node) = find_file(repo, id, snapshot, path).await?;
+    let content = node.content.unwrap_or_default();
+    let bytes = read_content(repo, &content, &mut |piece| {
+        out.write_all(piece)
+            .map_err(|e| Error::io("writing", "standard output", e))
+    })
+    .await?;
+    out.flush()
+        .map_err(|e| Error::io("writing", "standard output", e))?;
+    Ok(CatSummary {
+        path,
+        bytes,
+        duration_s: started.elapsed().as_secs_f64(),
+        requests: repo.counts(),
+    })
+}

@@ -1,0 +1,115 @@
+//! `catalog rebuild`: recreates the catalog from the repository alone.
+//!
+//! The catalog is emptied and every snapshot and index object absorbed
+//! again. Packs that no index object names (index objects lost, or a backup
+//! interrupted between its packs and its index) are read by their tails:
+//! their headers are opened and written into a new index object, so every
+//! machine's catalog agrees on what exists and prune treats those packs like
+//! any other.
+
+use crate::backend::Backend;
+use std::time::Instant;
+
+use crate::backend::RequestCounts;
+use crate::error::{Error, Result};
+use crate::index::{IndexObject, IndexedPack};
+use crate::pack::{PackKind, header_range, open_header, parse_pack_path};
+use crate::repo::Repo;
+use crate::seal::{ObjectKind, with_codec};
+
+/// Bytes read from a pack's end in the first request; most headers fit.
+const TAIL_GUESS: u64 = 256 << 10;
+
+/// What the rebuild did.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct RebuildSummary {
+    /// Snapshots absorbed.
+    pub snapshots: usize,
+    /// Index objects absorbed.
+    pub index_objects: usize,
+    /// Packs no index object named, read from their headers.
+    pub packs_from_headers: usize,
+    /// The index object written for them, if any.
+    pub repair_index: Option<String>,
+    /// Objects that could not be read.
+    pub warnings: Vec<String>,
+    /// Blob locations in the new catalog.
+    pub blobs: u64,
+    /// Wall time.
+    pub duration_s: f64,
+    /// Storage requests made by the whole command.
+    pub requests: RequestCounts,
+}
+
+/// Rebuilds the catalog of `repo`.
+pub async fn rebuild_catalog(repo: &Repo) -> Result<RebuildSummary> {
+    let started = Instant::now();
+    let sync = repo.reset_catalog().await?;
+    let mut summary = RebuildSummary {
+        snapshots: sync.snapshots_added,
+        index_objects: sync.indexes_added,
+        warnings: sync.warnings,
+        ..RebuildSummary::default()
+    };
+    let known: std::collections::HashSet<_> =
+        repo.catalog().packs()?.into_iter().map(|p| p.id).collect();
+    let mut repair = IndexObject::default();
+    for object in repo.backend().list("packs/").await? {
+        let Some(id) = parse_pack_path(&object.name) else {
+            continue;
+        };
+        if known.contains(&id) {
+            continue;
+        }
+        match read_pack_header(repo, &object.name, object.size).await {
+            Ok(entries) => {
+                let kind = match entries.first().and_then(|e| e.object_kind()) {
+                    Some(ObjectKind::DataBlob) | None => PackKind::Data,
+                    Some(_) => PackKind::Tree,
+                };
+                repair.packs.push(IndexedPack {
+                    id,
+                    kind: kind.code(),
+                    size: object.size,
+                    blobs: entries,
+                });
+            }
+            Err(e) if e.is_damage() => summary
+                .warnings
+                .push(format!("skipped {}: {e}", object.name)),
+            Err(e) => return Err(e),
+        }
+    }
+    summary.packs_from_headers = repair.packs.len();
+    if !repair.packs.is_empty() {
+        let (id, _) = repo.write_index(&repair).await?;
+        summary.repair_index = Some(id.to_hex());
+    }
+    summary.blobs = repo.catalog().blob_count()?;
+    summary.duration_s = started.elapsed().as_secs_f64();
+    summary.requests = repo.counts();
+    Ok(summary)
+}
+
+async fn read_pack_header(
+    repo: &Repo,
+    name: &str,
+    size: u64,
+) -> Result<Vec<crate::pack::PackEntry>> {
+    let guess = size.min(TAIL_GUESS);
+    let tail = repo.backend().get_range(name, size - guess..size).await?;
+    let range = header_range(&tail, size, name)?;
+    let sealed = if range.start >= size - guess {
+        let at = (range.start - (size - guess)) as usize;
+        tail.slice(at..at + (range.end - range.start) as usize)
+    } else {
+        repo.backend().get_range(name, range.clone()).await?
+    };
+    let header = with_codec(1, |codec| {
+        open_header(repo.sealer(), codec, &sealed, range.start, name)
+    })?;
+    if header.entries.is_empty() {
+        return Err(Error::corrupt(name, "pack header lists no blobs"));
+    }
+    Ok(header.entries)
+}

@@ -1,0 +1,761 @@
+//! `Repo`: an opened repository, which is a backend, the unwrapped keys, the
+//! config, and the catalog. Every operation starts here.
+//!
+//! Opening reads `config` (refusing unknown formats before any KDF work),
+//! tries the passphrase on each key file, opens the sealed config, and then
+//! brings the catalog in step with the repository: snapshots are listed
+//! before index objects (a snapshot is written after the index naming its
+//! packs, so every snapshot seen has its index visible), new objects are
+//! absorbed and vanished ones forgotten. A damaged snapshot or index object
+//! is reported as a warning and skipped, so one bad object cannot make every
+//! command fail.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+
+use crate::backend::{Backend, Metered, Put, RequestCounts};
+use crate::catalog::{BlobLocation, Catalog, SnapshotFilter};
+use crate::config::{ChunkerProfile, Config, ConfigEnvelope, FORMAT_VERSION};
+use crate::error::{Error, Result};
+use crate::hash::{BlobHasher, BlobId, IndexId, KeyId, RepoId, SnapshotId};
+use crate::index::{IndexObject, MAX_INDEX_SIZE, index_path, snapshot_path};
+use crate::key::{KdfParams, KeyFile, MasterKey};
+use crate::pack::pack_path;
+use crate::seal::{ObjectKind, Sealer, with_codec};
+use crate::snapshot::{Content, Node, NodeKind, Snapshot, Tree};
+
+/// Largest snapshot object plaintext accepted (16 MiB).
+pub const MAX_SNAPSHOT_SIZE: usize = 16 << 20;
+/// Most key files tried when opening (each costs one KDF run).
+pub const MAX_KEY_FILES: usize = 64;
+/// Concurrent requests when absorbing new objects.
+const SYNC_CONCURRENCY: usize = 8;
+
+/// Settings for a new repository.
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    /// Argon2id parameters for the first key file.
+    pub kdf: KdfParams,
+    /// Chunker profiles replacing the defaults of the same name.
+    pub profiles: Vec<ChunkerProfile>,
+    /// zstd level, if not the default.
+    pub compression_level: Option<i32>,
+    /// Data pack target size in bytes, if not the default.
+    pub data_pack_size: Option<u32>,
+    /// Content-list fanout, if not the default (tests use small values to
+    /// exercise deep lists on small inputs).
+    pub list_fanout: Option<u32>,
+    /// Host name recorded in the key file.
+    pub host: String,
+    /// User name recorded in the key file.
+    pub user: String,
+}
+
+/// Who is running the operation, recorded in key files and snapshots.
+pub fn current_user() -> String {
+    // SAFETY: getuid cannot fail; getpwuid returns a pointer into static
+    // storage or null, read immediately on this thread.
+    unsafe {
+        let pw = libc::getpwuid(libc::getuid());
+        if !pw.is_null() && !(*pw).pw_name.is_null() {
+            return std::ffi::CStr::from_ptr((*pw).pw_name)
+                .to_string_lossy()
+                .into_owned();
+        }
+        libc::getuid().to_string()
+    }
+}
+
+/// This machine's host name.
+pub fn current_host() -> String {
+    gethostname::gethostname().to_string_lossy().into_owned()
+}
+
+/// Nanoseconds since the epoch, now.
+pub fn now_ns() -> i64 {
+    jiff::Timestamp::now().as_nanosecond() as i64
+}
+
+/// What [`Repo::sync`] did.
+#[derive(Clone, Debug, Default)]
+pub struct SyncReport {
+    /// Snapshots absorbed.
+    pub snapshots_added: usize,
+    /// Snapshots forgotten because they left the repository.
+    pub snapshots_removed: usize,
+    /// Index objects absorbed.
+    pub indexes_added: usize,
+    /// Index objects forgotten.
+    pub indexes_removed: usize,
+    /// Objects that could not be read, with the reason. They were skipped.
+    pub warnings: Vec<String>,
+}
+
+/// An opened repository. Cloning is cheap and shares everything, so
+/// pipeline threads and tasks each hold their own handle.
+#[derive(Clone, Debug)]
+pub struct Repo {
+    backend: Metered,
+    config: Arc<Config>,
+    sealer: Sealer,
+    hasher: BlobHasher,
+    key_id: KeyId,
+    master: Arc<MasterKey>,
+    catalog: Arc<Mutex<Catalog>>,
+    cache_dir: PathBuf,
+    sync_report: SyncReport,
+}
+
+impl Repo {
+    /// Creates a repository on empty storage and opens it.
+    pub async fn init(
+        backend: Arc<dyn Backend>,
+        passphrase: &[u8],
+        options: InitOptions,
+        cache_root: &Path,
+    ) -> Result<Repo> {
+        let repo_id = RepoId::random();
+        let mut seed = [0u8; 8];
+        crate::hash::fill_random(&mut seed);
+        let mut config = Config::new(repo_id, u64::from_le_bytes(seed), now_ns());
+        for profile in &options.profiles {
+            config.set_profile(profile.clone());
+        }
+        if let Some(level) = options.compression_level {
+            config.compression_level = level;
+        }
+        if let Some(size) = options.data_pack_size {
+            config.data_pack_size = size;
+        }
+        if let Some(fanout) = options.list_fanout {
+            config.list_fanout = fanout;
+        }
+        config.validate()?;
+        options.kdf.validate().map_err(Error::InvalidArgument)?;
+
+        backend.create_root().await?;
+        let master = MasterKey::generate();
+        let (key_id, key_bytes) = KeyFile::create(
+            &master,
+            repo_id,
+            passphrase,
+            options.kdf,
+            now_ns(),
+            options.host,
+            options.user,
+        )?;
+        backend
+            .put_if_absent(&format!("keys/{key_id}"), Bytes::from(key_bytes))
+            .await?;
+
+        // The config is written last: until it exists the location is not a
+        // repository, so an interrupted init leaves nothing half-usable.
+        let sealer = Sealer::new(&master.sealing_key(), repo_id);
+        let body = minicbor::to_vec(&config).expect("encoding to a Vec cannot fail");
+        let sealed = with_codec(config.compression_level, |codec| {
+            sealer.seal(codec, ObjectKind::Config, repo_id.as_bytes(), &body, true)
+        });
+        let envelope = ConfigEnvelope {
+            version: FORMAT_VERSION,
+            repo_id,
+            sealed,
+        };
+        let bytes = minicbor::to_vec(&envelope).expect("encoding to a Vec cannot fail");
+        if backend.put_if_absent("config", Bytes::from(bytes)).await? == Put::Existed {
+            return Err(Error::AlreadyInitialised {
+                location: backend.location(),
+            });
+        }
+        Repo::assemble(backend, master, key_id, config, cache_root).await
+    }
+
+    /// Opens an existing repository with `passphrase`.
+    pub async fn open(
+        backend: Arc<dyn Backend>,
+        passphrase: &[u8],
+        cache_root: &Path,
+    ) -> Result<Repo> {
+        let envelope = read_envelope(backend.as_ref()).await?;
+        let cache_dir = cache_root.join(envelope.repo_id.to_hex());
+        let (master, key_id) = unlock(backend.as_ref(), &envelope, passphrase, &cache_dir).await?;
+        let sealer = Sealer::new(&master.sealing_key(), envelope.repo_id);
+        let body = with_codec(1, |codec| {
+            sealer.open(
+                codec,
+                ObjectKind::Config,
+                envelope.repo_id.as_bytes(),
+                &envelope.sealed,
+                1 << 20,
+            )
+        })
+        .map_err(|e| Error::corrupt("config", e.to_string()))?;
+        let config: Config = minicbor::decode(&body)
+            .map_err(|e| Error::corrupt("config", format!("does not parse: {e}")))?;
+        if config.repo_id != envelope.repo_id {
+            return Err(Error::corrupt(
+                "config",
+                "sealed repository id differs from the outer one",
+            ));
+        }
+        config.validate()?;
+        Repo::assemble(backend, master, key_id, config, cache_root).await
+    }
+
+    async fn assemble(
+        backend: Arc<dyn Backend>,
+        master: MasterKey,
+        key_id: KeyId,
+        config: Config,
+        cache_root: &Path,
+    ) -> Result<Repo> {
+        let cache_dir = cache_root.join(config.repo_id.to_hex());
+        let catalog = Catalog::open(&cache_dir.join("catalog.sqlite"))?;
+        // Remember which key opened the repository so the next open tries it
+        // first; losing this file only costs KDF time.
+        let _ = std::fs::write(cache_dir.join("last-key"), key_id.to_hex());
+        let mut repo = Repo {
+            backend: Metered::new(backend),
+            sealer: Sealer::new(&master.sealing_key(), config.repo_id),
+            hasher: BlobHasher::new(*master.blob_id_key()),
+            config: Arc::new(config),
+            key_id,
+            master: Arc::new(master),
+            catalog: Arc::new(Mutex::new(catalog)),
+            cache_dir,
+            sync_report: SyncReport::default(),
+        };
+        repo.sync_report = repo.sync().await?;
+        Ok(repo)
+    }
+
+    /// The storage, metered.
+    pub fn backend(&self) -> &Metered {
+        &self.backend
+    }
+
+    /// Requests made through this repository so far.
+    pub fn counts(&self) -> RequestCounts {
+        self.backend.counts()
+    }
+
+    /// The config.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The repository id.
+    pub fn id(&self) -> RepoId {
+        self.config.repo_id
+    }
+
+    /// The sealer for this repository's objects.
+    pub fn sealer(&self) -> &Sealer {
+        &self.sealer
+    }
+
+    /// The blob id hasher.
+    pub fn hasher(&self) -> &BlobHasher {
+        &self.hasher
+    }
+
+    /// The key file that opened the repository.
+    pub fn key_id(&self) -> KeyId {
+        self.key_id
+    }
+
+    /// The master key, for wrapping it under another passphrase.
+    pub fn master_key(&self) -> &MasterKey {
+        &self.master
+    }
+
+    /// Replaces the catalog with an empty one (its files are deleted) and
+    /// absorbs the whole repository again.
+    pub async fn reset_catalog(&self) -> Result<SyncReport> {
+        {
+            let mut catalog = self.catalog();
+            let path = catalog.path().to_path_buf();
+            *catalog = Catalog::open_in_memory()?;
+            for suffix in ["", "-wal", "-shm"] {
+                let mut file = path.clone().into_os_string();
+                file.push(suffix);
+                match std::fs::remove_file(&file) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io("deleting", PathBuf::from(file), e)),
+                }
+            }
+            *catalog = Catalog::open(&path)?;
+        }
+        self.sync().await
+    }
+
+    /// This repository's cache directory.
+    pub fn cache_dir(&self) -> &Path {
+        &self.cache_dir
+    }
+
+    /// What the sync at open found (warnings about unreadable objects).
+    pub fn open_report(&self) -> &SyncReport {
+        &self.sync_report
+    }
+
+    /// Locks the catalog. Held only for short, synchronous queries; never
+    /// across an await.
+    pub fn catalog(&self) -> MutexGuard<'_, Catalog> {
+        self.catalog
+            .lock()
+            .expect("catalog lock poisoned by a panic")
+    }
+
+    /// Brings the catalog in step with the repository.
+    pub async fn sync(&self) -> Result<SyncReport> {
+        let mut report = SyncReport::default();
+
+        let listed: HashSet<SnapshotId> = self
+            .backend
+            .list("snapshots/")
+            .await?
+            .iter()
+            .filter_map(|o| o.name.strip_prefix("snapshots/")?.parse().ok())
+            .collect();
+        let known = self.catalog().snapshot_ids()?;
+        let gone: Vec<SnapshotId> = known.difference(&listed).copied().collect();
+        report.snapshots_removed = gone.len();
+        self.catalog
+            .lock()
+            .expect("catalog lock")
+            .remove_snapshots(&gone)?;
+        let new: Vec<SnapshotId> = listed.difference(&known).copied().collect();
+        let loaded: Vec<(SnapshotId, Result<Snapshot>)> = futures::stream::iter(new)
+            .map(|id| async move { (id, self.load_snapshot(&id).await) })
+            .buffer_unordered(SYNC_CONCURRENCY)
+            .collect()
+            .await;
+        for (id, snapshot) in loaded {
+            match snapshot {
+                Ok(snapshot) => {
+                    self.catalog().insert_snapshot(&id, &snapshot)?;
+                    report.snapshots_added += 1;
+                }
+                Err(e) if e.is_damage() => report
+                    .warnings
+                    .push(format!("skipped snapshot {}: {e}", id.short())),
+                Err(e) => return Err(e),
+            }
+        }
+
+        let listed: HashSet<IndexId> = self
+            .backend
+            .list("index/")
+            .await?
+            .iter()
+            .filter_map(|o| o.name.strip_prefix("index/")?.parse().ok())
+            .collect();
+        let known = self.catalog().index_ids()?;
+        let gone: Vec<IndexId> = known.difference(&listed).copied().collect();
+        report.indexes_removed = gone.len();
+        self.catalog
+            .lock()
+            .expect("catalog lock")
+            .drop_indexes(&gone)?;
+        let new: Vec<IndexId> = listed.difference(&known).copied().collect();
+        let mut loads = futures::stream::iter(new)
+            .map(|id| async move { (id, self.load_index(&id).await) })
+            .buffer_unordered(SYNC_CONCURRENCY);
+        while let Some((id, index)) = loads.next().await {
+            match index {
+                Ok(index) => {
+                    self.catalog
+                        .lock()
+                        .expect("catalog lock")
+                        .absorb_index(id, &index)?;
+                    report.indexes_added += 1;
+                }
+                Err(e) if e.is_damage() => report
+                    .warnings
+                    .push(format!("skipped index object {}: {e}", id.short())),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(report)
+    }
+
+    /// Seals and stores a metadata object under `name`; returns the stored
+    /// size if it was created.
+    pub async fn put_object(
+        &self,
+        kind: ObjectKind,
+        name: &str,
+        id: &[u8; 32],
+        plaintext: &[u8],
+    ) -> Result<u64> {
+        let sealed = with_codec(self.config.compression_level, |codec| {
+            self.sealer.seal(codec, kind, id, plaintext, true)
+        });
+        let len = sealed.len() as u64;
+        match self
+            .backend
+            .put_if_absent(name, Bytes::from(sealed))
+            .await?
+        {
+            Put::Created => Ok(len),
+            Put::Existed => Err(Error::corrupt(
+                name,
+                "an object of this random name already exists",
+            )),
+        }
+    }
+
+    /// Reads and opens a metadata object.
+    pub async fn get_object(
+        &self,
+        kind: ObjectKind,
+        name: &str,
+        id: &[u8; 32],
+        max_len: usize,
+    ) -> Result<Vec<u8>> {
+        let sealed = self.backend.get(name).await?;
+        let sealer = self.sealer.clone();
+        let level = self.config.compression_level;
+        let id = *id;
+        tokio::task::spawn_blocking(move || {
+            with_codec(level, |codec| {
+                sealer.open(codec, kind, &id, &sealed, max_len)
+            })
+        })
+        .await
+        .expect("opening task panicked")
+        .map_err(|e| Error::corrupt(name, e.to_string()))
+    }
+
+    /// Reads a snapshot object from the repository.
+    pub async fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
+        let name = snapshot_path(id);
+        let plain = self
+            .get_object(
+                ObjectKind::Snapshot,
+                &name,
+                id.as_bytes(),
+                MAX_SNAPSHOT_SIZE,
+            )
+            .await?;
+        minicbor::decode(&plain)
+            .map_err(|e| Error::corrupt(name, format!("snapshot does not parse: {e}")))
+    }
+
+    /// Reads an index object from the repository.
+    pub async fn load_index(&self, id: &IndexId) -> Result<IndexObject> {
+        let name = index_path(id);
+        let plain = self
+            .get_object(ObjectKind::Index, &name, id.as_bytes(), MAX_INDEX_SIZE)
+            .await?;
+        minicbor::decode(&plain)
+            .map_err(|e| Error::corrupt(name, format!("index object does not parse: {e}")))
+    }
+
+    /// Stores a new index object and absorbs it into the catalog.
+    pub async fn write_index(&self, index: &IndexObject) -> Result<(IndexId, u64)> {
+        let id = IndexId::random();
+        let plain = minicbor::to_vec(index).expect("encoding to a Vec cannot fail");
+        let stored = self
+            .put_object(ObjectKind::Index, &index_path(&id), id.as_bytes(), &plain)
+            .await?;
+        self.catalog
+            .lock()
+            .expect("catalog lock")
+            .absorb_index(id, index)?;
+        Ok((id, stored))
+    }
+
+    /// Stores a new snapshot object (the commit point of a backup) and records
+    /// it in the catalog.
+    pub async fn write_snapshot(&self, snapshot: &Snapshot) -> Result<(SnapshotId, u64)> {
+        let id = SnapshotId::random();
+        let plain = minicbor::to_vec(snapshot).expect("encoding to a Vec cannot fail");
+        let stored = self
+            .put_object(
+                ObjectKind::Snapshot,
+                &snapshot_path(&id),
+                id.as_bytes(),
+                &plain,
+            )
+            .await?;
+        self.catalog().insert_snapshot(&id, snapshot)?;
+        Ok((id, stored))
+    }
+
+    /// Snapshots matching `filter`, oldest first.
+    pub fn snapshots(&self, filter: &SnapshotFilter) -> Result<Vec<(SnapshotId, Snapshot)>> {
+        self.catalog().snapshots(filter)
+    }
+
+    /// Resolves `latest` or an id prefix (at least 4 hex digits) among the
+    /// snapshots matching `filter`.
+    pub fn resolve_snapshot(
+        &self,
+        spec: &str,
+        filter: &SnapshotFilter,
+    ) -> Result<(SnapshotId, Snapshot)> {
+        if spec == "latest" {
+            return self
+                .snapshots(filter)?
+                .pop()
+                .ok_or_else(|| Error::SnapshotNotFound(describe_filter(spec, filter)));
+        }
+        if spec.len() < 4 || !spec.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::InvalidArgument(format!(
+                "{spec:?} is neither `latest` nor a snapshot id prefix of at least 4 hex digits"
+            )));
+        }
+        let catalog = self.catalog();
+        let ids = catalog.snapshots_with_prefix(spec)?;
+        let matching: Vec<(SnapshotId, Snapshot)> = ids
+            .into_iter()
+            .filter_map(|id| catalog.snapshot(&id).ok().flatten().map(|s| (id, s)))
+            .filter(|(_, s)| filter_matches(filter, s))
+            .collect();
+        match matching.len() {
+            0 => Err(Error::SnapshotNotFound(describe_filter(spec, filter))),
+            1 => Ok(matching.into_iter().next().expect("one element")),
+            _ => Err(Error::AmbiguousSnapshot {
+                prefix: spec.into(),
+                matches: matching.iter().map(|(id, _)| id.short()).collect(),
+            }),
+        }
+    }
+
+    /// Where a usable copy of a blob is stored.
+    pub fn locate(&self, id: &BlobId) -> Result<BlobLocation> {
+        self.catalog().locate(id)?.ok_or_else(|| Error::NotFound {
+            object: format!("blob {id}"),
+        })
+    }
+
+    /// Fetches one blob, opens it, and checks its length and id.
+    pub async fn read_blob(&self, kind: ObjectKind, id: &BlobId) -> Result<Vec<u8>> {
+        let location = self.locate(id)?;
+        if location.kind != kind {
+            return Err(Error::corrupt(
+                format!("blob {id}"),
+                format!(
+                    "is indexed as {:?}, but {:?} was expected",
+                    location.kind, kind
+                ),
+            ));
+        }
+        let name = pack_path(&location.pack);
+        let sealed = self
+            .backend
+            .get_range(
+                &name,
+                location.offset..location.offset + u64::from(location.length),
+            )
+            .await?;
+        let opener = self.blob_opener();
+        let id = *id;
+        tokio::task::spawn_blocking(move || opener.open(&name, &location, &id, &sealed))
+            .await
+            .expect("opening task panicked")
+    }
+
+    /// A cheap, thread-safe handle for opening blobs on worker threads.
+    pub fn blob_opener(&self) -> BlobOpener {
+        BlobOpener {
+            sealer: self.sealer.clone(),
+            hasher: self.hasher.clone(),
+            level: self.config.compression_level,
+        }
+    }
+
+    /// Reads and decodes a tree blob.
+    pub async fn load_tree(&self, id: &BlobId) -> Result<Tree> {
+        let plain = self.read_blob(ObjectKind::TreeBlob, id).await?;
+        Tree::decode(&plain, &format!("tree {id}"))
+    }
+
+    /// Finds the node at `path` (components separated by `/`; leading and
+    /// repeated separators ignored) below the tree `root`. `None` if absent.
+    pub async fn lookup(&self, root: &BlobId, path: &[u8]) -> Result<Option<Node>> {
+        let components: Vec<&[u8]> = path
+            .split(|b| *b == b'/')
+            .filter(|c| !c.is_empty())
+            .collect();
+        let Some((last, dirs)) = components.split_last() else {
+            return Err(Error::InvalidArgument("an empty path names no file".into()));
+        };
+        let mut tree = self.load_tree(root).await?;
+        for dir in dirs {
+            match tree.get(dir) {
+                Some(Node {
+                    kind: NodeKind::Dir,
+                    subtree: Some(subtree),
+                    ..
+                }) => tree = self.load_tree(subtree).await?,
+                _ => return Ok(None),
+            }
+        }
+        Ok(tree.get(last).cloned())
+    }
+
+    /// Reads and decodes a list blob expected at `depth`.
+    pub async fn load_list(&self, id: &BlobId, depth: u8) -> Result<Content> {
+        let plain = self.read_blob(ObjectKind::ListBlob, id).await?;
+        Content::decode_list(&plain, depth, &format!("content list {id}"))
+    }
+}
+
+/// Opens blobs fetched from packs; see [`Repo::blob_opener`].
+#[derive(Clone, Debug)]
+pub struct BlobOpener {
+    sealer: Sealer,
+    hasher: BlobHasher,
+    level: i32,
+}
+
+impl BlobOpener {
+    /// Opens `sealed` as the blob `id` found at `location` in pack `pack_name`,
+    /// and checks its plaintext length and recomputed id.
+    pub fn open(
+        &self,
+        pack_name: &str,
+        location: &BlobLocation,
+        id: &BlobId,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>> {
+        let object = || format!("{pack_name} (blob {})", id.short());
+        let plain = with_codec(self.level, |codec| {
+            self.sealer.open(
+                codec,
+                location.kind,
+                id.as_bytes(),
+                sealed,
+                location.raw_length as usize,
+            )
+        })
+        .map_err(|e| Error::corrupt(object(), e.to_string()))?;
+        if plain.len() != location.raw_length as usize {
+            return Err(Error::corrupt(
+                object(),
+                format!(
+                    "holds {} bytes, the index says {}",
+                    plain.len(),
+                    location.raw_length
+                ),
+            ));
+        }
+        if self.hasher.blob_id(&plain) != *id {
+            return Err(Error::corrupt(object(), "content does not match its id"));
+        }
+        Ok(plain)
+    }
+}
+
+fn filter_matches(filter: &SnapshotFilter, snapshot: &Snapshot) -> bool {
+    filter.source.as_ref().is_none_or(|s| *s == snapshot.source)
+        && filter.host.as_ref().is_none_or(|h| *h == snapshot.host)
+        && filter.tags.iter().all(|t| snapshot.tags.contains(t))
+}
+
+fn describe_filter(spec: &str, filter: &SnapshotFilter) -> String {
+    let mut out = spec.to_string();
+    if let Some(source) = &filter.source {
+        out.push_str(&format!(" with source {source}"));
+    }
+    if let Some(host) = &filter.host {
+        out.push_str(&format!(" on host {host}"));
+    }
+    out
+}
+
+async fn read_envelope(backend: &dyn Backend) -> Result<ConfigEnvelope> {
+    match backend.get("config").await {
+        Ok(bytes) => ConfigEnvelope::parse(&bytes),
+        Err(Error::NotFound { .. }) => Err(Error::NotARepository {
+            location: backend.location(),
+        }),
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotADirectory => {
+            Err(Error::NotARepository {
+                location: backend.location(),
+            })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Lists the key files of a repository (ids only).
+pub async fn list_key_ids(backend: &dyn Backend) -> Result<Vec<KeyId>> {
+    Ok(backend
+        .list("keys/")
+        .await?
+        .iter()
+        .filter_map(|o| o.name.strip_prefix("keys/")?.parse().ok())
+        .collect())
+}
+
+async fn unlock(
+    backend: &dyn Backend,
+    envelope: &ConfigEnvelope,
+    passphrase: &[u8],
+    cache_dir: &Path,
+) -> Result<(MasterKey, KeyId)> {
+    let mut ids = list_key_ids(backend).await?;
+    if let Ok(last) = std::fs::read_to_string(cache_dir.join("last-key"))
+        && let Ok(last) = last.trim().parse::<KeyId>()
+        && let Some(pos) = ids.iter().position(|id| *id == last)
+    {
+        ids.swap(0, pos);
+    }
+    if ids.is_empty() {
+        return Err(Error::corrupt(
+            backend.location(),
+            "repository has no key files",
+        ));
+    }
+    let mut hostile = None;
+    for id in ids.into_iter().take(MAX_KEY_FILES) {
+        let bytes = match backend.get(&format!("keys/{id}")).await {
+            Ok(b) => b,
+            Err(Error::NotFound { .. }) => continue,
+            Err(e) => return Err(e),
+        };
+        let Ok(file) = KeyFile::parse(id, &bytes) else {
+            continue;
+        };
+        if file.header.repo_id != envelope.repo_id {
+            continue;
+        }
+        let passphrase = passphrase.to_vec();
+        let result = tokio::task::spawn_blocking(move || file.unwrap(&passphrase))
+            .await
+            .expect("key derivation task panicked");
+        match result {
+            Ok(Some(master)) => return Ok((master, id)),
+            Ok(None) => {}
+            Err(e @ Error::HostileKeyFile { .. }) => hostile = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(hostile.unwrap_or_else(|| Error::WrongPassphrase {
+        location: backend.location(),
+    }))
+}
+
+/// Fetches whole objects concurrently, in any order.
+pub async fn get_many(
+    backend: &dyn Backend,
+    names: Vec<String>,
+    concurrency: usize,
+) -> Result<Vec<(String, Bytes)>> {
+    futures::stream::iter(names)
+        .map(|name| async move {
+            let bytes = backend.get(&name).await?;
+            Ok::<_, Error>((name, bytes))
+        })
+        .buffer_unordered(concurrency)
+        .try_collect()
+        .await
+}

@@ -1,0 +1,398 @@
+//! The sealed form of every stored blob and metadata object.
+//!
+//! ```text
+//! sealed    = nonce (24 random bytes) ‖ ciphertext ‖ tag (16 bytes)
+//! plaintext = mode (1 byte: 0 stored, 1 zstd frame) ‖ payload
+//! AAD       = format version (u32 LE) ‖ repository id (32) ‖ object kind (1) ‖ object id (32)
+//! ```
+//!
+//! The cipher is XChaCha20-Poly1305 under the sealing key. Because the kind
+//! and id are associated data, a sealed object only opens as what it was
+//! sealed as: a data blob never opens as a tree, an index or a snapshot, and
+//! a blob copied under another id fails to open (spec: `docs/FORMAT.md`,
+//! "Sealed objects"). Decompression is capped by the caller's expected size,
+//! so a hostile frame cannot balloon memory.
+
+use std::fmt;
+use std::io::Cursor;
+
+use chacha20poly1305::aead::{AeadInOut, KeyInit};
+use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
+
+use crate::config::FORMAT_VERSION;
+use crate::hash::{RepoId, fill_random};
+
+/// Bytes a sealed object adds to its (possibly compressed) payload.
+pub const SEAL_OVERHEAD: usize = 24 + 1 + 16;
+
+const MODE_STORED: u8 = 0;
+const MODE_ZSTD: u8 = 1;
+
+/// What a sealed object is; part of its associated data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum ObjectKind {
+    /// A chunk of file or stream content.
+    DataBlob = 1,
+    /// A directory: the entries of one tree.
+    TreeBlob = 2,
+    /// A list of content chunk ids, for files too large to list inline.
+    ListBlob = 3,
+    /// The header at the end of a pack.
+    PackHeader = 4,
+    /// An index object.
+    Index = 5,
+    /// A snapshot object.
+    Snapshot = 6,
+    /// The repository config.
+    Config = 7,
+    /// A lease object.
+    Lease = 8,
+    /// A pending-deletion list.
+    Pending = 9,
+}
+
+impl ObjectKind {
+    /// Parses the one-byte code used in pack headers and index objects.
+    pub fn from_code(code: u8) -> Option<ObjectKind> {
+        use ObjectKind::*;
+        Some(match code {
+            1 => DataBlob,
+            2 => TreeBlob,
+            3 => ListBlob,
+            4 => PackHeader,
+            5 => Index,
+            6 => Snapshot,
+            7 => Config,
+            8 => Lease,
+            9 => Pending,
+            _ => return None,
+        })
+    }
+
+    /// The one-byte code.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// True for the blob kinds that live in packs.
+    pub fn is_blob(self) -> bool {
+        matches!(
+            self,
+            ObjectKind::DataBlob | ObjectKind::TreeBlob | ObjectKind::ListBlob
+        )
+    }
+}
+
+/// Why a sealed object did not open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpenError {
+    /// Shorter than the fixed overhead.
+    Truncated(usize),
+    /// The tag did not verify: wrong key, wrong kind or id, or damaged bytes.
+    Authentication,
+    /// The mode byte is unknown.
+    UnknownMode(u8),
+    /// The payload decompresses to more than the caller allows.
+    TooLarge {
+        /// The cap the caller set.
+        limit: usize,
+    },
+    /// The zstd frame is damaged (only possible with the key: the tag verified).
+    Decompression(String),
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpenError::Truncated(n) => write!(f, "sealed object is only {n} bytes long"),
+            OpenError::Authentication => f.write_str(
+                "authentication failed (damaged bytes, or an object stored under the wrong name or kind)",
+            ),
+            OpenError::UnknownMode(m) => write!(f, "unknown compression mode {m}"),
+            OpenError::TooLarge { limit } => {
+                write!(f, "content is larger than the expected {limit} bytes")
+            }
+            OpenError::Decompression(e) => write!(f, "zstd frame does not decompress: {e}"),
+        }
+    }
+}
+
+/// Seals and opens objects of one repository. Cheap to share between threads;
+/// the per-thread zstd state lives in [`Codec`].
+#[derive(Clone)]
+pub struct Sealer {
+    cipher: XChaCha20Poly1305,
+    repo_id: RepoId,
+}
+
+impl fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sealer({:?})", self.repo_id)
+    }
+}
+
+/// Per-thread compression state, reused across objects to avoid reallocating
+/// zstd contexts.
+pub struct Codec {
+    compressor: zstd::bulk::Compressor<'static>,
+    decompressor: zstd::bulk::Decompressor<'static>,
+}
+
+impl Codec {
+    /// A codec compressing at `level` (zstd levels; 1 is fast and, on dump
+    /// text, as small as 3; see `docs/PERFORMANCE.md`).
+    pub fn new(level: i32) -> Codec {
+        Codec {
+            compressor: zstd::bulk::Compressor::new(level).expect("zstd accepts every level"),
+            decompressor: zstd::bulk::Decompressor::new().expect("zstd context allocation"),
+        }
+    }
+}
+
+impl fmt::Debug for Codec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Codec(..)")
+    }
+}
+
+thread_local! {
+    static THREAD_CODEC: std::cell::RefCell<Option<(i32, Codec)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's codec for `level`, creating it on first use.
+/// For occasional objects (metadata) sealed outside the worker pools, which
+/// own their codecs.
+pub fn with_codec<T>(level: i32, f: impl FnOnce(&mut Codec) -> T) -> T {
+    THREAD_CODEC.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if !matches!(&*slot, Some((l, _)) if *l == level) {
+            *slot = Some((level, Codec::new(level)));
+        }
+        let (_, codec) = slot.as_mut().expect("set above");
+        f(codec)
+    })
+}
+
+impl Sealer {
+    /// A sealer for `repo_id` under `sealing_key`.
+    pub fn new(sealing_key: &[u8; 32], repo_id: RepoId) -> Sealer {
+        Sealer {
+            cipher: XChaCha20Poly1305::new(&(*sealing_key).into()),
+            repo_id,
+        }
+    }
+
+    /// The repository id bound into every object.
+    pub fn repo_id(&self) -> RepoId {
+        self.repo_id
+    }
+
+    fn aad(&self, kind: ObjectKind, id: &[u8; 32]) -> [u8; 69] {
+        let mut aad = [0u8; 69];
+        aad[..4].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        aad[4..36].copy_from_slice(self.repo_id.as_bytes());
+        aad[36] = kind.code();
+        aad[37..].copy_from_slice(id);
+        aad
+    }
+
+    /// Seals `plaintext` as an object of `kind` named `id`. With `compress`,
+    /// the payload is a zstd frame when that is smaller than the plaintext.
+    pub fn seal(
+        &self,
+        codec: &mut Codec,
+        kind: ObjectKind,
+        id: &[u8; 32],
+        plaintext: &[u8],
+        compress: bool,
+    ) -> Vec<u8> {
+        let mut out =
+            Vec::with_capacity(SEAL_OVERHEAD + zstd::zstd_safe::compress_bound(plaintext.len()));
+        let mut nonce = [0u8; 24];
+        fill_random(&mut nonce);
+        out.extend_from_slice(&nonce);
+        out.push(MODE_ZSTD);
+        let compressed = compress
+            && {
+                let mut cursor = Cursor::new(&mut out);
+                cursor.set_position(25);
+                matches!(codec.compressor.compress_to_buffer(plaintext, &mut cursor), Ok(n) if n < plaintext.len())
+            };
+        if !compressed {
+            out.truncate(24);
+            out.push(MODE_STORED);
+            out.extend_from_slice(plaintext);
+        }
+        let aad = self.aad(kind, id);
+        let tag = self
+            .cipher
+            .encrypt_inout_detached(&XNonce::from(nonce), &aad, out[24..].as_mut().into())
+            .expect("objects are far below the AEAD length limit");
+        out.extend_from_slice(&tag);
+        out
+    }
+
+    /// Opens a sealed object of `kind` named `id`, refusing content longer
+    /// than `max_len` bytes.
+    pub fn open(
+        &self,
+        codec: &mut Codec,
+        kind: ObjectKind,
+        id: &[u8; 32],
+        sealed: &[u8],
+        max_len: usize,
+    ) -> Result<Vec<u8>, OpenError> {
+        if sealed.len() < SEAL_OVERHEAD {
+            return Err(OpenError::Truncated(sealed.len()));
+        }
+        let nonce = XNonce::try_from(&sealed[..24]).expect("24 bytes");
+        let tag = Tag::try_from(&sealed[sealed.len() - 16..]).expect("16 bytes");
+        let mut body = sealed[24..sealed.len() - 16].to_vec();
+        let aad = self.aad(kind, id);
+        self.cipher
+            .decrypt_inout_detached(&nonce, &aad, body.as_mut_slice().into(), &tag)
+            .map_err(|_| OpenError::Authentication)?;
+        match body[0] {
+            MODE_STORED => {
+                if body.len() - 1 > max_len {
+                    return Err(OpenError::TooLarge { limit: max_len });
+                }
+                body.remove(0);
+                Ok(body)
+            }
+            MODE_ZSTD => codec
+                .decompressor
+                .decompress(&body[1..], max_len)
+                .map_err(|e| {
+                    if e.to_string().contains("too small") {
+                        OpenError::TooLarge { limit: max_len }
+                    } else {
+                        OpenError::Decompression(e.to_string())
+                    }
+                }),
+            mode => Err(OpenError::UnknownMode(mode)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sealer() -> Sealer {
+        Sealer::new(&[3; 32], RepoId([4; 32]))
+    }
+
+    proptest! {
+        #[test]
+        fn open_inverts_seal(data in proptest::collection::vec(any::<u8>(), 0..5000), compress: bool) {
+            let s = sealer();
+            let mut codec = Codec::new(1);
+            let sealed = s.seal(&mut codec, ObjectKind::DataBlob, &[1; 32], &data, compress);
+            let opened = s.open(&mut codec, ObjectKind::DataBlob, &[1; 32], &sealed, data.len()).unwrap();
+            prop_assert_eq!(opened, data);
+        }
+    }
+
+    #[test]
+    fn compressible_content_is_stored_compressed() {
+        let s = sealer();
+        let mut codec = Codec::new(1);
+        let text = b"INSERT INTO t VALUES (1, 'abc');\n".repeat(1000);
+        let sealed = s.seal(&mut codec, ObjectKind::DataBlob, &[1; 32], &text, true);
+        assert!(sealed.len() < text.len() / 10);
+        let raw = s.seal(&mut codec, ObjectKind::DataBlob, &[1; 32], &text, false);
+        assert_eq!(raw.len(), text.len() + SEAL_OVERHEAD);
+    }
+
+    #[test]
+    fn an_object_opens_only_as_its_own_kind_id_and_repository() {
+        let s = sealer();
+        let mut codec = Codec::new(1);
+        let sealed = s.seal(&mut codec, ObjectKind::DataBlob, &[1; 32], b"payload", true);
+        for (kind, id) in [
+            (ObjectKind::TreeBlob, [1; 32]),
+            (ObjectKind::Snapshot, [1; 32]),
+            (ObjectKind::Index, [1; 32]),
+            (ObjectKind::DataBlob, [2; 32]),
+        ] {
+            assert_eq!(
+                s.open(&mut codec, kind, &id, &sealed, 100),
+                Err(OpenError::Authentication)
+            );
+        }
+        let other_repo = Sealer::new(&[3; 32], RepoId([5; 32]));
+        assert_eq!(
+            other_repo.open(&mut codec, ObjectKind::DataBlob, &[1; 32], &sealed, 100),
+            Err(OpenError::Authentication)
+        );
+    }
+
+    #[test]
+    fn every_flipped_bit_is_detected() {
+        let s = sealer();
+        let mut codec = Codec::new(1);
+        let sealed = s.seal(
+            &mut codec,
+            ObjectKind::TreeBlob,
+            &[1; 32],
+            b"some tree bytes",
+            true,
+        );
+        for i in 0..sealed.len() * 8 {
+            let mut bad = sealed.clone();
+            bad[i / 8] ^= 1 << (i % 8);
+            assert!(
+                s.open(&mut codec, ObjectKind::TreeBlob, &[1; 32], &bad, 100)
+                    .is_err()
+            );
+        }
+        for len in 0..sealed.len() {
+            assert!(
+                s.open(
+                    &mut codec,
+                    ObjectKind::TreeBlob,
+                    &[1; 32],
+                    &sealed[..len],
+                    100
+                )
+                .is_err()
+            );
+        }
+    }
+
+    #[test]
+    fn content_over_the_cap_is_refused() {
+        let s = sealer();
+        let mut codec = Codec::new(1);
+        let zeros = vec![0u8; 1 << 20];
+        let sealed = s.seal(&mut codec, ObjectKind::DataBlob, &[1; 32], &zeros, true);
+        assert!(sealed.len() < 1000);
+        assert_eq!(
+            s.open(&mut codec, ObjectKind::DataBlob, &[1; 32], &sealed, 4096),
+            Err(OpenError::TooLarge { limit: 4096 })
+        );
+        let stored = s.seal(
+            &mut codec,
+            ObjectKind::DataBlob,
+            &[1; 32],
+            &zeros[..5000],
+            false,
+        );
+        assert_eq!(
+            s.open(&mut codec, ObjectKind::DataBlob, &[1; 32], &stored, 4096),
+            Err(OpenError::TooLarge { limit: 4096 })
+        );
+    }
+
+    #[test]
+    fn nonces_are_fresh_for_every_seal() {
+        let s = sealer();
+        let mut codec = Codec::new(1);
+        let a = s.seal(&mut codec, ObjectKind::DataBlob, &[1; 32], b"same", true);
+        let b = s.seal(&mut codec, ObjectKind::DataBlob, &[1; 32], b"same", true);
+        assert_ne!(a[..24], b[..24]);
+    }
+}
