@@ -251,6 +251,21 @@ impl Catalog {
         Ok(out)
     }
 
+    /// A pack holding an unusable copy of the blob (damaged, or in a damaged
+    /// or pending pack), to explain why [`Catalog::locate`] found none.
+    pub fn unusable_copy(&self, id: &BlobId) -> Result<Option<PackId>> {
+        let pack: Option<Vec<u8>> = self
+            .conn
+            .query_row(
+                "SELECT p.id FROM blobs b JOIN packs p ON p.rowid = b.pack WHERE b.id = ?1 LIMIT 1",
+                [id.as_bytes()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err("locating a blob"))?;
+        Ok(pack.and_then(|p| PackId::from_slice(&p)))
+    }
+
     fn damaged(&self, what: &str) -> Error {
         Error::corrupt(
             self.path.display().to_string(),

@@ -51,9 +51,9 @@ impl ChunkerProfile {
             && (1024..=MAX_BLOB_SIZE as u32).contains(&self.max)
             && self.min < self.avg
             && self.avg < self.max
-            && self.min % 2 == 0
-            && self.avg % 2 == 0
-            && self.max % 2 == 0;
+            && self.min.is_multiple_of(2)
+            && self.avg.is_multiple_of(2)
+            && self.max.is_multiple_of(2);
         if ok {
             Ok(())
         } else {

@@ -125,7 +125,7 @@ pub enum Error {
     },
 
     /// No snapshot matches what the caller named.
-    #[error("no snapshot matches {0:?}")]
+    #[error("no snapshot matches {0}")]
     SnapshotNotFound(String),
 
     /// A snapshot id prefix matches more than one snapshot.

@@ -213,7 +213,7 @@ impl Repo {
         cache_root: &Path,
     ) -> Result<Repo> {
         let cache_dir = cache_root.join(config.repo_id.to_hex());
-        let catalog = Catalog::open(&cache_dir.join("catalog.sqlite"))?;
+        let (catalog, set_aside) = open_or_replace_catalog(&cache_dir.join("catalog.sqlite"))?;
         // Remember which key opened the repository so the next open tries it
         // first; losing this file only costs KDF time.
         let _ = std::fs::write(cache_dir.join("last-key"), key_id.to_hex());
@@ -229,6 +229,7 @@ impl Repo {
             sync_report: SyncReport::default(),
         };
         repo.sync_report = repo.sync().await?;
+        repo.sync_report.warnings.extend(set_aside);
         Ok(repo)
     }
 
@@ -530,8 +531,18 @@ impl Repo {
 
     /// Where a usable copy of a blob is stored.
     pub fn locate(&self, id: &BlobId) -> Result<BlobLocation> {
-        self.catalog().locate(id)?.ok_or_else(|| Error::NotFound {
-            object: format!("blob {id}"),
+        let catalog = self.catalog();
+        if let Some(location) = catalog.locate(id)? {
+            return Ok(location);
+        }
+        Err(match catalog.unusable_copy(id)? {
+            Some(pack) => Error::corrupt(
+                format!("{} (blob {})", pack_path(&pack), id.short()),
+                "was found damaged or missing by `larder check`, and no intact copy is left",
+            ),
+            None => Error::NotFound {
+                object: format!("blob {id}"),
+            },
         })
     }
 
@@ -661,7 +672,7 @@ fn filter_matches(filter: &SnapshotFilter, snapshot: &Snapshot) -> bool {
 }
 
 fn describe_filter(spec: &str, filter: &SnapshotFilter) -> String {
-    let mut out = spec.to_string();
+    let mut out = format!("{spec:?}");
     if let Some(source) = &filter.source {
         out.push_str(&format!(" with source {source}"));
     }
@@ -669,6 +680,32 @@ fn describe_filter(spec: &str, filter: &SnapshotFilter) -> String {
         out.push_str(&format!(" on host {host}"));
     }
     out
+}
+
+/// Opens the catalog; if it cannot be opened (damaged, or from a newer
+/// larder), sets the file aside and starts an empty one, which the sync that
+/// follows fills from the repository. Returns a warning when it did so.
+fn open_or_replace_catalog(path: &Path) -> Result<(Catalog, Option<String>)> {
+    let error = match Catalog::open(path) {
+        Ok(catalog) => return Ok((catalog, None)),
+        Err(e @ (Error::Catalog { .. } | Error::Unsupported { .. })) => e,
+        Err(e) => return Err(e),
+    };
+    let aside = path.with_extension(format!("sqlite.unusable-{}", now_ns()));
+    std::fs::rename(path, &aside).map_err(|e| Error::io("setting aside", path, e))?;
+    for suffix in ["-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let _ = std::fs::remove_file(file);
+    }
+    let catalog = Catalog::open(path)?;
+    Ok((
+        catalog,
+        Some(format!(
+            "the catalog could not be used ({error}); it was moved to {} and rebuilt from the repository",
+            aside.display()
+        )),
+    ))
 }
 
 async fn read_envelope(backend: &dyn Backend) -> Result<ConfigEnvelope> {

@@ -1,0 +1,398 @@
+//! The binary end to end: exit codes, `--json` shapes, and messages.
+
+use crate::support::*;
+
+fn snapshot_count(r: &CliRepo) -> usize {
+    let out = r.run(&["--json", "snapshots"]);
+    assert_success(&out);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    list.as_array().unwrap().len()
+}
+
+fn assert_one_clean_error(out: &std::process::Output, needle: &str) {
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(out));
+    let err = stderr(out);
+    assert!(err.starts_with("larder: error: "), "{err}");
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    assert!(
+        !err.contains("panicked")
+            && !err.contains("RUST_BACKTRACE")
+            && !err.contains("stack backtrace"),
+        "{err}"
+    );
+}
+
+#[test]
+fn backup_json_has_the_documented_fields() {
+    let r = CliRepo::init();
+    let summary = r.backup_stdin("db", &dump_text(10_000, 1));
+    for key in [
+        "snapshot_id",
+        "bytes_read",
+        "bytes_added",
+        "blobs_new",
+        "blobs_reused",
+        "duration_s",
+    ] {
+        assert!(!summary[key].is_null(), "missing {key}: {summary}");
+    }
+    for key in ["get", "put", "list", "delete", "bytes_up", "bytes_down"] {
+        assert!(
+            summary["requests"][key].is_u64(),
+            "missing requests.{key}: {summary}"
+        );
+    }
+    assert!(
+        summary["requests"]["put"].as_u64().unwrap() >= 3,
+        "packs, index, snapshot: {summary}"
+    );
+    assert_eq!(summary["snapshot_id"].as_str().unwrap().len(), 64);
+}
+
+#[test]
+fn snapshots_json_lists_time_source_host_and_tags() {
+    let r = CliRepo::init();
+    let out = r.run_with_input(
+        &[
+            "backup",
+            "--source",
+            "orders",
+            "--stdin",
+            "--tag",
+            "daily",
+            "--tag",
+            "pre-upgrade",
+            "--host",
+            "db1",
+            "--time",
+            "2026-01-02T03:04:05Z",
+        ],
+        b"some dump bytes\n",
+    );
+    assert_success(&out);
+    let out = r.run(&["--json", "snapshots"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = &list[0];
+    assert_eq!(s["source"], "orders");
+    assert_eq!(s["host"], "db1");
+    assert_eq!(s["tags"], serde_json::json!(["daily", "pre-upgrade"]));
+    assert_eq!(s["time"], "2026-01-02T03:04:05Z");
+    assert_eq!(s["id"].as_str().unwrap().len(), 64);
+    // Filters narrow the list; a tag filter needs every tag.
+    let out = r.run(&["--json", "snapshots", "--source", "other"]);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
+        serde_json::json!([])
+    );
+    let out = r.run(&["--json", "snapshots", "--tag", "daily"]);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn empty_stdin_is_an_error_and_writes_no_snapshot() {
+    let r = CliRepo::init();
+    let out = r.run_with_input(&["backup", "--source", "db", "--stdin"], b"");
+    assert_one_clean_error(&out, "produced no data");
+    assert_eq!(snapshot_count(&r), 0);
+}
+
+#[test]
+fn a_failing_command_writes_no_snapshot_and_shows_its_stderr() {
+    let r = CliRepo::init();
+    let script =
+        "echo 'COPY half a dump'; echo 'pg_dump: error: connection to server failed' >&2; exit 2";
+    let out = r.run(&[
+        "backup",
+        "--source",
+        "db",
+        "--command",
+        &format!("sh -c \"{script}\""),
+    ]);
+    assert_one_clean_error(&out, "exited with status 2");
+    assert!(
+        stderr(&out).contains("pg_dump: error: connection to server failed"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(snapshot_count(&r), 0);
+}
+
+#[test]
+fn a_command_killed_midway_writes_no_snapshot() {
+    let r = CliRepo::init();
+    let script = "head -c 3000000 /dev/urandom; echo dying >&2; kill -9 $$";
+    let out = r.run(&[
+        "backup",
+        "--source",
+        "db",
+        "--command",
+        &format!("sh -c '{script}'"),
+    ]);
+    assert_one_clean_error(&out, "killed by signal 9");
+    assert!(stderr(&out).contains("dying"));
+    assert_eq!(snapshot_count(&r), 0);
+    // The repository is still sound.
+    assert_success(&r.run(&["check", "--read-data"]));
+}
+
+#[test]
+fn a_command_that_cannot_start_is_a_clear_error() {
+    let r = CliRepo::init();
+    let out = r.run(&[
+        "backup",
+        "--source",
+        "db",
+        "--command",
+        "/nonexistent/pg_dump mydb",
+    ]);
+    assert_one_clean_error(&out, "cannot start");
+    assert_eq!(snapshot_count(&r), 0);
+}
+
+#[test]
+fn a_command_with_empty_output_is_an_error() {
+    let r = CliRepo::init();
+    let out = r.run(&["backup", "--source", "db", "--command", "true"]);
+    assert_one_clean_error(&out, "produced no data");
+    assert_eq!(snapshot_count(&r), 0);
+}
+
+#[test]
+fn compressed_input_warns_with_exit_code_3_and_still_saves() {
+    let r = CliRepo::init();
+    let gz = std::process::Command::new("gzip")
+        .arg("-c")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut gz = gz;
+    std::io::Write::write_all(&mut gz.stdin.take().unwrap(), &dump_text(20_000, 2)).unwrap();
+    let compressed = gz.wait_with_output().unwrap().stdout;
+    let out = r.run_with_input(&["backup", "--source", "db", "--stdin"], &compressed);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("larder: warning: the input is gzip-compressed"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(snapshot_count(&r), 1);
+}
+
+#[test]
+fn unknown_snapshots_and_paths_are_one_line_errors() {
+    let r = CliRepo::init();
+    r.backup_stdin("db", b"data\n");
+    assert_one_clean_error(
+        &r.run(&["cat", "deadbeef"]),
+        "no snapshot matches \"deadbeef\"",
+    );
+    assert_one_clean_error(
+        &r.run(&["cat", "latest", "--source", "nope"]),
+        "no snapshot matches \"latest\" with source nope",
+    );
+    assert_one_clean_error(
+        &r.run(&["cat", "latest", "no/such/file"]),
+        "does not exist in snapshot",
+    );
+    assert_one_clean_error(
+        &r.run(&["cat", "xyz"]),
+        "neither `latest` nor a snapshot id prefix",
+    );
+    let out = r.run_with_input(
+        &[
+            "backup",
+            "--source",
+            "db",
+            "--stdin",
+            "--stdin-name",
+            "../escape",
+        ],
+        b"x",
+    );
+    assert_one_clean_error(&out, "must be a single file name");
+    let out = r.run_with_input(
+        &["backup", "--source", "db", "--stdin", "--time", "yesterday"],
+        b"x",
+    );
+    assert_one_clean_error(&out, "not an RFC 3339 time");
+}
+
+#[test]
+fn restore_refuses_to_overwrite_unless_asked() {
+    let r = CliRepo::init();
+    r.backup_stdin("db", b"version two\n");
+    let target = r.dir.path().join("t");
+    std::fs::create_dir(&target).unwrap();
+    std::fs::write(target.join("stdin"), b"version one\n").unwrap();
+    let out = r.run(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert_one_clean_error(&out, "refusing to overwrite");
+    assert_eq!(
+        std::fs::read(target.join("stdin")).unwrap(),
+        b"version one\n"
+    );
+    let out = r.run(&[
+        "restore",
+        "latest",
+        "--target",
+        target.to_str().unwrap(),
+        "--overwrite",
+        "always",
+    ]);
+    assert_success(&out);
+    assert_eq!(
+        std::fs::read(target.join("stdin")).unwrap(),
+        b"version two\n"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&target)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "no temporary files left: {leftovers:?}");
+}
+
+#[test]
+fn passphrases_come_from_a_file_or_a_command_and_none_is_an_error() {
+    let r = CliRepo::init();
+    r.backup_stdin("db", b"x\n");
+    let file = r.dir.path().join("pw");
+    std::fs::write(&file, format!("{PASSWORD}\n")).unwrap();
+    let out = r
+        .cmd(&["snapshots"])
+        .env_remove("LARDER_PASSWORD")
+        .arg("--password-file")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let out = r
+        .cmd(&[
+            "snapshots",
+            "--password-command",
+            &format!("cat {}", file.display()),
+        ])
+        .env_remove("LARDER_PASSWORD")
+        .output()
+        .unwrap();
+    assert_success(&out);
+    // Without a terminal (a new session has none) there is nobody to ask.
+    let mut cmd = r.cmd(&["snapshots"]);
+    cmd.env_remove("LARDER_PASSWORD")
+        .stdin(std::process::Stdio::null());
+    // SAFETY: setsid is async-signal-safe and touches no memory of ours.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    assert_one_clean_error(&cmd.output().unwrap(), "no passphrase: set LARDER_PASSWORD");
+}
+
+#[test]
+fn keys_can_be_added_listed_changed_and_removed() {
+    let r = CliRepo::init();
+    r.backup_stdin("db", b"x\n");
+    let new_pw = r.dir.path().join("new");
+    std::fs::write(&new_pw, "second passphrase\n").unwrap();
+    let fast = ["--kdf-memory", "1", "--kdf-passes", "1"];
+
+    let mut args = vec![
+        "--json",
+        "key",
+        "add",
+        "--new-password-file",
+        new_pw.to_str().unwrap(),
+    ];
+    args.extend(fast);
+    let out = r.run(&args);
+    assert_success(&out);
+    let added: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let added = added["key"].as_str().unwrap().to_string();
+
+    let out = r.run(&["--json", "key", "list"]);
+    let keys: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(keys.as_array().unwrap().len(), 2);
+    let original = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["current"] == true)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // The key in use cannot be removed; with the other key it can.
+    assert_one_clean_error(
+        &r.run(&["key", "remove", &original[..8]]),
+        "refusing to remove the key",
+    );
+    let out = r
+        .cmd(&["key", "remove", &original[..8]])
+        .env("LARDER_PASSWORD", "second passphrase")
+        .output()
+        .unwrap();
+    assert_success(&out);
+    assert_one_clean_error(&r.run(&["snapshots"]), "wrong passphrase");
+
+    // passwd swaps the current key for a new one.
+    let third = r.dir.path().join("third");
+    std::fs::write(&third, "third passphrase\n").unwrap();
+    let mut args = vec![
+        "key",
+        "passwd",
+        "--new-password-file",
+        third.to_str().unwrap(),
+    ];
+    args.extend(fast);
+    let out = r
+        .cmd(&args)
+        .env("LARDER_PASSWORD", "second passphrase")
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let out = r
+        .cmd(&["--json", "key", "list"])
+        .env("LARDER_PASSWORD", "third passphrase")
+        .output()
+        .unwrap();
+    let keys: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(keys.as_array().unwrap().len(), 1);
+    assert_ne!(keys[0]["id"].as_str().unwrap(), added);
+    // The last key can never be removed.
+    let last = keys[0]["id"].as_str().unwrap()[..8].to_string();
+    let out = r
+        .cmd(&["key", "remove", &last])
+        .env("LARDER_PASSWORD", "third passphrase")
+        .output()
+        .unwrap();
+    assert_one_clean_error(&out, "refusing to remove");
+}
+
+#[test]
+fn help_describes_every_command() {
+    let out = larder_cmd().arg("--help").output().unwrap();
+    assert_success(&out);
+    let help = String::from_utf8_lossy(&out.stdout);
+    for command in [
+        "init",
+        "backup",
+        "snapshots",
+        "cat",
+        "restore",
+        "check",
+        "key",
+        "catalog",
+    ] {
+        assert!(help.contains(command), "{command} missing from --help");
+    }
+    assert!(help.contains("Exit codes"));
+}

@@ -1,0 +1,19 @@
+//! The one integration-test binary. Each module tests one boundary:
+//!
+//! - `backend_contract`: the `Backend` contract, run unchanged against every backend.
+//! - `round_trip`: backup then cat/restore reproduces the input bit for bit.
+//! - `dedup`: unchanged or shifted input stores (almost) nothing new.
+//! - `integrity`: damaged, missing or hostile objects fail closed, named.
+//! - `faults`: storage that fails, lies or dies mid-backup loses nothing.
+//! - `cli`: the binary end to end: exit codes, `--json` shapes, messages.
+//! - `databases`: real PostgreSQL and Redis dumps on loopback.
+
+mod support;
+
+mod backend_contract;
+mod cli;
+mod databases;
+mod dedup;
+mod faults;
+mod integrity;
+mod round_trip;

@@ -1,0 +1,305 @@
+//! Builders shared by the integration tests: temporary repositories (through
+//! the library or the built binary), seeded data, and the real servers the
+//! test command starts.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+
+use larder::backend::{Backend, MemoryBackend};
+use larder::key::KdfParams;
+use larder::ops::backup::{BackupOptions, BackupSummary, backup_stream};
+use larder::repo::{InitOptions, Repo};
+use larder::source::StreamInput;
+use tempfile::TempDir;
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// KDF parameters that keep tests fast; the defaults are tested in unit tests.
+pub const FAST_KDF: KdfParams = KdfParams {
+    memory_kib: 256,
+    passes: 1,
+    lanes: 1,
+};
+
+pub fn init_options() -> InitOptions {
+    InitOptions {
+        kdf: FAST_KDF,
+        profiles: vec![],
+        compression_level: None,
+        data_pack_size: None,
+        list_fanout: None,
+        host: "test-host".into(),
+        user: "tester".into(),
+    }
+}
+
+/// A repository reached through the library, with its storage and cache.
+pub struct LibRepo {
+    pub repo: Repo,
+    pub backend: Arc<dyn Backend>,
+    pub cache: TempDir,
+}
+
+impl LibRepo {
+    /// A repository on a fresh backend.
+    pub async fn init(backend: Arc<dyn Backend>, options: InitOptions) -> LibRepo {
+        let cache = TempDir::new().unwrap();
+        let repo = Repo::init(
+            Arc::clone(&backend),
+            PASSWORD.as_bytes(),
+            options,
+            cache.path(),
+        )
+        .await
+        .unwrap();
+        LibRepo {
+            repo,
+            backend,
+            cache,
+        }
+    }
+
+    /// Opens the same repository again (a new process, as far as state goes).
+    pub async fn reopen(&self) -> larder::Result<Repo> {
+        Repo::open(
+            Arc::clone(&self.backend),
+            PASSWORD.as_bytes(),
+            self.cache.path(),
+        )
+        .await
+    }
+
+    pub async fn backup(&self, source: &str, data: &[u8]) -> larder::Result<BackupSummary> {
+        backup_bytes(&self.repo, source, data).await
+    }
+}
+
+/// An in-memory repository, and a handle on its storage for fault injection.
+pub async fn memory_repo() -> (LibRepo, MemoryBackend) {
+    memory_repo_with(init_options()).await
+}
+
+pub async fn memory_repo_with(options: InitOptions) -> (LibRepo, MemoryBackend) {
+    let memory = MemoryBackend::new();
+    let repo = LibRepo::init(Arc::new(memory.clone()), options).await;
+    (repo, memory)
+}
+
+pub fn stream_options(source: &str, input: StreamInput) -> BackupOptions {
+    BackupOptions {
+        source: source.into(),
+        input,
+        stream_name: "dump.sql".into(),
+        kind: "stream".into(),
+        tags: vec![],
+        host: "test-host".into(),
+        time: None,
+        progress: Arc::default(),
+    }
+}
+
+pub async fn backup_bytes(repo: &Repo, source: &str, data: &[u8]) -> larder::Result<BackupSummary> {
+    let reader = Box::new(std::io::Cursor::new(data.to_vec()));
+    backup_stream(repo, stream_options(source, StreamInput::Reader(reader))).await
+}
+
+/// The plaintext of a snapshot's single stream.
+pub async fn cat_bytes(
+    repo: &Repo,
+    snapshot: &larder::hash::SnapshotId,
+) -> larder::Result<Vec<u8>> {
+    let s = repo
+        .catalog()
+        .snapshot(snapshot)?
+        .expect("snapshot in catalog");
+    let mut out = Vec::new();
+    larder::ops::cat::cat(repo, snapshot, &s, None, &mut out).await?;
+    Ok(out)
+}
+
+/// Seeded pseudo-random bytes (xorshift64), incompressible.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Seeded text that looks like a SQL dump: compressible, with varied rows.
+pub fn dump_text(rows: usize, seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(rows * 64);
+    let noise = random_bytes(rows * 8, seed);
+    out.extend_from_slice(b"--\n-- PostgreSQL database dump\n--\nCOPY public.orders (id, customer, amount, note) FROM stdin;\n");
+    for i in 0..rows {
+        let n = u64::from_le_bytes(noise[i * 8..i * 8 + 8].try_into().unwrap());
+        writeln!(
+            out,
+            "{i}\tcustomer-{}\t{}.{:02}\tnote {:x}",
+            n % 10_000,
+            n % 100_000,
+            n % 100,
+            n >> 40
+        )
+        .unwrap();
+    }
+    out.extend_from_slice(b"\\.\n");
+    out
+}
+
+/// A repository used through the built `larder` binary.
+pub struct CliRepo {
+    pub dir: TempDir,
+    pub repo: PathBuf,
+    pub cache: PathBuf,
+}
+
+impl CliRepo {
+    /// A fresh directory; not yet initialised.
+    pub fn new() -> CliRepo {
+        let dir = TempDir::new().unwrap();
+        let repo = dir.path().join("repo");
+        let cache = dir.path().join("cache");
+        CliRepo { dir, repo, cache }
+    }
+
+    /// A fresh, initialised repository (fast KDF).
+    pub fn init() -> CliRepo {
+        let r = CliRepo::new();
+        let out = r.run(&["init", "--kdf-memory", "1", "--kdf-passes", "1"]);
+        assert_success(&out);
+        r
+    }
+
+    /// A `larder` command on this repository, with the test passphrase.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = larder_cmd();
+        cmd.arg("--repo")
+            .arg(&self.repo)
+            .arg("--cache-dir")
+            .arg(&self.cache)
+            .env("LARDER_PASSWORD", PASSWORD)
+            .args(args);
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    /// Runs with `input` on standard input.
+    pub fn run_with_input(&self, args: &[&str], input: &[u8]) -> Output {
+        let mut child = self
+            .cmd(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let input = input.to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        out
+    }
+
+    /// Backs up `input` from stdin with `--json` and returns the summary.
+    pub fn backup_stdin(&self, source: &str, input: &[u8]) -> serde_json::Value {
+        let out = self.run_with_input(&["backup", "--source", source, "--stdin", "--json"], input);
+        assert_success(&out);
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Every file under the repository directory, with its bytes.
+    pub fn files(&self) -> Vec<(PathBuf, Vec<u8>)> {
+        files_under(&self.repo)
+    }
+}
+
+/// The built binary, isolated from the caller's environment.
+pub fn larder_cmd() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_larder"));
+    for var in [
+        "LARDER_REPO",
+        "LARDER_PASSWORD",
+        "LARDER_PASSWORD_FILE",
+        "LARDER_PASSWORD_COMMAND",
+        "LARDER_CACHE_DIR",
+        "LARDER_NEW_PASSWORD",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+pub fn files_under(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push((path.clone(), std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+pub fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "larder failed with {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Connection settings of the PostgreSQL server the test command started,
+/// or `None` outside CI; with `CI=true` its absence fails the test.
+pub fn postgres() -> Option<String> {
+    server_env("LARDER_TEST_PG")
+}
+
+/// `host:port` of the Redis server the test command started (see [`postgres`]).
+pub fn redis() -> Option<String> {
+    server_env("LARDER_TEST_REDIS")
+}
+
+fn server_env(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!(
+                "{var} is not set but CI=true: the test command must start this server (scripts/test.sh)"
+            )
+        }
+        _ => {
+            eprintln!("{var} not set: run through scripts/test.sh to test against the real server");
+            None
+        }
+    }
+}
