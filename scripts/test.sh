@@ -23,63 +23,16 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   fi
 fi
 
+. scripts/lib/servers.sh
 scratch=$(mktemp -d /tmp/larder-test.XXXXXX)
-chmod 755 "$scratch"
-pg_pid=""
-redis_pid=""
 cleanup() {
-  [ -n "$pg_pid" ] && kill "$pg_pid" 2>/dev/null || true
-  [ -n "$redis_pid" ] && kill "$redis_pid" 2>/dev/null || true
-  sleep 0.5
+  stop_servers
   rm -rf "$scratch"
 }
 trap cleanup EXIT
 
-# PostgreSQL: a throwaway cluster with trust auth, TCP on loopback only.
-pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
-if [ -n "$pg_bin" ]; then
-  pg_port=${LARDER_TEST_PG_PORT:-55432}
-  mkdir -p "$scratch/pg"
-  as_pg=()
-  if [ "$(id -u)" = 0 ]; then
-    chown postgres "$scratch/pg"
-    as_pg=(runuser -u postgres --)
-  fi
-  "${as_pg[@]}" "$pg_bin/initdb" -D "$scratch/pg/data" -U postgres --auth=trust -E UTF8 >"$scratch/pg/initdb.log" 2>&1
-  "${as_pg[@]}" "$pg_bin/postgres" -D "$scratch/pg/data" -p "$pg_port" -c listen_addresses=127.0.0.1 \
-    -c unix_socket_directories="$scratch/pg" -c fsync=off >"$scratch/pg/server.log" 2>&1 &
-  pg_pid=$!
-  for _ in $(seq 1 100); do
-    "$pg_bin/pg_isready" -h 127.0.0.1 -p "$pg_port" -q && break
-    sleep 0.1
-  done
-  if "$pg_bin/pg_isready" -h 127.0.0.1 -p "$pg_port" -q; then
-    export LARDER_TEST_PG="host=127.0.0.1 port=$pg_port user=postgres"
-    export LARDER_TEST_PG_BIN="$pg_bin"
-    log "PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$pg_port"
-  else
-    cat "$scratch/pg/server.log" >&2 || true
-    log "PostgreSQL did not start"
-  fi
-fi
-
-# Redis: no persistence of its own, loopback only.
-if command -v redis-server >/dev/null; then
-  redis_port=${LARDER_TEST_REDIS_PORT:-56379}
-  redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
-    --dir "$scratch" >"$scratch/redis.log" 2>&1 &
-  redis_pid=$!
-  for _ in $(seq 1 100); do
-    redis-cli -h 127.0.0.1 -p "$redis_port" ping >/dev/null 2>&1 && break
-    sleep 0.1
-  done
-  if redis-cli -h 127.0.0.1 -p "$redis_port" ping >/dev/null 2>&1; then
-    export LARDER_TEST_REDIS="127.0.0.1:$redis_port"
-    log "Redis $(redis-server --version | awk '{print $3}') on 127.0.0.1:$redis_port"
-  else
-    log "Redis did not start"
-  fi
-fi
+start_postgres "$scratch/pg" "${LARDER_TEST_PG_PORT:-55432}" || log "PostgreSQL did not start"
+start_redis "$scratch/redis" "${LARDER_TEST_REDIS_PORT:-56379}" || log "Redis did not start"
 
 if [ "${CI:-}" = true ]; then
   [ -n "${LARDER_TEST_PG:-}" ] || { log "CI=true but PostgreSQL is not running"; exit 1; }

@@ -6,12 +6,14 @@
 //! - `integrity`: damaged, missing or hostile objects fail closed, named.
 //! - `faults`: storage that fails, lies or dies mid-backup loses nothing.
 //! - `cli`: the binary end to end: exit codes, `--json` shapes, messages.
+//! - `compat`: repositories written by earlier releases still read.
 //! - `databases`: real PostgreSQL and Redis dumps on loopback.
 
 mod support;
 
 mod backend_contract;
 mod cli;
+mod compat;
 mod databases;
 mod dedup;
 mod faults;
