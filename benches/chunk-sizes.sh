@@ -61,7 +61,7 @@ RUN_DIR=$(mktemp -d "$BENCH_DIR/chunk-run.XXXXXX")
 cleanup_push "rm -rf '$RUN_DIR'"
 BENCH_TMP=$RUN_DIR/tmp
 mkdir -p "$BENCH_TMP"
-cp "$LARDER" "$RUN_DIR/larder" # freeze: target/ may be rebuilt meanwhile
+cp -p "$LARDER" "$RUN_DIR/larder" # freeze: target/ may be rebuilt meanwhile
 LARDER=$RUN_DIR/larder
 
 ensure_inputs
@@ -176,8 +176,8 @@ report() {
     echo "- load (1, 5, 15 min) before measuring: $load_start; at the end: $load_end"
     echo "- script: benches/chunk-sizes.sh, total run time ${elapsed}s"
     echo "- $(larder_version); $( ((CHUNK_RESTIC)) && restic_version)"
-    echo "- pgbench: scale $PGBENCH_SCALE, day 1 $(mb "$(file_bytes "$PGB_DIR/day1.sql")") MB, day 2 after pgbench -c $PGBENCH_CLIENTS -t $PGBENCH_TX"
-    echo "- append: $APPEND_ROWS rows (md5 text + 48 random bytes), day 1 $(mb "$(file_bytes "$APP_DIR/day1.sql")") MB, day 2 +$APPEND_PCT % rows"
+    [[ " ${INPUT_NAMES[*]} " == *" pgbench "* ]] && echo "- pgbench: scale $PGBENCH_SCALE, day 1 $(mb "$(file_bytes "$PGB_DIR/day1.sql")") MB, day 2 after pgbench -c $PGBENCH_CLIENTS -t $PGBENCH_TX"
+    [[ " ${INPUT_NAMES[*]} " == *" append "* ]] && echo "- append: $APPEND_ROWS rows (md5 text + 48 random bytes), day 1 $(mb "$(file_bytes "$APP_DIR/day1.sql")") MB, day 2 +$APPEND_PCT % rows"
     echo "- every profile: min = avg/4, max = avg*4; zstd 1; 16 MiB packs; default KDF"
     echo
     echo "MB = 10^6 bytes. Every row is the mean over 'runs' fresh repositories (each has its own random"

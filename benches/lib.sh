@@ -12,6 +12,7 @@
 #   PGBENCH_CLIENTS    pgbench -c                         [1]
 #   APPEND_ROWS        rows of the append-mostly table    [1000000]
 #   APPEND_PCT         % rows appended on day 2           [1]
+#   BENCH_INPUTS       which input pairs to use           ["pgbench append"]
 
 BENCH_DIR=${LARDER_BENCH_DIR:-/tmp/larder-peers}
 _lib_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -150,10 +151,15 @@ pg_dump_plain() { # DB OUTFILE
 ensure_inputs() {
     PGB_DIR=$BENCH_DIR/inputs/pgbench-s$PGBENCH_SCALE-t$PGBENCH_TX-c$PGBENCH_CLIENTS
     APP_DIR=$BENCH_DIR/inputs/append-r$APPEND_ROWS-p$APPEND_PCT
-    INPUT_NAMES=(pgbench append)
-    local need_pgb=1 need_app=1
-    [[ -f $PGB_DIR/.complete ]] && need_pgb=0
-    [[ -f $APP_DIR/.complete ]] && need_app=0
+    INPUT_NAMES=(${BENCH_INPUTS:-pgbench append})
+    local need_pgb=0 need_app=0 i
+    for i in "${INPUT_NAMES[@]}"; do
+        case $i in
+        pgbench) [[ -f $PGB_DIR/.complete ]] || need_pgb=1 ;;
+        append) [[ -f $APP_DIR/.complete ]] || need_app=1 ;;
+        *) die "unknown input '$i' in BENCH_INPUTS (known: pgbench append)" ;;
+        esac
+    done
     if ((need_pgb == 0 && need_app == 0)); then
         log "inputs cached in $BENCH_DIR/inputs"
         return 0
@@ -245,7 +251,11 @@ larder_cat() {
     measure "$3" "${LE[@]}" cat latest --quiet >"$2"
 }
 larder_added() { jq -r '.bytes_added' "$BENCH_TMP/$1.out"; }
-larder_version() { "$LARDER" --version; }
+larder_version() {
+    local dirty=""
+    [[ -n $(git -C "$REPO_ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null) ]] && dirty=", src/ has uncommitted edits"
+    echo "$("$LARDER" --version) (binary built $(date -r "$LARDER" +'%F %T'), sha256 $(sha256sum "$LARDER" | cut -c1-12); git $(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$dirty)"
+}
 
 restic_e() { RE=(env RESTIC_REPOSITORY="$1" restic --cache-dir "$1.aux/cache"); }
 restic_init() {

@@ -45,7 +45,7 @@ mkdir -p "$BENCH_TMP"
 
 # Freeze the larder binary: someone may rebuild target/ while this runs.
 if [[ " ${TOOLS[*]} " == *" larder "* ]]; then
-    cp "$LARDER" "$RUN_DIR/larder"
+    cp -p "$LARDER" "$RUN_DIR/larder"
     LARDER=$RUN_DIR/larder
 fi
 
@@ -137,7 +137,9 @@ report() {
     echo
     echo "MB = 10^6 bytes. 'repo MB' is du -sb of the repository after the step; 'added (du)' is its growth;"
     echo "'added (tool)' is what the tool reports (larder bytes_added; restic data_added, which is before compression)."
-    echo "MB/s = input (or restored) bytes / wall time. Peak RSS from GNU time."
+    echo "MB/s = input (or restored) bytes / wall time. Peak RSS from GNU time. 'restore' is larder/restic restore"
+    echo "into a directory; 'cat' is larder cat, restic dump, bupstash get (bupstash has no separate restore for a"
+    echo "stdin item). Every restored stream is compared with the day-2 dump by cmp."
     echo
     echo "| tool | input | step | data MB | wall s | CPU s | peak RSS MiB | repo MB | added MB (du) | added MB (tool) | MB/s | verified |"
     echo "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"

@@ -26,6 +26,10 @@ pub const MAX_SPAN: u64 = 8 << 20;
 /// Largest gap between two wanted blobs that is read through rather than
 /// split into two requests.
 pub const MAX_GAP: u64 = 256 << 10;
+/// Most plaintext one read may yield. Dumps compress up to 50x, so the
+/// stored span alone would not bound memory: 8 reads in flight hold at most
+/// 8 x (8 MiB stored + 4 MiB plain).
+pub const MAX_PLAIN_PER_READ: u64 = 4 << 20;
 /// Ranged reads in flight.
 pub const READ_CONCURRENCY: usize = 8;
 
@@ -80,6 +84,7 @@ struct ReadJob {
     pack: PackId,
     start: u64,
     end: u64,
+    plain: u64,
     blobs: Vec<(BlobId, BlobLocation)>,
 }
 
@@ -89,6 +94,7 @@ impl ReadJob {
             pack: location.pack,
             start: location.offset,
             end: location.offset + u64::from(location.length),
+            plain: u64::from(location.raw_length),
             blobs: vec![(id, location)],
         }
     }
@@ -99,9 +105,11 @@ impl ReadJob {
         let fits = location.pack == self.pack
             && location.offset >= self.start
             && location.offset <= self.end + MAX_GAP
-            && end.max(self.end) - self.start <= MAX_SPAN;
+            && end.max(self.end) - self.start <= MAX_SPAN
+            && self.plain + u64::from(location.raw_length) <= MAX_PLAIN_PER_READ;
         if fits {
             self.end = self.end.max(end);
+            self.plain += u64::from(location.raw_length);
             self.blobs.push((id, *location));
         }
         fits
