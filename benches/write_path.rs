@@ -91,7 +91,7 @@ fn stages(c: &mut Criterion) {
     group.sample_size(10);
     for (name, data) in &inputs {
         group.throughput(Throughput::Bytes(data.len() as u64));
-        let chunks: Vec<Vec<u8>> = chunker.chunks(&data[..]).map(Result::unwrap).collect();
+        let chunks: Vec<bytes::Bytes> = chunker.chunks(&data[..]).map(Result::unwrap).collect();
         group.bench_function(format!("chunk/{name}"), |b| {
             b.iter(|| {
                 chunker

@@ -161,6 +161,15 @@ impl Catalog {
                  PRAGMA temp_store = FILE;",
             )
             .map_err(self.err("configuring"))?;
+        // Without the query-planner stability guarantee SQLite (built with
+        // STAT4) re-prepares a statement whenever the value bound to an
+        // indexed column changes: every dedup lookup paid a re-parse.
+        self.conn
+            .set_db_config(
+                rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+                true,
+            )
+            .map_err(self.err("configuring"))?;
         let version: i64 = self
             .conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))

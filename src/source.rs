@@ -36,6 +36,17 @@ impl std::fmt::Debug for StreamInput {
     }
 }
 
+/// Asks the kernel for a 1 MiB buffer on a pipe, so the reader gets large
+/// reads instead of 64 KiB ones. Best effort: not a pipe, or a limit below
+/// 1 MiB (`/proc/sys/fs/pipe-max-size`), leaves it as it was.
+pub fn enlarge_pipe(fd: std::os::fd::BorrowedFd<'_>) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on a valid descriptor; F_SETPIPE_SZ only fails on non-pipes.
+    unsafe {
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20);
+    }
+}
+
 /// Splits a `--command` string into an argument vector with shell-like
 /// quoting rules, without ever invoking a shell.
 pub fn split_command(command: &str) -> crate::Result<Vec<String>> {

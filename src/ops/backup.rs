@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use bytes::Bytes;
 use crossbeam_channel::bounded;
 
 pub use writer::{BlobWriter, WriteStats};
@@ -179,7 +180,10 @@ pub async fn backup_stream(repo: &Repo, options: BackupOptions) -> Result<Backup
     let progress = Arc::clone(&options.progress);
 
     let (reader, command): (Box<dyn Read + Send>, Option<RunningCommand>) = match options.input {
-        StreamInput::Stdin => (Box::new(std::io::stdin()), None),
+        StreamInput::Stdin => {
+            crate::source::enlarge_pipe(std::os::fd::AsFd::as_fd(&std::io::stdin()));
+            (Box::new(std::io::stdin()), None)
+        }
         StreamInput::Reader(r) => (r, None),
         StreamInput::Command { argv } => {
             let (command, stdout) = RunningCommand::spawn(&argv, &options.source)?;
@@ -199,8 +203,8 @@ pub async fn backup_stream(repo: &Repo, options: BackupOptions) -> Result<Backup
     )?);
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let depth = (32usize << 20).div_ceil(profile.max as usize).clamp(4, 256);
-    let (raw_tx, raw_rx) = bounded::<(u64, Vec<u8>)>(depth);
-    let (hashed_tx, hashed_rx) = bounded::<(u64, BlobId, Vec<u8>)>(depth);
+    let (raw_tx, raw_rx) = bounded::<(u64, Bytes)>(depth);
+    let (hashed_tx, hashed_rx) = bounded::<(u64, BlobId, Bytes)>(depth);
     let warnings = Arc::new(Mutex::new(Vec::new()));
 
     let reader_thread = {
@@ -258,7 +262,7 @@ pub async fn backup_stream(repo: &Repo, options: BackupOptions) -> Result<Backup
             let root = repo.hasher().blob_id(&tree);
             let abort = Arc::clone(&abort);
             tokio::task::spawn_blocking(move || {
-                if let Err(e) = writer.store(ObjectKind::TreeBlob, root, tree) {
+                if let Err(e) = writer.store(ObjectKind::TreeBlob, root, Bytes::from(tree)) {
                     abort.fail(e);
                 }
                 (writer, root)
@@ -355,7 +359,7 @@ fn read_stream(
     chunker: Chunker,
     reader: Box<dyn Read + Send>,
     command: Option<RunningCommand>,
-    tx: &crossbeam_channel::Sender<(u64, Vec<u8>)>,
+    tx: &crossbeam_channel::Sender<(u64, Bytes)>,
     abort: &Abort,
     progress: &Arc<Progress>,
     warnings: &Mutex<Vec<String>>,
@@ -420,7 +424,7 @@ fn read_stream(
 /// content list.
 fn coordinate(
     writer: &BlobWriter,
-    rx: &crossbeam_channel::Receiver<(u64, BlobId, Vec<u8>)>,
+    rx: &crossbeam_channel::Receiver<(u64, BlobId, Bytes)>,
     mut builder: ContentBuilder,
 ) -> Result<(Content, u64)> {
     let mut reorder = std::collections::BTreeMap::new();
@@ -436,7 +440,7 @@ fn coordinate(
             writer.store(ObjectKind::DataBlob, id, data)?;
             builder.push(ContentRef { id, len }, &mut lists);
             for (list_id, bytes) in lists.drain(..) {
-                writer.store(ObjectKind::ListBlob, list_id, bytes)?;
+                writer.store(ObjectKind::ListBlob, list_id, Bytes::from(bytes))?;
             }
         }
     }
@@ -445,7 +449,7 @@ fn coordinate(
     }
     let content = builder.finish(&mut lists);
     for (list_id, bytes) in lists {
-        writer.store(ObjectKind::ListBlob, list_id, bytes)?;
+        writer.store(ObjectKind::ListBlob, list_id, Bytes::from(bytes))?;
     }
     Ok((content, size))
 }

@@ -69,6 +69,7 @@ impl RunningCommand {
                 stderr_tail: String::new(),
             })?;
         let stdout = child.stdout.take().expect("stdout was piped");
+        super::enlarge_pipe(std::os::fd::AsFd::as_fd(&stdout));
         let mut stderr_pipe = child.stderr.take().expect("stderr was piped");
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let tail = Arc::clone(&stderr);

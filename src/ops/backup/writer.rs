@@ -44,7 +44,7 @@ const UPLOAD_CONCURRENCY: usize = 3;
 struct SealJob {
     kind: ObjectKind,
     id: BlobId,
-    data: Vec<u8>,
+    data: Bytes,
 }
 
 struct SealedBlob {
@@ -144,7 +144,7 @@ impl BlobWriter {
     /// Stores `data` as a blob of `kind` named `id` unless the repository or
     /// this run already has it. Returns whether it was new. Blocks while the
     /// pipeline is full; call from a blocking thread.
-    pub fn store(&self, kind: ObjectKind, id: BlobId, data: Vec<u8>) -> Result<bool> {
+    pub fn store(&self, kind: ObjectKind, id: BlobId, data: Bytes) -> Result<bool> {
         if self.abort.is_set() {
             return Err(Error::Cancelled);
         }
@@ -219,7 +219,7 @@ fn seal_worker(repo: &Repo, rx: &Receiver<SealJob>, tx: &Sender<SealedBlob>, abo
             &bytes,
             job.data.len(),
         ) {
-            Ok(back) if back == job.data => {}
+            Ok(back) if back == job.data[..] => {}
             outcome => {
                 abort.fail(Error::corrupt(
                     format!("blob {} (just sealed)", job.id),
