@@ -103,6 +103,13 @@ impl Abort {
     }
 }
 
+/// Items per queue between pipeline stages: enough to smooth out uneven
+/// stages, bounded by bytes (8 MiB of the largest chunks) rather than count,
+/// so peak memory does not depend on the chunk profile.
+pub fn queue_depth(max_chunk: usize) -> usize {
+    (8usize << 20).div_ceil(max_chunk.max(1)).clamp(4, 256)
+}
+
 /// What to back up and how to label it.
 #[derive(Debug)]
 pub struct BackupOptions {
@@ -202,7 +209,7 @@ pub async fn backup_stream(repo: &Repo, options: BackupOptions) -> Result<Backup
         profile.max as usize,
     )?);
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let depth = (32usize << 20).div_ceil(profile.max as usize).clamp(4, 256);
+    let depth = queue_depth(profile.max as usize);
     let (raw_tx, raw_rx) = bounded::<(u64, Bytes)>(depth);
     let (hashed_tx, hashed_rx) = bounded::<(u64, BlobId, Bytes)>(depth);
     let warnings = Arc::new(Mutex::new(Vec::new()));

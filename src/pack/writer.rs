@@ -29,9 +29,16 @@ pub struct FinishedPack {
 impl PackWriter {
     /// An empty pack of `kind`.
     pub fn new(kind: PackKind) -> PackWriter {
+        PackWriter::with_capacity(kind, 0)
+    }
+
+    /// An empty pack of `kind` that will hold about `capacity` bytes: one
+    /// allocation up front instead of doubling (which copied a full pack and
+    /// left a 32 MiB buffer for a 16 MiB pack).
+    pub fn with_capacity(kind: PackKind, capacity: usize) -> PackWriter {
         PackWriter {
             kind,
-            bytes: Vec::new(),
+            bytes: Vec::with_capacity(capacity),
             entries: Vec::new(),
         }
     }
@@ -39,10 +46,6 @@ impl PackWriter {
     /// Appends one sealed blob.
     pub fn add(&mut self, kind: ObjectKind, id: BlobId, sealed: &[u8], raw_length: u32) {
         debug_assert_eq!(PackKind::for_blob(kind), self.kind);
-        if self.bytes.capacity() == 0 {
-            // One allocation for the common case of a full pack.
-            self.bytes.reserve(sealed.len().max(1 << 20));
-        }
         self.entries.push(PackEntry {
             kind: kind.code(),
             id,

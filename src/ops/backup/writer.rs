@@ -38,8 +38,9 @@ use crate::progress::Progress;
 use crate::repo::Repo;
 use crate::seal::{Codec, ObjectKind};
 
-/// Packs uploaded at once. Each holds up to one pack in memory.
-const UPLOAD_CONCURRENCY: usize = 3;
+/// Packs uploaded at once. Each holds one pack in memory, next to the one
+/// being filled and the one queued: 4 x 16 MiB at most.
+const UPLOAD_CONCURRENCY: usize = 2;
 
 struct SealJob {
     kind: ObjectKind,
@@ -91,8 +92,7 @@ impl BlobWriter {
         max_blob: usize,
     ) -> Result<BlobWriter> {
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-        // Bound queued bytes, not just items: about 32 MiB per queue.
-        let depth = (32usize << 20).div_ceil(max_blob).clamp(4, 256);
+        let depth = crate::ops::backup::queue_depth(max_blob);
         let (seal_tx, seal_rx) = bounded::<SealJob>(depth);
         let (sealed_tx, sealed_rx) = bounded::<SealedBlob>(depth);
         let (pack_tx, pack_rx) = tokio::sync::mpsc::channel::<FinishedPack>(1);
@@ -251,19 +251,25 @@ fn packer(
 ) {
     let mut codec = Codec::new(repo.config().compression_level);
     let config = repo.config();
+    // A pack ends with the blob that reaches its target, so it holds at most
+    // target + one sealed blob + the header.
+    let capacity = |target: u32| target as usize + crate::config::MAX_BLOB_SIZE / 4;
     let mut data = PackWriter::new(PackKind::Data);
     let mut tree = PackWriter::new(PackKind::Tree);
     for blob in rx {
         if abort.is_set() {
             return;
         }
-        let (writer, target) = match PackKind::for_blob(blob.kind) {
-            PackKind::Data => (&mut data, config.data_pack_size as usize),
-            PackKind::Tree => (&mut tree, config.tree_pack_size as usize),
+        let kind = PackKind::for_blob(blob.kind);
+        let (writer, target) = match kind {
+            PackKind::Data => (&mut data, config.data_pack_size),
+            PackKind::Tree => (&mut tree, config.tree_pack_size),
         };
+        if writer.is_empty() {
+            *writer = PackWriter::with_capacity(kind, capacity(target));
+        }
         writer.add(blob.kind, blob.id, &blob.bytes, blob.raw_len);
-        if writer.len() >= target {
-            let kind = PackKind::for_blob(blob.kind);
+        if writer.len() >= target as usize {
             let full = std::mem::replace(writer, PackWriter::new(kind));
             if tx
                 .blocking_send(full.finish(repo.sealer(), &mut codec))
