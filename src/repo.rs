@@ -137,6 +137,7 @@ impl Repo {
         config.validate()?;
         options.kdf.validate().map_err(Error::InvalidArgument)?;
 
+        let backend = Metered::new(backend);
         backend.create_root().await?;
         let master = MasterKey::generate();
         let (key_id, key_bytes) = KeyFile::create(
@@ -179,9 +180,12 @@ impl Repo {
         passphrase: &[u8],
         cache_root: &Path,
     ) -> Result<Repo> {
-        let envelope = read_envelope(backend.as_ref()).await?;
+        // Count from the first request: opening's GETs are part of what a
+        // command costs.
+        let backend = Metered::new(backend);
+        let envelope = read_envelope(&backend).await?;
         let cache_dir = cache_root.join(envelope.repo_id.to_hex());
-        let (master, key_id) = unlock(backend.as_ref(), &envelope, passphrase, &cache_dir).await?;
+        let (master, key_id) = unlock(&backend, &envelope, passphrase, &cache_dir).await?;
         let sealer = Sealer::new(&master.sealing_key(), envelope.repo_id);
         let body = with_codec(1, |codec| {
             sealer.open(
@@ -206,7 +210,7 @@ impl Repo {
     }
 
     async fn assemble(
-        backend: Arc<dyn Backend>,
+        backend: Metered,
         master: MasterKey,
         key_id: KeyId,
         config: Config,
@@ -218,7 +222,7 @@ impl Repo {
         // first; losing this file only costs KDF time.
         let _ = std::fs::write(cache_dir.join("last-key"), key_id.to_hex());
         let mut repo = Repo {
-            backend: Metered::new(backend),
+            backend,
             sealer: Sealer::new(&master.sealing_key(), config.repo_id),
             hasher: BlobHasher::new(*master.blob_id_key()),
             config: Arc::new(config),
