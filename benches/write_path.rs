@@ -17,7 +17,7 @@ use larder::chunker::Chunker;
 use larder::config::{Config, STREAM_PROFILE};
 use larder::hash::{BlobHasher, RepoId};
 use larder::key::KdfParams;
-use larder::ops::backup::{BackupOptions, backup_stream};
+use larder::ops::backup::{BackupInput, BackupOptions};
 use larder::repo::{InitOptions, Repo};
 use larder::seal::{Codec, ObjectKind, Sealer};
 use larder::source::StreamInput;
@@ -217,16 +217,19 @@ fn init_options() -> InitOptions {
 
 async fn backup(repo: &Repo, data: &Arc<Vec<u8>>) -> u64 {
     let reader = std::io::Cursor::new(Arc::clone(data).as_ref().clone());
-    let summary = backup_stream(
+    let summary = larder::ops::backup::backup(
         repo,
         BackupOptions {
             source: "bench".into(),
-            input: StreamInput::Reader(Box::new(reader)),
-            stream_name: "dump".into(),
+            input: BackupInput::Stream {
+                input: StreamInput::Reader(Box::new(reader)),
+                name: "dump".into(),
+            },
             kind: "stream".into(),
             tags: vec![],
             host: "bench".into(),
             time: None,
+            parent: None,
             progress: Arc::default(),
         },
     )

@@ -433,6 +433,28 @@ impl Catalog {
         Ok(out)
     }
 
+    /// One pack, if an absorbed index object names it.
+    pub fn pack(&self, id: &PackId) -> Result<Option<PackRecord>> {
+        let row: Option<(i64, i64, i64)> = self
+            .conn
+            .query_row(
+                "SELECT kind, size, state FROM packs WHERE id = ?1",
+                [id.as_bytes()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(self.err("reading a pack"))?;
+        row.map(|(kind, size, state)| {
+            Ok(PackRecord {
+                id: *id,
+                kind: PackKind::from_code(kind as u8).ok_or_else(|| self.damaged("pack kind"))?,
+                size: size as u64,
+                state: PackState::from_code(state),
+            })
+        })
+        .transpose()
+    }
+
     /// Marks a pack's state (check marks damaged packs so backups store their
     /// blobs again; a later clean check marks them usable).
     pub fn set_pack_state(&self, id: &PackId, state: PackState) -> Result<()> {

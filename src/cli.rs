@@ -79,7 +79,7 @@ pub struct GlobalArgs {
 enum Command {
     /// Create a new repository
     Init(init::InitArgs),
-    /// Back up a dump stream from standard input or a command
+    /// Back up file trees, standard input, or a dump command's output
     Backup(backup::BackupArgs),
     /// List snapshots
     Snapshots(snapshots::SnapshotsArgs),

@@ -18,16 +18,19 @@
 //!
 //! let storage = backend::open("/srv/backups/larder")?;
 //! let repo = Repo::open(storage, b"passphrase", "/var/cache/larder".as_ref()).await?;
-//! let summary = ops::backup::backup_stream(&repo, ops::backup::BackupOptions {
+//! let summary = ops::backup::backup(&repo, ops::backup::BackupOptions {
 //!     source: "orders-db".into(),
-//!     input: larder::source::StreamInput::Command {
-//!         argv: vec!["pg_dump".into(), "--format=custom".into(), "-Z0".into(), "orders".into()],
+//!     input: ops::backup::BackupInput::Stream {
+//!         input: larder::source::StreamInput::Command {
+//!             argv: vec!["pg_dump".into(), "--format=custom".into(), "-Z0".into(), "orders".into()],
+//!         },
+//!         name: "orders.dump".into(),
 //!     },
-//!     stream_name: "orders.dump".into(),
 //!     kind: "postgres".into(),
 //!     tags: vec![],
 //!     host: larder::repo::current_host(),
 //!     time: None,
+//!     parent: None,
 //!     progress: Arc::default(),
 //! }).await?;
 //! println!("snapshot {} added {} bytes", summary.snapshot_id, summary.bytes_added);

@@ -21,7 +21,7 @@ use crate::backend::{Backend, Metered, Put, RequestCounts};
 use crate::catalog::{BlobLocation, Catalog, SnapshotFilter};
 use crate::config::{ChunkerProfile, Config, ConfigEnvelope, FORMAT_VERSION};
 use crate::error::{Error, Result};
-use crate::hash::{BlobHasher, BlobId, IndexId, KeyId, RepoId, SnapshotId};
+use crate::hash::{BlobHasher, BlobId, IndexId, KeyId, PackId, RepoId, SnapshotId};
 use crate::index::{IndexObject, MAX_INDEX_SIZE, index_path, snapshot_path};
 use crate::key::{KdfParams, KeyFile, MasterKey};
 use crate::pack::pack_path;
@@ -363,10 +363,14 @@ impl Repo {
         let known = self.catalog().index_ids()?;
         let gone: Vec<IndexId> = known.difference(&listed).copied().collect();
         report.indexes_removed = gone.len();
-        self.catalog
+        let dropped_packs = self
+            .catalog
             .lock()
             .expect("catalog lock")
             .drop_indexes(&gone)?;
+        if dropped_packs > 0 {
+            self.prune_pack_cache()?;
+        }
         let new: Vec<IndexId> = listed.difference(&known).copied().collect();
         let mut loads = futures::stream::iter(new)
             .map(|id| async move { (id, self.load_index(&id).await) })
@@ -550,7 +554,10 @@ impl Repo {
         })
     }
 
-    /// Fetches one blob, opens it, and checks its length and id.
+    /// Fetches one blob, opens it, and checks its length and id. Tree and
+    /// list blobs come from the local tree-pack cache when it has their pack,
+    /// and their pack is cached whole on first use, so browsing, restore and
+    /// re-scans read metadata locally.
     pub async fn read_blob(&self, kind: ObjectKind, id: &BlobId) -> Result<Vec<u8>> {
         let location = self.locate(id)?;
         if location.kind != kind {
@@ -563,18 +570,111 @@ impl Repo {
             ));
         }
         let name = pack_path(&location.pack);
-        let sealed = self
-            .backend
-            .get_range(
-                &name,
-                location.offset..location.offset + u64::from(location.length),
-            )
-            .await?;
+        let range = location.offset..location.offset + u64::from(location.length);
         let opener = self.blob_opener();
         let id = *id;
-        tokio::task::spawn_blocking(move || opener.open(&name, &location, &id, &sealed))
-            .await
-            .expect("opening task panicked")
+        let open = |sealed: Bytes| {
+            let opener = opener.clone();
+            let name = name.clone();
+            async move {
+                tokio::task::spawn_blocking(move || opener.open(&name, &location, &id, &sealed))
+                    .await
+                    .expect("opening task panicked")
+            }
+        };
+        if kind == ObjectKind::DataBlob {
+            return open(self.backend.get_range(&name, range).await?).await;
+        }
+        if let Some(sealed) = self.cached_range(&location.pack, &range) {
+            match open(sealed).await {
+                Ok(plain) => return Ok(plain),
+                // A damaged cache file is dropped and the pack fetched again.
+                Err(_) => self.uncache_pack(&location.pack),
+            }
+        }
+        let sealed = match self.fetch_tree_pack(&location.pack).await? {
+            Some(pack) => pack.slice(range.start as usize..range.end as usize),
+            None => self.backend.get_range(&name, range).await?,
+        };
+        open(sealed).await
+    }
+
+    /// Directory of locally cached tree packs.
+    fn pack_cache_dir(&self) -> PathBuf {
+        self.cache_dir.join("packs")
+    }
+
+    fn cached_pack_path(&self, pack: &PackId) -> PathBuf {
+        self.pack_cache_dir().join(pack.to_hex())
+    }
+
+    fn cached_range(&self, pack: &PackId, range: &std::ops::Range<u64>) -> Option<Bytes> {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::File::open(self.cached_pack_path(pack)).ok()?;
+        let mut buf = vec![0u8; (range.end - range.start) as usize];
+        file.read_exact_at(&mut buf, range.start).ok()?;
+        Some(Bytes::from(buf))
+    }
+
+    fn uncache_pack(&self, pack: &PackId) {
+        let _ = std::fs::remove_file(self.cached_pack_path(pack));
+    }
+
+    /// Fetches a whole tree pack and caches it, if it is small enough to be
+    /// worth it and its bytes match its name. `None` means: read the range.
+    async fn fetch_tree_pack(&self, pack: &PackId) -> Result<Option<Bytes>> {
+        const MAX_CACHED_PACK: u64 = 64 << 20;
+        let Some(record) = self.catalog().pack(pack)? else {
+            return Ok(None);
+        };
+        if record.kind != crate::pack::PackKind::Tree || record.size > MAX_CACHED_PACK {
+            return Ok(None);
+        }
+        let bytes = self.backend.get(&pack_path(pack)).await?;
+        if PackId::of_pack(&bytes) != *pack {
+            // Damaged in storage: do not cache it; the blob itself may
+            // still open from its range, and check will name the pack.
+            return Ok(None);
+        }
+        self.cache_tree_pack(pack, &bytes);
+        Ok(Some(bytes))
+    }
+
+    /// Keeps a copy of a tree pack in the local cache (best effort: a cache
+    /// that cannot be written only costs requests later).
+    pub fn cache_tree_pack(&self, pack: &PackId, bytes: &[u8]) {
+        let dir = self.pack_cache_dir();
+        let target = self.cached_pack_path(pack);
+        if target.exists() || std::fs::create_dir_all(&dir).is_err() {
+            return;
+        }
+        let tmp = dir.join(format!(
+            ".tmp-{}",
+            hex::encode(&crate::hash::random_bytes()[..8])
+        ));
+        if std::fs::write(&tmp, bytes).is_ok() && std::fs::rename(&tmp, &target).is_ok() {
+            return;
+        }
+        let _ = std::fs::remove_file(&tmp);
+    }
+
+    /// Deletes cached packs the catalog no longer knows (after prune).
+    fn prune_pack_cache(&self) -> Result<()> {
+        let Ok(entries) = std::fs::read_dir(self.pack_cache_dir()) else {
+            return Ok(());
+        };
+        let known: HashSet<PackId> = self.catalog().packs()?.into_iter().map(|p| p.id).collect();
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let keep = name
+                .to_str()
+                .and_then(|n| n.parse().ok())
+                .is_some_and(|id| known.contains(&id));
+            if !keep {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
     }
 
     /// A cheap, thread-safe handle for opening blobs on worker threads.

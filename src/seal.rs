@@ -227,7 +227,7 @@ impl Sealer {
         let aad = self.aad(kind, id);
         let tag = self
             .cipher
-            .encrypt_inout_detached(&XNonce::from(nonce), &aad, out[24..].as_mut().into())
+            .encrypt_inout_detached(&XNonce::from(nonce), &aad, (&mut out[24..]).into())
             .expect("objects are far below the AEAD length limit");
         out.extend_from_slice(&tag);
         out

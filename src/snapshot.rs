@@ -112,6 +112,11 @@ pub struct SnapshotSummary {
     /// Warnings during the run.
     #[n(8)]
     pub warnings: u64,
+    /// Total size of the snapshot's files (read or reused); 0 when absent
+    /// (snapshots written before this field existed).
+    #[n(9)]
+    #[cbor(default)]
+    pub total_bytes: u64,
 }
 
 /// One directory.

@@ -7,6 +7,7 @@
 //! no snapshot.
 
 pub mod command;
+pub mod tree;
 
 use std::io::Read;
 

@@ -1,20 +1,26 @@
 //! `larder backup`.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use larder::ops::backup::{BackupOptions, backup_stream};
+use larder::catalog::SnapshotFilter;
+use larder::ops::backup::{BackupInput, BackupOptions, TreeInput, backup};
 use larder::progress::Progress;
+use larder::source::tree::{Excludes, absolute_path, check_paths};
 use larder::source::{StreamInput, split_command};
 
 use super::{GlobalArgs, Outcome, open, progress_bar::Bar, render};
 
 #[derive(Args, Debug)]
 pub struct BackupArgs {
-    /// Name of what is backed up (such as orders-db); snapshots are grouped by source and host
+    /// Name of what is backed up (such as orders-db or knowledge); snapshots are grouped by source and host
     #[arg(long, value_name = "NAME")]
     source: String,
+    /// Directories or files to back up (recorded as absolute paths)
+    #[arg(value_name = "PATH", conflicts_with_all = ["stdin", "command"])]
+    paths: Vec<PathBuf>,
     /// Back up standard input
     #[arg(long, conflicts_with = "command")]
     stdin: bool,
@@ -24,9 +30,21 @@ pub struct BackupArgs {
     /// File name of the stream inside the snapshot
     #[arg(long, default_value = "stdin", value_name = "FILE")]
     stdin_name: String,
-    /// Kind of source: stream, postgres, redis, neo4j
-    #[arg(long, default_value = "stream", value_name = "KIND")]
-    kind: String,
+    /// Kind of source: stream, postgres, redis, neo4j (streams); files (trees, the default for paths)
+    #[arg(long, value_name = "KIND")]
+    kind: Option<String>,
+    /// Skip paths matching GLOB: without '/' it matches a name anywhere (*.tmp), with '/' the absolute path (repeatable)
+    #[arg(long = "exclude", value_name = "GLOB")]
+    excludes: Vec<String>,
+    /// Read exclude patterns from FILE, one per line (repeatable)
+    #[arg(long = "exclude-file", value_name = "FILE")]
+    exclude_files: Vec<PathBuf>,
+    /// Do not cross into other file systems
+    #[arg(long, short = 'x')]
+    one_file_system: bool,
+    /// Compare with this snapshot instead of the latest of the same source and host
+    #[arg(long, value_name = "SNAP")]
+    parent: Option<String>,
     /// Label the snapshot (repeatable)
     #[arg(long = "tag", value_name = "TAG")]
     tags: Vec<String>,
@@ -39,20 +57,54 @@ pub struct BackupArgs {
 }
 
 pub async fn run(global: &GlobalArgs, args: BackupArgs) -> Result<Outcome> {
-    let input = match (&args.command, args.stdin) {
-        (Some(command), _) => StreamInput::Command {
-            argv: split_command(command)?,
-        },
-        (None, true) => StreamInput::Stdin,
-        (None, false) => bail!("say what to back up: --stdin or --command CMD"),
+    let (input, default_kind) = match (&args.command, args.stdin, args.paths.is_empty()) {
+        (Some(command), _, _) => (
+            BackupInput::Stream {
+                input: StreamInput::Command {
+                    argv: split_command(command)?,
+                },
+                name: args.stdin_name.clone(),
+            },
+            "stream",
+        ),
+        (None, true, _) => (
+            BackupInput::Stream {
+                input: StreamInput::Stdin,
+                name: args.stdin_name.clone(),
+            },
+            "stream",
+        ),
+        (None, false, false) => {
+            let mut patterns = args.excludes.clone();
+            for file in &args.exclude_files {
+                patterns.extend(Excludes::read_file(file)?);
+            }
+            let paths = args
+                .paths
+                .iter()
+                .map(|p| absolute_path(p))
+                .collect::<larder::Result<_>>()?;
+            (
+                BackupInput::Tree(TreeInput {
+                    paths: check_paths(paths)?,
+                    excludes: Excludes::new(&patterns)?,
+                    one_file_system: args.one_file_system,
+                }),
+                "files",
+            )
+        }
+        (None, false, true) => bail!("say what to back up: PATH..., --stdin, or --command CMD"),
     };
-    if !matches!(
-        args.kind.as_str(),
-        "stream" | "postgres" | "redis" | "neo4j"
-    ) {
+    let kind = args.kind.clone().unwrap_or_else(|| default_kind.into());
+    let valid = match &input {
+        BackupInput::Stream { .. } => {
+            ["stream", "postgres", "redis", "neo4j"].contains(&kind.as_str())
+        }
+        BackupInput::Tree(_) => kind == "files",
+    };
+    if !valid {
         bail!(
-            "unknown --kind {:?}: use stream, postgres, redis or neo4j",
-            args.kind
+            "--kind {kind:?} does not fit this source: streams take stream, postgres, redis or neo4j; paths take files"
         );
     }
     let time = args
@@ -64,18 +116,22 @@ pub async fn run(global: &GlobalArgs, args: BackupArgs) -> Result<Outcome> {
         })
         .transpose()?;
     let repo = open(global).await?;
+    let parent = match &args.parent {
+        Some(spec) => Some(repo.resolve_snapshot(spec, &SnapshotFilter::default())?.0),
+        None => None,
+    };
     let progress = Arc::new(Progress::default());
     let bar = Bar::start(global.shows_progress(), "backing up", Arc::clone(&progress));
-    let summary = backup_stream(
+    let summary = backup(
         &repo,
         BackupOptions {
             source: args.source.clone(),
             input,
-            stream_name: args.stdin_name,
-            kind: args.kind,
+            kind,
             tags: args.tags,
             host: args.host.unwrap_or_else(larder::repo::current_host),
             time,
+            parent,
             progress,
         },
     )
@@ -85,8 +141,18 @@ pub async fn run(global: &GlobalArgs, args: BackupArgs) -> Result<Outcome> {
     if global.json {
         render::print_json(&summary)?;
     } else if !global.quiet {
+        let files = if summary.dirs > 0
+            || summary.files_new + summary.files_changed + summary.files_unchanged > 0
+        {
+            format!(
+                "; files: {} new, {} changed, {} unchanged",
+                summary.files_new, summary.files_changed, summary.files_unchanged
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "snapshot {} saved: read {}, added {} ({} new blobs, {} reused) in {:.1} s",
+            "snapshot {} saved: read {}, added {} ({} new blobs, {} reused){files} in {:.1} s",
             summary.snapshot_id.short(),
             render::size(summary.bytes_read),
             render::size(summary.bytes_added),

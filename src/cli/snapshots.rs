@@ -58,7 +58,7 @@ pub async fn run(global: &GlobalArgs, args: SnapshotsArgs) -> Result<Outcome> {
                 kind: s.kind.clone(),
                 paths: s.paths.clone(),
                 parent: s.parent.map(|p| p.to_hex()),
-                size: s.summary.bytes_read,
+                size: s.summary.total_bytes.max(s.summary.bytes_read),
                 added: s.summary.bytes_added,
                 command: s.command.as_ref().map(|c| c.argv.clone()),
                 dumper_version: s.command.as_ref().and_then(|c| c.version.clone()),
@@ -85,7 +85,7 @@ pub async fn run(global: &GlobalArgs, args: SnapshotsArgs) -> Result<Outcome> {
             render::local_time(s.time_ns),
             s.source,
             s.host,
-            render::size(s.summary.bytes_read),
+            render::size(s.summary.total_bytes.max(s.summary.bytes_read)),
             render::size(s.summary.bytes_added),
             s.tags.join(",")
         );

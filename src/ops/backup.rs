@@ -13,6 +13,7 @@
 //! snapshot, and the first real cause (not a downstream "cancelled") is the
 //! error reported.
 
+pub mod tree;
 pub mod writer;
 
 use std::io::Read;
@@ -23,6 +24,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use crossbeam_channel::bounded;
 
+pub use tree::TreeInput;
 pub use writer::{BlobWriter, WriteStats};
 
 use crate::backend::RequestCounts;
@@ -115,11 +117,10 @@ pub fn queue_depth(max_chunk: usize) -> usize {
 pub struct BackupOptions {
     /// The `--source` name.
     pub source: String,
-    /// The stream.
-    pub input: StreamInput,
-    /// The file name the stream gets inside the snapshot.
-    pub stream_name: String,
-    /// Source kind recorded with the snapshot (`stream`, `postgres`, …).
+    /// What to read.
+    pub input: BackupInput,
+    /// Source kind recorded with the snapshot (`stream`, `postgres`,
+    /// `redis`, `neo4j`; `files` for trees).
     pub kind: String,
     /// Labels.
     pub tags: Vec<String>,
@@ -127,8 +128,25 @@ pub struct BackupOptions {
     pub host: String,
     /// Snapshot time; now if `None` (set it to import old dumps).
     pub time: Option<jiff::Timestamp>,
+    /// The snapshot to compare a tree with; by default the latest snapshot
+    /// of the same source and host.
+    pub parent: Option<SnapshotId>,
     /// Live counters.
     pub progress: Arc<Progress>,
+}
+
+/// The data of a backup.
+#[derive(Debug)]
+pub enum BackupInput {
+    /// One stream, stored as one file named `name`.
+    Stream {
+        /// Where the bytes come from.
+        input: StreamInput,
+        /// The file name inside the snapshot.
+        name: String,
+    },
+    /// File trees.
+    Tree(TreeInput),
 }
 
 /// What a backup did.
@@ -137,63 +155,222 @@ pub struct BackupSummary {
     /// The new snapshot.
     #[serde(serialize_with = "crate::ops::hex_id")]
     pub snapshot_id: SnapshotId,
+    /// The snapshot compared against, if any.
+    pub parent: Option<String>,
     /// Bytes read from the source.
     pub bytes_read: u64,
+    /// Total size of the snapshot's content (files read or reused).
+    pub total_bytes: u64,
     /// Stored bytes this run added (packs, index objects, snapshot object).
     pub bytes_added: u64,
     /// Blobs stored new.
     pub blobs_new: u64,
     /// Blobs already stored.
     pub blobs_reused: u64,
+    /// Trees: files not in the parent.
+    pub files_new: u64,
+    /// Trees: files in the parent but changed, read again.
+    pub files_changed: u64,
+    /// Trees: files reused from the parent without reading.
+    pub files_unchanged: u64,
+    /// Trees: directories.
+    pub dirs: u64,
     /// Wall time.
     pub duration_s: f64,
     /// Storage requests made by the whole command.
     pub requests: RequestCounts,
-    /// Non-fatal problems (such as compressed input).
+    /// Non-fatal problems: compressed input, unreadable or vanished files,
+    /// files that changed while read, skipped special files.
     pub warnings: Vec<String>,
 }
 
-/// Backs up one stream as a snapshot with one file.
-pub async fn backup_stream(repo: &Repo, options: BackupOptions) -> Result<BackupSummary> {
+/// Backs up a stream or file trees as one snapshot.
+pub async fn backup(repo: &Repo, options: BackupOptions) -> Result<BackupSummary> {
     let started = Instant::now();
     if options.source.is_empty() {
         return Err(Error::InvalidArgument(
             "the source name must not be empty".into(),
         ));
     }
-    if !crate::ops::is_single_component(options.stream_name.as_bytes()) {
-        return Err(Error::InvalidArgument(format!(
-            "stream name {:?} must be a single file name (no '/', not '.' or '..')",
-            options.stream_name
-        )));
-    }
     let time_ns = match options.time {
         Some(t) => i64::try_from(t.as_nanosecond())
             .map_err(|_| Error::InvalidArgument("time out of range".into()))?,
         None => now_ns(),
     };
-    let parent = repo
-        .snapshots(&SnapshotFilter {
-            source: Some(options.source.clone()),
-            host: Some(options.host.clone()),
-            tags: vec![],
-        })?
-        .pop()
-        .map(|(id, _)| id);
+    let parent = match options.parent {
+        Some(id) => Some((
+            id,
+            repo.catalog()
+                .snapshot(&id)?
+                .ok_or_else(|| Error::SnapshotNotFound(format!("{:?} (--parent)", id.short())))?,
+        )),
+        None => repo
+            .snapshots(&SnapshotFilter {
+                source: Some(options.source.clone()),
+                host: Some(options.host.clone()),
+                tags: vec![],
+            })?
+            .pop(),
+    };
 
-    let profile = repo.config().profile(STREAM_PROFILE)?.clone();
-    let chunker = Chunker::new(&profile, repo.config().chunker_seed);
     let abort = Arc::new(Abort::default());
     let progress = Arc::clone(&options.progress);
+    let warnings = Arc::new(Mutex::new(Vec::new()));
+    let counts = Arc::new(tree::FileCounts::default());
+    let (paths, max_blob) = match &options.input {
+        BackupInput::Stream { name, .. } => {
+            if !crate::ops::is_single_component(name.as_bytes()) {
+                return Err(Error::InvalidArgument(format!(
+                    "stream name {name:?} must be a single file name (no '/', not '.' or '..')"
+                )));
+            }
+            (vec![], repo.config().profile(STREAM_PROFILE)?.max as usize)
+        }
+        BackupInput::Tree(input) => (
+            input
+                .paths
+                .iter()
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect(),
+            repo.config().profile(crate::config::FILES_PROFILE)?.max as usize,
+        ),
+    };
+    let writer = Arc::new(BlobWriter::start(
+        repo,
+        Arc::clone(&abort),
+        Arc::clone(&progress),
+        max_blob,
+    )?);
 
-    let (reader, command): (Box<dyn Read + Send>, Option<RunningCommand>) = match options.input {
+    let outcome = match options.input {
+        BackupInput::Stream { input, name } => {
+            stream_root(
+                repo,
+                input,
+                &name,
+                time_ns,
+                &options.source,
+                &writer,
+                &abort,
+                &progress,
+                &warnings,
+            )
+            .await
+        }
+        BackupInput::Tree(input) => {
+            let parent_root = parent
+                .as_ref()
+                .filter(|(_, s)| s.kind == "files")
+                .map(|(_, s)| s.root);
+            tree::backup_tree(
+                repo,
+                &input,
+                parent_root,
+                &writer,
+                &abort,
+                &progress,
+                &warnings,
+                &counts,
+            )
+            .await
+            .map(|root| (root, None))
+        }
+    };
+    if let Err(e) = &outcome
+        && !matches!(e, Error::Cancelled)
+    {
+        abort.fail(Error::Cancelled);
+    }
+    let stats = Arc::clone(writer.stats());
+    let writer = Arc::into_inner(writer).expect("every stage holding the writer has finished");
+    let finished = writer.finish().await;
+    // The root cause: a stage's recorded error, else the writer's, else the
+    // outcome's own.
+    if let Some(e) = abort.error() {
+        return Err(match (e, outcome) {
+            (Error::Cancelled, Err(own)) => own,
+            (e, _) => e,
+        });
+    }
+    finished?;
+    let (root, command) = outcome?;
+
+    let stat = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let bytes_read = Progress::get(&progress.bytes_processed);
+    let warnings = std::mem::take(&mut *warnings.lock().expect("warnings lock"));
+    let mut summary = SnapshotSummary {
+        bytes_read,
+        bytes_added: stat(&stats.bytes_added),
+        blobs_new: stat(&stats.blobs_new),
+        blobs_reused: stat(&stats.blobs_reused),
+        duration_ms: started.elapsed().as_millis() as u64,
+        files_new: stat(&counts.new),
+        files_changed: stat(&counts.changed),
+        files_unchanged: stat(&counts.unchanged),
+        warnings: warnings.len() as u64,
+        total_bytes: if paths.is_empty() {
+            bytes_read
+        } else {
+            stat(&counts.bytes)
+        },
+    };
+    let snapshot = Snapshot {
+        time_ns,
+        source: options.source,
+        host: options.host,
+        tags: options.tags,
+        kind: options.kind,
+        root,
+        parent: parent.as_ref().map(|(id, _)| *id),
+        paths,
+        command,
+        summary: summary.clone(),
+        program: crate::ops::program_version(),
+        user: current_user(),
+    };
+    let (snapshot_id, stored) = repo.write_snapshot(&snapshot).await?;
+    summary.bytes_added += stored;
+    Ok(BackupSummary {
+        snapshot_id,
+        parent: parent.map(|(id, _)| id.to_hex()),
+        bytes_read,
+        total_bytes: summary.total_bytes,
+        bytes_added: summary.bytes_added,
+        blobs_new: summary.blobs_new,
+        blobs_reused: summary.blobs_reused,
+        files_new: summary.files_new,
+        files_changed: summary.files_changed,
+        files_unchanged: summary.files_unchanged,
+        dirs: stat(&counts.dirs),
+        duration_s: started.elapsed().as_secs_f64(),
+        requests: repo.counts(),
+        warnings,
+    })
+}
+
+/// Chunks a stream into the repository and stores its one-file root tree.
+#[allow(clippy::too_many_arguments)]
+async fn stream_root(
+    repo: &Repo,
+    input: StreamInput,
+    name: &str,
+    time_ns: i64,
+    source: &str,
+    writer: &Arc<BlobWriter>,
+    abort: &Arc<Abort>,
+    progress: &Arc<Progress>,
+    warnings: &Arc<Mutex<Vec<String>>>,
+) -> Result<(BlobId, Option<CommandRecord>)> {
+    let profile = repo.config().profile(STREAM_PROFILE)?.clone();
+    let chunker = Chunker::new(&profile, repo.config().chunker_seed);
+    let (reader, command): (Box<dyn Read + Send>, Option<RunningCommand>) = match input {
         StreamInput::Stdin => {
             crate::source::enlarge_pipe(std::os::fd::AsFd::as_fd(&std::io::stdin()));
             (Box::new(std::io::stdin()), None)
         }
         StreamInput::Reader(r) => (r, None),
         StreamInput::Command { argv } => {
-            let (command, stdout) = RunningCommand::spawn(&argv, &options.source)?;
+            let (command, stdout) = RunningCommand::spawn(&argv, source)?;
             (Box::new(stdout), Some(command))
         }
     };
@@ -201,24 +378,16 @@ pub async fn backup_stream(repo: &Repo, options: BackupOptions) -> Result<Backup
         let killer = command.killer();
         abort.on_abort(move || killer.kill());
     }
-
-    let writer = Arc::new(BlobWriter::start(
-        repo,
-        Arc::clone(&abort),
-        Arc::clone(&progress),
-        profile.max as usize,
-    )?);
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let depth = queue_depth(profile.max as usize);
     let (raw_tx, raw_rx) = bounded::<(u64, Bytes)>(depth);
     let (hashed_tx, hashed_rx) = bounded::<(u64, BlobId, Bytes)>(depth);
-    let warnings = Arc::new(Mutex::new(Vec::new()));
 
     let reader_thread = {
-        let abort = Arc::clone(&abort);
-        let progress = Arc::clone(&progress);
-        let warnings = Arc::clone(&warnings);
-        let source = options.source.clone();
+        let abort = Arc::clone(abort);
+        let progress = Arc::clone(progress);
+        let warnings = Arc::clone(warnings);
+        let source = source.to_string();
         spawn_thread("larder-read", move || {
             read_stream(
                 chunker, reader, command, &raw_tx, &abort, &progress, &warnings, &source,
@@ -242,87 +411,42 @@ pub async fn backup_stream(repo: &Repo, options: BackupOptions) -> Result<Backup
     drop((raw_rx, hashed_tx));
 
     let coordinator = {
-        let writer = Arc::clone(&writer);
-        let abort = Arc::clone(&abort);
+        let writer = Arc::clone(writer);
+        let abort = Arc::clone(abort);
         let hasher = repo.hasher().clone();
         let fanout = repo.config().list_fanout as usize;
+        let name = name.to_string();
         tokio::task::spawn_blocking(move || {
-            coordinate(&writer, &hashed_rx, ContentBuilder::new(fanout, hasher))
-                .map_err(|e| abort.fail(e))
-        })
-    };
-    let content = coordinator.await.expect("coordinator panicked");
-    let record = join(reader_thread).await;
-    for h in hashers {
-        join(h).await;
-    }
-    let writer = Arc::into_inner(writer).expect("every stage holding the writer has finished");
-
-    // Store the root tree, unless a stage failed; then drain the writer.
-    let (writer, root) = match content {
-        Ok((content, size)) if !abort.is_set() => {
-            let node = Node::stream_file(options.stream_name.as_bytes(), time_ns, size, content);
+            let content = coordinate(
+                &writer,
+                &hashed_rx,
+                ContentBuilder::new(fanout, hasher.clone()),
+            )?;
+            if abort.is_set() {
+                return Err(Error::Cancelled);
+            }
+            let (content, size) = content;
+            let node = Node::stream_file(name.as_bytes(), time_ns, size, content);
             let tree = Tree {
                 entries: vec![node],
             }
             .encode();
-            let root = repo.hasher().blob_id(&tree);
-            let abort = Arc::clone(&abort);
-            tokio::task::spawn_blocking(move || {
-                if let Err(e) = writer.store(ObjectKind::TreeBlob, root, Bytes::from(tree)) {
-                    abort.fail(e);
-                }
-                (writer, root)
-            })
-            .await
-            .expect("storing the tree panicked")
-        }
-        _ => (writer, BlobId([0; 32])),
+            let root = hasher.blob_id(&tree);
+            writer.store(ObjectKind::TreeBlob, root, Bytes::from(tree))?;
+            Ok(root)
+        })
     };
-    let stats = Arc::clone(writer.stats());
-    writer.finish().await?;
-    if let Some(e) = abort.error() {
-        return Err(e);
+    let root = coordinator.await.expect("coordinator panicked");
+    if let Err(e) = &root
+        && !matches!(e, Error::Cancelled)
+    {
+        abort.fail(Error::Cancelled);
     }
-
-    let stat = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    let bytes_read = Progress::get(&progress.bytes_processed);
-    let mut summary = SnapshotSummary {
-        bytes_read,
-        bytes_added: stat(&stats.bytes_added),
-        blobs_new: stat(&stats.blobs_new),
-        blobs_reused: stat(&stats.blobs_reused),
-        duration_ms: started.elapsed().as_millis() as u64,
-        warnings: warnings.lock().expect("warnings lock").len() as u64,
-        ..SnapshotSummary::default()
-    };
-    let snapshot = Snapshot {
-        time_ns,
-        source: options.source,
-        host: options.host,
-        tags: options.tags,
-        kind: options.kind,
-        root,
-        parent,
-        paths: vec![],
-        command: record,
-        summary: summary.clone(),
-        program: crate::ops::program_version(),
-        user: current_user(),
-    };
-    let (snapshot_id, stored) = repo.write_snapshot(&snapshot).await?;
-    summary.bytes_added += stored;
-    let warnings = std::mem::take(&mut *warnings.lock().expect("warnings lock"));
-    Ok(BackupSummary {
-        snapshot_id,
-        bytes_read,
-        bytes_added: summary.bytes_added,
-        blobs_new: summary.blobs_new,
-        blobs_reused: summary.blobs_reused,
-        duration_s: started.elapsed().as_secs_f64(),
-        requests: repo.counts(),
-        warnings,
-    })
+    let record = join(reader_thread).await;
+    for h in hashers {
+        join(h).await;
+    }
+    Ok((root?, record))
 }
 
 fn spawn_thread<T: Send + 'static>(

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use larder::backend::memory::{Fault, Op};
 use larder::catalog::SnapshotFilter;
-use larder::ops::backup::backup_stream;
+use larder::ops::backup::backup;
 use larder::ops::check::{CheckOptions, check};
 use larder::source::StreamInput;
 
@@ -160,7 +160,7 @@ async fn the_dump_command_is_killed_when_storage_fails() {
         _ => Fault::Proceed,
     });
     let started = Instant::now();
-    let err = backup_stream(
+    let err = backup(
         &repo.repo,
         stream_options(
             "endless",

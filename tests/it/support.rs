@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use larder::backend::{Backend, MemoryBackend};
 use larder::key::KdfParams;
-use larder::ops::backup::{BackupOptions, BackupSummary, backup_stream};
+use larder::ops::backup::{BackupInput, BackupOptions, BackupSummary, backup};
 use larder::repo::{InitOptions, Repo};
 use larder::source::StreamInput;
 use tempfile::TempDir;
@@ -92,19 +92,22 @@ pub async fn memory_repo_with(options: InitOptions) -> (LibRepo, MemoryBackend) 
 pub fn stream_options(source: &str, input: StreamInput) -> BackupOptions {
     BackupOptions {
         source: source.into(),
-        input,
-        stream_name: "dump.sql".into(),
+        input: BackupInput::Stream {
+            input,
+            name: "dump.sql".into(),
+        },
         kind: "stream".into(),
         tags: vec![],
         host: "test-host".into(),
         time: None,
+        parent: None,
         progress: Arc::default(),
     }
 }
 
 pub async fn backup_bytes(repo: &Repo, source: &str, data: &[u8]) -> larder::Result<BackupSummary> {
     let reader = Box::new(std::io::Cursor::new(data.to_vec()));
-    backup_stream(repo, stream_options(source, StreamInput::Reader(reader))).await
+    backup(repo, stream_options(source, StreamInput::Reader(reader))).await
 }
 
 /// The plaintext of a snapshot's single stream.

@@ -306,8 +306,8 @@ async fn uploader(
         tokio::select! {
             pack = rx.recv(), if input_open && uploads.len() < UPLOAD_CONCURRENCY => match pack {
                 Some(pack) if !abort.is_set() => {
-                    let backend = repo.backend().clone();
-                    uploads.spawn(async move { upload(&backend, pack).await });
+                    let repo = repo.clone();
+                    uploads.spawn(async move { upload(&repo, pack).await });
                 }
                 Some(_) => {}
                 None => input_open = false,
@@ -340,14 +340,22 @@ async fn uploader(
     }
 }
 
-async fn upload(
-    backend: &crate::backend::Metered,
-    pack: FinishedPack,
-) -> Result<(IndexedPack, u64)> {
+async fn upload(repo: &Repo, pack: FinishedPack) -> Result<(IndexedPack, u64)> {
     let size = pack.bytes.len() as u64;
-    let put = backend
-        .put_if_absent(&pack_path(&pack.id), Bytes::from(pack.bytes))
+    let bytes = Bytes::from(pack.bytes);
+    let put = repo
+        .backend()
+        .put_if_absent(&pack_path(&pack.id), bytes.clone())
         .await?;
+    if pack.kind == PackKind::Tree {
+        // The next backup's re-scan and every browse reads these trees;
+        // keeping them saves a GET each.
+        let repo = repo.clone();
+        let id = pack.id;
+        tokio::task::spawn_blocking(move || repo.cache_tree_pack(&id, &bytes))
+            .await
+            .expect("caching task panicked");
+    }
     let stored = if put == Put::Created { size } else { 0 };
     Ok((
         IndexedPack {

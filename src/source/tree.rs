@@ -1,0 +1,349 @@
+//! File trees as a backup source: paths, excludes, and what larder records
+//! about each entry.
+//!
+//! The walk itself uses `walkdir` (sorted by name, contents before their
+//! directory, symlinks never followed, optionally one file system); see
+//! `ops/backup/tree.rs` for how entries become tree blobs. This module holds
+//! the parts that are plain functions of the file system: turning command
+//! line paths into absolute ones, exclude patterns, and reading an entry's
+//! metadata into a [`Node`].
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
+
+use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+use minicbor::bytes::ByteVec;
+
+use crate::error::{Error, Result};
+use crate::snapshot::{Node, NodeKind};
+
+/// Makes `path` absolute (against the current directory) and removes `.`
+/// and `..` components lexically, as restic does; symlinks are not resolved.
+pub fn absolute_path(path: &Path) -> Result<PathBuf> {
+    let joined = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| Error::io("reading", "the current directory", e))?
+            .join(path)
+    };
+    let mut out = PathBuf::from("/");
+    for component in joined.components() {
+        match component {
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(name) => out.push(name),
+        }
+    }
+    Ok(out)
+}
+
+/// Checks a set of backup paths: absolute, none inside another, no
+/// duplicates (duplicates are dropped). Returns them sorted.
+pub fn check_paths(paths: Vec<PathBuf>) -> Result<Vec<PathBuf>> {
+    if paths.is_empty() {
+        return Err(Error::InvalidArgument("no paths to back up".into()));
+    }
+    let mut paths = paths;
+    paths.sort();
+    paths.dedup();
+    for pair in paths.windows(2) {
+        if pair[1].starts_with(&pair[0]) {
+            return Err(Error::InvalidArgument(format!(
+                "{} is inside {}; give each tree once",
+                pair[1].display(),
+                pair[0].display()
+            )));
+        }
+    }
+    if paths.iter().any(|p| p == Path::new("/")) && paths.len() > 1 {
+        return Err(Error::InvalidArgument(
+            "/ contains every other path; give it alone".into(),
+        ));
+    }
+    Ok(paths)
+}
+
+/// Exclude patterns, restic style: a pattern without `/` matches a name at
+/// any depth (`*.tmp`, `node_modules`); a pattern with `/` matches the whole
+/// absolute path (`/opt/data/cache`, `/home/*/.cache`). An excluded
+/// directory is not descended into.
+#[derive(Clone, Debug, Default)]
+pub struct Excludes {
+    names: GlobSet,
+    paths: GlobSet,
+    patterns: Vec<String>,
+}
+
+impl Excludes {
+    /// Compiles `patterns` (blank lines and `#` comments ignored).
+    pub fn new(patterns: &[String]) -> Result<Excludes> {
+        let mut names = GlobSetBuilder::new();
+        let mut paths = GlobSetBuilder::new();
+        let mut kept = Vec::new();
+        for pattern in patterns {
+            let pattern = pattern.trim();
+            if pattern.is_empty() || pattern.starts_with('#') {
+                continue;
+            }
+            let glob = |p: &str| {
+                GlobBuilder::new(p)
+                    .literal_separator(true)
+                    .backslash_escape(true)
+                    .build()
+                    .map_err(|e| Error::InvalidArgument(format!("exclude pattern {p:?}: {e}")))
+            };
+            if pattern.contains('/') {
+                let pattern = pattern.trim_end_matches('/');
+                paths.add(glob(pattern)?);
+            } else {
+                names.add(glob(pattern)?);
+            }
+            kept.push(pattern.to_string());
+        }
+        Ok(Excludes {
+            names: names
+                .build()
+                .map_err(|e| Error::InvalidArgument(e.to_string()))?,
+            paths: paths
+                .build()
+                .map_err(|e| Error::InvalidArgument(e.to_string()))?,
+            patterns: kept,
+        })
+    }
+
+    /// Reads patterns from `file`, one per line.
+    pub fn read_file(file: &Path) -> Result<Vec<String>> {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| Error::io("reading exclude file", file, e))?;
+        Ok(text.lines().map(str::to_string).collect())
+    }
+
+    /// True if `path` (absolute) is excluded.
+    pub fn is_excluded(&self, path: &Path) -> bool {
+        if self.patterns.is_empty() {
+            return false;
+        }
+        path.file_name()
+            .is_some_and(|name| self.names.is_match(name))
+            || self.paths.is_match(path)
+    }
+
+    /// The patterns in effect.
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+}
+
+/// A glob over snapshot paths, for `find` and `restore --include`: with a
+/// `/` it matches the whole path, without one the last component.
+#[derive(Clone, Debug)]
+pub struct PathGlob {
+    matcher: globset::GlobMatcher,
+    whole_path: bool,
+}
+
+impl PathGlob {
+    /// Compiles `pattern`.
+    pub fn new(pattern: &str) -> Result<PathGlob> {
+        let whole_path = pattern.contains('/');
+        let glob: Glob = GlobBuilder::new(pattern)
+            .literal_separator(whole_path)
+            .backslash_escape(true)
+            .build()
+            .map_err(|e| Error::InvalidArgument(format!("pattern {pattern:?}: {e}")))?;
+        Ok(PathGlob {
+            matcher: glob.compile_matcher(),
+            whole_path,
+        })
+    }
+
+    /// True if the snapshot path (absolute, such as `/opt/data/a.yaml`) matches.
+    pub fn is_match(&self, path: &[u8]) -> bool {
+        let path = Path::new(OsStr::from_bytes(path));
+        if self.whole_path {
+            self.matcher.is_match(path)
+        } else {
+            path.file_name()
+                .is_some_and(|name| self.matcher.is_match(name))
+        }
+    }
+}
+
+/// Owner and group names, resolved once per id.
+#[derive(Default, Debug)]
+pub struct Names {
+    users: Mutex<HashMap<u32, Option<String>>>,
+    groups: Mutex<HashMap<u32, Option<String>>>,
+}
+
+impl Names {
+    /// The user name of `uid`, if it resolves.
+    pub fn user(&self, uid: u32) -> Option<String> {
+        self.users
+            .lock()
+            .expect("names lock")
+            .entry(uid)
+            .or_insert_with(|| {
+                // SAFETY: getpwuid returns static storage read at once, on a
+                // lock that serialises every call made through `Names`.
+                unsafe {
+                    let pw = libc::getpwuid(uid);
+                    (!pw.is_null()).then(|| {
+                        std::ffi::CStr::from_ptr((*pw).pw_name)
+                            .to_string_lossy()
+                            .into_owned()
+                    })
+                }
+            })
+            .clone()
+    }
+
+    /// The group name of `gid`, if it resolves.
+    pub fn group(&self, gid: u32) -> Option<String> {
+        self.groups
+            .lock()
+            .expect("names lock")
+            .entry(gid)
+            .or_insert_with(|| {
+                // SAFETY: as for `user`.
+                unsafe {
+                    let gr = libc::getgrgid(gid);
+                    (!gr.is_null()).then(|| {
+                        std::ffi::CStr::from_ptr((*gr).gr_name)
+                            .to_string_lossy()
+                            .into_owned()
+                    })
+                }
+            })
+            .clone()
+    }
+}
+
+/// What kind of entry the metadata describes, for the entries larder keeps.
+pub fn node_kind(meta: &std::fs::Metadata) -> Option<NodeKind> {
+    let file_type = meta.file_type();
+    if file_type.is_file() {
+        Some(NodeKind::File)
+    } else if file_type.is_dir() {
+        Some(NodeKind::Dir)
+    } else if file_type.is_symlink() {
+        Some(NodeKind::Symlink)
+    } else {
+        None
+    }
+}
+
+/// A node with `meta`'s metadata and no content, subtree or target yet.
+pub fn node_from_metadata(
+    name: &OsStr,
+    meta: &std::fs::Metadata,
+    kind: NodeKind,
+    names: &Names,
+) -> Node {
+    let ns = |secs: i64, nsec: i64| secs.saturating_mul(1_000_000_000).saturating_add(nsec);
+    Node {
+        name: ByteVec::from(name.as_bytes().to_vec()),
+        kind,
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+        size: if kind == NodeKind::Dir {
+            0
+        } else {
+            meta.size()
+        },
+        content: None,
+        subtree: None,
+        target: None,
+        ctime_ns: (kind != NodeKind::Dir).then(|| ns(meta.ctime(), meta.ctime_nsec())),
+        inode: (kind == NodeKind::File).then(|| meta.ino()),
+        device: (kind == NodeKind::File).then(|| meta.dev()),
+        links: (kind == NodeKind::File && meta.nlink() > 1).then(|| meta.nlink()),
+        user: names.user(meta.uid()),
+        group: names.group(meta.gid()),
+        changed_while_reading: None,
+    }
+}
+
+/// True if `current` (just stat'ed) may reuse the content recorded in
+/// `previous` without being read: same size, modification time, status
+/// change time and inode, and the earlier read was clean.
+pub fn is_unchanged(previous: &Node, current: &Node) -> bool {
+    previous.kind == NodeKind::File
+        && previous.content.is_some()
+        && previous.changed_while_reading != Some(true)
+        && previous.size == current.size
+        && previous.mtime_ns == current.mtime_ns
+        && previous.ctime_ns.is_some()
+        && previous.ctime_ns == current.ctime_ns
+        && previous.inode.is_some()
+        && previous.inode == current.inode
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_become_absolute_and_clean() {
+        assert_eq!(
+            absolute_path(Path::new("/a/./b/../c/")).unwrap(),
+            Path::new("/a/c")
+        );
+        assert_eq!(absolute_path(Path::new("/../..")).unwrap(), Path::new("/"));
+        let here = std::env::current_dir().unwrap();
+        assert_eq!(absolute_path(Path::new("x")).unwrap(), here.join("x"));
+    }
+
+    #[test]
+    fn nested_paths_are_refused_and_duplicates_dropped() {
+        let p = |s: &str| PathBuf::from(s);
+        assert_eq!(
+            check_paths(vec![p("/b"), p("/a"), p("/a")]).unwrap(),
+            vec![p("/a"), p("/b")]
+        );
+        assert!(check_paths(vec![p("/opt"), p("/opt/data")]).is_err());
+        assert!(check_paths(vec![p("/opt/data"), p("/opt/database")]).is_ok());
+        assert!(check_paths(vec![]).is_err());
+    }
+
+    #[test]
+    fn excludes_match_names_anywhere_and_paths_exactly() {
+        let e = Excludes::new(&[
+            "*.tmp".into(),
+            "node_modules".into(),
+            "/opt/data/cache".into(),
+            "# comment".into(),
+            "".into(),
+        ])
+        .unwrap();
+        assert!(e.is_excluded(Path::new("/opt/data/x.tmp")));
+        assert!(e.is_excluded(Path::new("/a/b/node_modules")));
+        assert!(e.is_excluded(Path::new("/opt/data/cache")));
+        assert!(!e.is_excluded(Path::new("/opt/data/cache2")));
+        assert!(!e.is_excluded(Path::new("/opt/data/x.yaml")));
+        let star = Excludes::new(&["/home/*/.cache".into()]).unwrap();
+        assert!(star.is_excluded(Path::new("/home/ann/.cache")));
+        assert!(!star.is_excluded(Path::new("/home/ann/work/.cache")));
+    }
+
+    #[test]
+    fn path_globs_match_names_or_whole_paths() {
+        let by_name = PathGlob::new("*.yaml").unwrap();
+        assert!(by_name.is_match(b"/opt/kb/a.yaml"));
+        assert!(!by_name.is_match(b"/opt/kb/a.yml"));
+        let by_path = PathGlob::new("/opt/kb/*.yaml").unwrap();
+        assert!(by_path.is_match(b"/opt/kb/a.yaml"));
+        assert!(!by_path.is_match(b"/opt/kb/sub/a.yaml"));
+        let deep = PathGlob::new("/opt/**/a.yaml").unwrap();
+        assert!(deep.is_match(b"/opt/kb/sub/a.yaml"));
+    }
+}
