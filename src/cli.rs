@@ -3,6 +3,7 @@
 //! calls one library verb, and renders the result as text or `--json`.
 
 mod backup;
+mod browse;
 mod check;
 mod init;
 mod keys;
@@ -83,8 +84,16 @@ enum Command {
     Backup(backup::BackupArgs),
     /// List snapshots
     Snapshots(snapshots::SnapshotsArgs),
+    /// List a directory of a snapshot
+    Ls(browse::LsArgs),
+    /// Find paths matching a glob across snapshots, newest first
+    Find(browse::FindArgs),
     /// Write one file of a snapshot (or a stream snapshot) to standard output
     Cat(read::CatArgs),
+    /// Show what changed between two snapshots
+    Diff(browse::DiffArgs),
+    /// Show the versions of one file across snapshots
+    Log(browse::LogArgs),
     /// Restore a snapshot into a directory
     Restore(read::RestoreArgs),
     /// Verify the repository's structure, or with --read-data every byte
@@ -110,7 +119,11 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
         Command::Init(args) => init::run(&global, args).await,
         Command::Backup(args) => backup::run(&global, args).await,
         Command::Snapshots(args) => snapshots::run(&global, args).await,
+        Command::Ls(args) => browse::ls(&global, args).await,
+        Command::Find(args) => browse::find(&global, args).await,
         Command::Cat(args) => read::cat(&global, args).await,
+        Command::Diff(args) => browse::diff(&global, args).await,
+        Command::Log(args) => browse::log(&global, args).await,
         Command::Restore(args) => read::restore(&global, args).await,
         Command::Check(args) => check::run(&global, args).await,
         Command::Key(command) => keys::run(&global, command).await,

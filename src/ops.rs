@@ -9,7 +9,11 @@
 pub mod backup;
 pub mod cat;
 pub mod check;
+pub mod diff;
+pub mod find;
 pub mod keys;
+pub mod log;
+pub mod ls;
 pub mod rebuild;
 pub mod restore;
 

@@ -168,45 +168,27 @@ pub async fn read_content(
     sink: &mut (dyn FnMut(&[u8]) -> Result<()> + Send),
 ) -> Result<u64> {
     let expected = content.len();
-    let planner = Planner {
+    let mut planner = Planner {
         walker: ChunkWalker::new(repo, content.clone()),
         carry: None,
         blobs_per_job: 1024,
     };
-    let jobs = futures::stream::unfold((planner, false), |(mut planner, failed)| async move {
-        if failed {
-            return None;
-        }
-        match planner.next_job().await {
-            Ok(Some(job)) => Some((Ok(job), (planner, false))),
-            Ok(None) => None,
-            Err(e) => Some((Err(e), (planner, true))),
-        }
-    });
-    let pieces = jobs
-        .map(|job| async move {
-            let job = job?;
-            let name = pack_path(&job.pack);
-            let bytes = repo.backend().get_range(&name, job.start..job.end).await?;
-            let opener = repo.blob_opener();
-            tokio::task::spawn_blocking(move || {
-                job.blobs
-                    .iter()
-                    .map(|(id, location)| {
-                        let at = (location.offset - job.start) as usize;
-                        let sealed = &bytes[at..at + location.length as usize];
-                        opener.open(&name, location, id, sealed)
-                    })
-                    .collect::<Result<Vec<Vec<u8>>>>()
-            })
-            .await
-            .expect("opening task panicked")
-        })
-        .buffered(READ_CONCURRENCY);
-    let mut pieces = std::pin::pin!(pieces);
+    // Reads run as tasks so they progress while the planner waits for list
+    // blobs; the queue keeps their results in file order.
+    let mut in_flight = futures::stream::FuturesOrdered::new();
+    let mut planned_all = false;
     let mut written = 0u64;
-    while let Some(blobs) = pieces.next().await {
-        for plain in blobs? {
+    loop {
+        while !planned_all && in_flight.len() < READ_CONCURRENCY {
+            match planner.next_job().await? {
+                Some(job) => in_flight.push_back(tokio::spawn(fetch_and_open(repo.clone(), job))),
+                None => planned_all = true,
+            }
+        }
+        let Some(done) = in_flight.next().await else {
+            break;
+        };
+        for plain in done.expect("read task panicked")? {
             // The sink may block briefly (a file or a pipe); the runtime has
             // other workers and the blocking pool for the reads in flight.
             sink(&plain)?;
@@ -220,4 +202,23 @@ pub async fn read_content(
         ));
     }
     Ok(written)
+}
+
+/// Fetches one range and opens its blobs on the blocking pool.
+async fn fetch_and_open(repo: Repo, job: ReadJob) -> Result<Vec<Vec<u8>>> {
+    let name = pack_path(&job.pack);
+    let bytes = repo.backend().get_range(&name, job.start..job.end).await?;
+    let opener = repo.blob_opener();
+    tokio::task::spawn_blocking(move || {
+        job.blobs
+            .iter()
+            .map(|(id, location)| {
+                let at = (location.offset - job.start) as usize;
+                let sealed = &bytes[at..at + location.length as usize];
+                opener.open(&name, location, id, sealed)
+            })
+            .collect::<Result<Vec<Vec<u8>>>>()
+    })
+    .await
+    .expect("opening task panicked")
 }

@@ -29,9 +29,15 @@ pub struct RestoreArgs {
     /// Directory to restore into (created if missing)
     #[arg(long, value_name = "DIR")]
     target: PathBuf,
-    /// Whether existing files may be replaced
+    /// Whether existing files may be replaced (always: after a safety snapshot of them)
     #[arg(long, value_enum, default_value_t = OverwriteArg::Never)]
     overwrite: OverwriteArg,
+    /// Restore only paths matching GLOB (with '/': the whole snapshot path; without: a name); a matching directory brings its contents (repeatable)
+    #[arg(long = "include", value_name = "GLOB")]
+    include: Vec<String>,
+    /// Leave out paths matching GLOB (repeatable)
+    #[arg(long = "exclude", value_name = "GLOB")]
+    exclude: Vec<String>,
     /// With "latest": the latest snapshot of this source
     #[arg(long, value_name = "NAME")]
     source: Option<String>,
@@ -79,6 +85,8 @@ pub async fn restore(global: &GlobalArgs, args: RestoreArgs) -> Result<Outcome> 
             OverwriteArg::Never => Overwrite::Never,
             OverwriteArg::Always => Overwrite::Always,
         },
+        include: args.include,
+        exclude: args.exclude,
         progress,
     };
     let summary = larder::ops::restore::restore(&repo, &snapshot, &options)
@@ -91,6 +99,13 @@ pub async fn restore(global: &GlobalArgs, args: RestoreArgs) -> Result<Outcome> 
             )
         })?;
     drop(bar);
+    if let Some(safety) = &summary.safety_snapshot {
+        eprintln!(
+            "larder: saved the files about to be replaced as snapshot {} (source {}.pre-restore)",
+            &safety[..8],
+            snapshot.source
+        );
+    }
     if global.json {
         render::print_json(&summary)?;
     } else if !global.quiet {

@@ -242,40 +242,28 @@ pub async fn backup(repo: &Repo, options: BackupOptions) -> Result<BackupSummary
         max_blob,
     )?);
 
+    let run = Run {
+        writer: Arc::clone(&writer),
+        abort: Arc::clone(&abort),
+        progress: Arc::clone(&progress),
+        warnings: Arc::clone(&warnings),
+        counts: Arc::clone(&counts),
+    };
     let outcome = match options.input {
         BackupInput::Stream { input, name } => {
-            stream_root(
-                repo,
-                input,
-                &name,
-                time_ns,
-                &options.source,
-                &writer,
-                &abort,
-                &progress,
-                &warnings,
-            )
-            .await
+            stream_root(repo, input, &name, time_ns, &options.source, &run).await
         }
         BackupInput::Tree(input) => {
             let parent_root = parent
                 .as_ref()
                 .filter(|(_, s)| s.kind == "files")
                 .map(|(_, s)| s.root);
-            tree::backup_tree(
-                repo,
-                &input,
-                parent_root,
-                &writer,
-                &abort,
-                &progress,
-                &warnings,
-                &counts,
-            )
-            .await
-            .map(|root| (root, None))
+            tree::backup_tree(repo, &input, parent_root, &run)
+                .await
+                .map(|root| (root, None))
         }
     };
+    drop(run);
     if let Err(e) = &outcome
         && !matches!(e, Error::Cancelled)
     {
@@ -283,16 +271,14 @@ pub async fn backup(repo: &Repo, options: BackupOptions) -> Result<BackupSummary
     }
     let stats = Arc::clone(writer.stats());
     let writer = Arc::into_inner(writer).expect("every stage holding the writer has finished");
-    let finished = writer.finish().await;
-    // The root cause: a stage's recorded error, else the writer's, else the
-    // outcome's own.
-    if let Some(e) = abort.error() {
-        return Err(match (e, outcome) {
+    // After a failure the writer returns the first recorded cause; a stage
+    // that failed without recording one is its own cause.
+    if let Err(recorded) = writer.finish().await {
+        return Err(match (recorded, outcome) {
             (Error::Cancelled, Err(own)) => own,
-            (e, _) => e,
+            (recorded, _) => recorded,
         });
     }
-    finished?;
     let (root, command) = outcome?;
 
     let stat = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
@@ -348,19 +334,26 @@ pub async fn backup(repo: &Repo, options: BackupOptions) -> Result<BackupSummary
     })
 }
 
+/// What every stage of one backup shares.
+pub(crate) struct Run {
+    writer: Arc<BlobWriter>,
+    abort: Arc<Abort>,
+    progress: Arc<Progress>,
+    warnings: Arc<Mutex<Vec<String>>>,
+    counts: Arc<tree::FileCounts>,
+}
+
 /// Chunks a stream into the repository and stores its one-file root tree.
-#[allow(clippy::too_many_arguments)]
 async fn stream_root(
     repo: &Repo,
     input: StreamInput,
     name: &str,
     time_ns: i64,
     source: &str,
-    writer: &Arc<BlobWriter>,
-    abort: &Arc<Abort>,
-    progress: &Arc<Progress>,
-    warnings: &Arc<Mutex<Vec<String>>>,
+    run: &Run,
 ) -> Result<(BlobId, Option<CommandRecord>)> {
+    let (writer, abort, progress, warnings) =
+        (&run.writer, &run.abort, &run.progress, &run.warnings);
     let profile = repo.config().profile(STREAM_PROFILE)?.clone();
     let chunker = Chunker::new(&profile, repo.config().chunker_seed);
     let (reader, command): (Box<dyn Read + Send>, Option<RunningCommand>) = match input {

@@ -1,38 +1,53 @@
-//! `restore`: writes a snapshot's files under a target directory.
+//! `restore`: writes a snapshot's files (or a selection) under a target
+//! directory.
 //!
 //! Safety rules, each enforced here:
 //! - every stored name must be one normal path component (no `/`, NUL,
 //!   empty, `.` or `..`); other entries are skipped and reported;
-//! - nothing is created through a symlink: a path component that exists in
-//!   the target must be a real directory, and symlinks from the snapshot are
-//!   created last in their directory, after every file of it;
-//! - existing files are never replaced unless `Overwrite::Always`;
+//! - every file system call is relative to an open directory descriptor
+//!   with `O_NOFOLLOW`: a symlink already in the target, or created by this
+//!   restore, is never followed, so nothing is written outside the target;
+//!   symlinks from the snapshot are created last in their directory;
+//! - existing files are never replaced unless `Overwrite::Always`, and then
+//!   only after a safety snapshot of the files about to be replaced (source
+//!   `NAME.pre-restore`); without it, a restore that would replace anything
+//!   writes nothing;
 //! - each file is written under a temporary name in its directory and
 //!   renamed into place only when complete and verified, so an interrupted
 //!   restore never leaves a half-written file under its real name.
+//!
+//! Hard links are restored as separate files.
 
-use std::fs::{self, File, OpenOptions};
+use std::ffi::OsStr;
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, Timespec, Timestamps};
+use rustix::io::Errno;
+
 use crate::backend::RequestCounts;
 use crate::error::{Error, Result};
+use crate::hash::SnapshotId;
+use crate::ops::backup::{BackupInput, BackupOptions, TreeInput};
 use crate::ops::is_single_component;
 use crate::progress::Progress;
 use crate::read::read_content;
 use crate::repo::Repo;
 use crate::snapshot::{Node, NodeKind, Snapshot, Tree};
+use crate::source::tree::{Excludes, PathGlob};
 
 /// Whether existing files in the target may be replaced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Overwrite {
-    /// Refuse (the default).
+    /// Refuse: if anything would be replaced, restore nothing (the default).
     #[default]
     Never,
-    /// Replace existing files.
+    /// Replace existing files, after a safety snapshot of them.
     Always,
 }
 
@@ -43,6 +58,11 @@ pub struct RestoreOptions {
     pub target: PathBuf,
     /// Whether to replace existing files.
     pub overwrite: Overwrite,
+    /// Restore only paths matching one of these (a matching directory brings
+    /// everything below it); all if empty.
+    pub include: Vec<String>,
+    /// Leave out paths matching any of these.
+    pub exclude: Vec<String>,
     /// Live counters.
     pub progress: Arc<Progress>,
 }
@@ -58,6 +78,10 @@ pub struct RestoreSummary {
     pub symlinks: u64,
     /// Bytes of file content written.
     pub bytes: u64,
+    /// Files and symlinks that replaced existing ones.
+    pub replaced: u64,
+    /// The safety snapshot of replaced files, with `Overwrite::Always`.
+    pub safety_snapshot: Option<String>,
     /// Entries not restored, each with the reason.
     pub skipped: Vec<String>,
     /// Wall time.
@@ -66,221 +90,518 @@ pub struct RestoreSummary {
     pub requests: RequestCounts,
 }
 
+/// Which snapshot paths to restore.
+struct Selection {
+    include: Vec<PathGlob>,
+    exclude: Vec<PathGlob>,
+}
+
+impl Selection {
+    fn new(options: &RestoreOptions) -> Result<Selection> {
+        let compile = |patterns: &[String]| {
+            patterns
+                .iter()
+                .map(|p| PathGlob::new(p))
+                .collect::<Result<Vec<_>>>()
+        };
+        Ok(Selection {
+            include: compile(&options.include)?,
+            exclude: compile(&options.exclude)?,
+        })
+    }
+
+    fn excluded(&self, path: &[u8]) -> bool {
+        self.exclude.iter().any(|g| g.is_match(path))
+    }
+
+    /// Whether `path` is selected, given whether its directory was.
+    fn included(&self, path: &[u8], parent_included: bool) -> bool {
+        parent_included || self.include.is_empty() || self.include.iter().any(|g| g.is_match(path))
+    }
+}
+
 struct Frame {
     tree: Tree,
-    dir: PathBuf,
-    display: String,
+    /// Snapshot path of this directory, `""` for the root.
+    path: Vec<u8>,
+    /// The directory in the target, once created or opened.
+    dir: Option<OwnedFd>,
+    /// This directory's node (`None` for the root).
+    node: Option<Node>,
+    included: bool,
     pos: usize,
 }
 
-/// Restores every entry of `snapshot` under `options.target`.
+impl Frame {
+    /// Next entry: files and directories first, symlinks last, so no entry
+    /// of the snapshot is ever created below a symlink it made.
+    fn next_entry(&mut self) -> Option<Node> {
+        let n = self.tree.entries.len();
+        while self.pos < 2 * n {
+            let (pass, i) = (self.pos / n, self.pos % n);
+            self.pos += 1;
+            let node = &self.tree.entries[i];
+            if (node.kind == NodeKind::Symlink) == (pass == 1) {
+                return Some(node.clone());
+            }
+        }
+        None
+    }
+}
+
+/// Restores the selected entries of `snapshot` under `options.target`.
 pub async fn restore(
     repo: &Repo,
     snapshot: &Snapshot,
     options: &RestoreOptions,
 ) -> Result<RestoreSummary> {
     let started = Instant::now();
+    let selection = Selection::new(options)?;
     let mut summary = RestoreSummary::default();
-    fs::create_dir_all(&options.target).map_err(|e| Error::io("creating", &options.target, e))?;
-    let is_root = unsafe { libc::geteuid() } == 0;
+    std::fs::create_dir_all(&options.target)
+        .map_err(|e| Error::io("creating", &options.target, e))?;
+    let target = absolute(&options.target)?;
+
+    // Plan first: find what would be replaced, so that nothing is written
+    // when replacing is refused, and so the safety snapshot comes first.
+    let existing = existing_files(repo, snapshot, &selection, &target).await?;
+    if !existing.is_empty() {
+        match options.overwrite {
+            Overwrite::Never => {
+                let listed: Vec<String> = existing
+                    .iter()
+                    .take(5)
+                    .map(|p| p.display().to_string())
+                    .collect();
+                return Err(Error::InvalidArgument(format!(
+                    "{} file(s) already exist in the target ({}{}); refusing to overwrite them \
+                     (pass --overwrite always to replace them after a safety snapshot)",
+                    existing.len(),
+                    listed.join(", "),
+                    if existing.len() > 5 { ", …" } else { "" }
+                )));
+            }
+            Overwrite::Always => {
+                let safety = safety_snapshot(repo, snapshot, existing).await?;
+                summary.safety_snapshot = Some(safety.to_hex());
+            }
+        }
+    }
+
+    let is_root = rustix::process::geteuid().is_root();
+    let target_dir =
+        open_dir(rustix::fs::CWD, &target).map_err(|e| Error::io("opening", &target, e.into()))?;
     let mut stack = vec![Frame {
         tree: repo.load_tree(&snapshot.root).await?,
-        dir: options.target.clone(),
-        display: String::new(),
+        path: Vec::new(),
+        dir: Some(target_dir),
+        node: None,
+        included: selection.include.is_empty(),
         pos: 0,
     }];
-    // Directory metadata is applied after their contents, deepest first.
-    let mut finished_dirs: Vec<(PathBuf, Node)> = Vec::new();
-    while let Some(frame) = stack.last_mut() {
-        let Some(node) = next_entry(frame) else {
-            stack.pop();
+    while !stack.is_empty() {
+        let top = stack.len() - 1;
+        let Some(node) = stack[top].next_entry() else {
+            let frame = stack.pop().expect("not empty");
+            if let (Some(dir), Some(node)) = (&frame.dir, &frame.node) {
+                apply_metadata(dir, node, is_root).map_err(|e| {
+                    Error::io("setting metadata of", display(&frame.path), e.into())
+                })?;
+            }
             continue;
         };
-        let display = format!("{}/{}", frame.display, node.display_name());
+        let mut path = stack[top].path.clone();
+        path.push(b'/');
+        path.extend_from_slice(&node.name);
         if !is_single_component(&node.name) {
             summary.skipped.push(format!(
-                "{display:?}: stored name is not a single path component"
+                "{:?}: stored name is not a single path component",
+                display(&path)
             ));
             continue;
         }
-        let dest = frame
-            .dir
-            .join(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&node.name));
+        if selection.excluded(&path) {
+            continue;
+        }
+        let included = selection.included(&path, stack[top].included);
         match node.kind {
             NodeKind::Dir => {
                 let Some(subtree) = node.subtree else {
                     summary
                         .skipped
-                        .push(format!("{display}: directory without a tree"));
+                        .push(format!("{}: directory without a tree", display(&path)));
                     continue;
                 };
-                match fs::symlink_metadata(&dest) {
-                    Ok(meta) if meta.is_dir() => {}
-                    Ok(_) => {
-                        summary.skipped.push(format!(
-                            "{display}: exists in the target and is not a directory"
-                        ));
-                        continue;
-                    }
-                    Err(_) => fs::create_dir(&dest).map_err(|e| Error::io("creating", &dest, e))?,
-                }
-                summary.dirs += 1;
                 let tree = repo.load_tree(&subtree).await?;
-                finished_dirs.push((dest.clone(), node.clone()));
                 stack.push(Frame {
                     tree,
-                    dir: dest,
-                    display,
+                    path: path.clone(),
+                    dir: None,
+                    node: Some(node),
+                    included,
                     pos: 0,
                 });
-            }
-            NodeKind::File => {
-                let dir = frame.dir.clone();
-                summary.bytes += restore_file(repo, &node, &dir, &dest, options, is_root).await?;
-                summary.files += 1;
-                Progress::add(&options.progress.items_done, 1);
-            }
-            NodeKind::Symlink => {
-                let Some(target) = &node.target else {
-                    summary
-                        .skipped
-                        .push(format!("{display}: symlink without a target"));
-                    continue;
-                };
-                if fs::symlink_metadata(&dest).is_ok() {
-                    if options.overwrite == Overwrite::Never {
-                        return Err(exists_error(&dest));
+                if included {
+                    // An included directory is restored even if empty.
+                    if let Err(reason) = ensure_dir(&mut stack, &mut summary) {
+                        summary.skipped.push(reason);
+                        stack.pop();
                     }
-                    fs::remove_file(&dest).map_err(|e| Error::io("replacing", &dest, e))?;
                 }
-                std::os::unix::fs::symlink(
-                    <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(target),
-                    &dest,
-                )
-                .map_err(|e| Error::io("creating symlink", &dest, e))?;
-                if is_root {
-                    let _ = std::os::unix::fs::lchown(&dest, Some(node.uid), Some(node.gid));
-                }
-                summary.symlinks += 1;
             }
+            NodeKind::File | NodeKind::Symlink if included => {
+                if let Err(reason) = ensure_dir(&mut stack, &mut summary) {
+                    summary.skipped.push(reason);
+                    continue;
+                }
+                let dir = stack[top].dir.as_ref().expect("ensured above");
+                let replace = options.overwrite == Overwrite::Always;
+                let outcome = match node.kind {
+                    NodeKind::File => {
+                        restore_file(repo, dir, &node, &path, replace, is_root, &options.progress)
+                            .await
+                    }
+                    _ => restore_symlink(dir, &node, &path, replace, is_root),
+                };
+                match outcome {
+                    Ok(Placed { bytes, replaced }) => {
+                        summary.replaced += u64::from(replaced);
+                        if node.kind == NodeKind::File {
+                            summary.files += 1;
+                            summary.bytes += bytes;
+                        } else {
+                            summary.symlinks += 1;
+                        }
+                    }
+                    Err(Failure::Skip(reason)) => summary.skipped.push(reason),
+                    Err(Failure::Fatal(e)) => return Err(e),
+                }
+            }
+            _ => {}
         }
-    }
-    for (dir, node) in finished_dirs.iter().rev() {
-        apply_metadata(dir, node, is_root)?;
     }
     summary.duration_s = started.elapsed().as_secs_f64();
     summary.requests = repo.counts();
     Ok(summary)
 }
 
-/// Next entry of a directory: files and directories first, symlinks last,
-/// so no entry of the snapshot is ever created below a symlink it made.
-fn next_entry(frame: &mut Frame) -> Option<Node> {
-    let n = frame.tree.entries.len();
-    while frame.pos < 2 * n {
-        let (pass, i) = (frame.pos / n, frame.pos % n);
-        frame.pos += 1;
-        let node = &frame.tree.entries[i];
-        if (node.kind == NodeKind::Symlink) == (pass == 1) {
-            return Some(node.clone());
-        }
+fn display(path: &[u8]) -> String {
+    if path.is_empty() {
+        "/".into()
+    } else {
+        String::from_utf8_lossy(path).into_owned()
     }
-    None
 }
 
-fn exists_error(dest: &Path) -> Error {
-    Error::InvalidArgument(format!(
-        "{} already exists; refusing to overwrite it (pass --overwrite always to replace existing files)",
-        dest.display()
-    ))
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).map_err(|e| Error::io("resolving", path, e))
+}
+
+/// Opens a directory without following a symlink in its last component.
+fn open_dir<Fd: AsFd>(parent: Fd, name: impl rustix::path::Arg) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat(
+        parent,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// Creates (or opens) every directory on the stack that does not have a
+/// descriptor yet. An existing entry that is not a real directory (such as
+/// a symlink planted in the target) is refused, never followed.
+fn ensure_dir(
+    stack: &mut [Frame],
+    summary: &mut RestoreSummary,
+) -> std::result::Result<(), String> {
+    let first_missing = match stack.iter().rposition(|f| f.dir.is_some()) {
+        Some(i) if i + 1 == stack.len() => return Ok(()),
+        Some(i) => i + 1,
+        None => unreachable!("the root frame always has the target directory"),
+    };
+    for i in first_missing..stack.len() {
+        let (done, rest) = stack.split_at_mut(i);
+        let parent = done[i - 1].dir.as_ref().expect("created in order");
+        let frame = &mut rest[0];
+        let name = OsStr::from_bytes(
+            &frame
+                .node
+                .as_ref()
+                .expect("only the root lacks a node")
+                .name,
+        );
+        match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700)) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(e) => {
+                return Err(format!(
+                    "{}: cannot create directory: {e}",
+                    display(&frame.path)
+                ));
+            }
+        }
+        let dir = open_dir(parent, name).map_err(|e| match e {
+            Errno::LOOP | Errno::NOTDIR => format!(
+                "{}: exists in the target and is not a directory (a symlink is never followed); its contents were not restored",
+                display(&frame.path)
+            ),
+            e => format!("{}: cannot open directory: {e}", display(&frame.path)),
+        })?;
+        frame.dir = Some(dir);
+        summary.dirs += 1;
+    }
+    Ok(())
+}
+
+struct Placed {
+    bytes: u64,
+    replaced: bool,
+}
+
+enum Failure {
+    /// Not restored, with the reason; the restore goes on.
+    Skip(String),
+    /// The restore cannot go on (storage failed, data damaged, disk full).
+    Fatal(Error),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        Failure::Fatal(e)
+    }
+}
+
+/// What is at `name` in `dir` now, without following a symlink.
+fn existing(dir: &OwnedFd, name: &OsStr) -> Option<rustix::fs::FileType> {
+    rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+        .ok()
+        .map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode))
 }
 
 async fn restore_file(
     repo: &Repo,
+    dir: &OwnedFd,
     node: &Node,
-    dir: &Path,
-    dest: &Path,
-    options: &RestoreOptions,
+    path: &[u8],
+    replace: bool,
     is_root: bool,
-) -> Result<u64> {
-    match fs::symlink_metadata(dest) {
-        Ok(_) if options.overwrite == Overwrite::Never => return Err(exists_error(dest)),
-        Ok(meta) if meta.is_dir() => {
-            return Err(Error::InvalidArgument(format!(
-                "{} is a directory in the target; not replacing it with a file",
-                dest.display()
-            )));
-        }
-        _ => {}
+    progress: &Arc<Progress>,
+) -> std::result::Result<Placed, Failure> {
+    let name = OsStr::from_bytes(&node.name);
+    let before = existing(dir, name);
+    if before == Some(rustix::fs::FileType::Directory) {
+        return Err(Failure::Skip(format!(
+            "{}: is a directory in the target; not replaced by a file",
+            display(path)
+        )));
     }
-    let tmp = dir.join(format!(
+    if before.is_some() && !replace {
+        return Err(Failure::Skip(format!(
+            "{}: appeared in the target during the restore; not replaced",
+            display(path)
+        )));
+    }
+    let tmp = format!(
         ".larder-restore-{}",
         hex::encode(&crate::hash::random_bytes()[..8])
-    ));
-    let result = async {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)
-            .map_err(|e| Error::io("creating", &tmp, e))?;
+    );
+    let fd = rustix::fs::openat(
+        dir,
+        tmp.as_str(),
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .map_err(|e| Error::io("creating a file in", display(path), e.into()))?;
+    let mut file = File::from(fd);
+    let result: Result<u64> = async {
         let content = node.content.clone().unwrap_or_default();
-        let progress = Arc::clone(&options.progress);
         let written = read_content(repo, &content, &mut |piece| {
             Progress::add(&progress.bytes_processed, piece.len() as u64);
             file.write_all(piece)
-                .map_err(|e| Error::io("writing", &tmp, e))
+                .map_err(|e| Error::io("writing", display(path), e))
         })
         .await?;
-        apply_file_metadata(&file, &tmp, node, is_root)?;
-        drop(file);
-        let placed = if options.overwrite == Overwrite::Always {
-            fs::rename(&tmp, dest).map(|()| true)
+        apply_metadata(&file, node, is_root)
+            .map_err(|e| Error::io("setting metadata of", display(path), e.into()))?;
+        let flags = if replace {
+            RenameFlags::empty()
         } else {
-            crate::backend::local::rename_noreplace(&tmp, dest)
+            RenameFlags::NOREPLACE
         };
-        match placed {
-            Ok(true) => Ok(written),
-            Ok(false) => Err(exists_error(dest)),
-            Err(e) => Err(Error::io("renaming into", dest, e)),
-        }
+        rustix::fs::renameat_with(dir, tmp.as_str(), dir, name, flags)
+            .map_err(|e| Error::io("renaming into", display(path), e.into()))?;
+        Ok(written)
     }
     .await;
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    match result {
+        Ok(bytes) => {
+            Progress::add(&progress.items_done, 1);
+            Ok(Placed {
+                bytes,
+                replaced: before.is_some(),
+            })
+        }
+        Err(e) => {
+            let _ = rustix::fs::unlinkat(dir, tmp.as_str(), AtFlags::empty());
+            Err(Failure::Fatal(e))
+        }
     }
-    result
 }
 
-fn apply_file_metadata(file: &File, path: &Path, node: &Node, is_root: bool) -> Result<()> {
+fn restore_symlink(
+    dir: &OwnedFd,
+    node: &Node,
+    path: &[u8],
+    replace: bool,
+    is_root: bool,
+) -> std::result::Result<Placed, Failure> {
+    let name = OsStr::from_bytes(&node.name);
+    let Some(target) = &node.target else {
+        return Err(Failure::Skip(format!(
+            "{}: symlink without a target",
+            display(path)
+        )));
+    };
+    let before = existing(dir, name);
+    match before {
+        Some(rustix::fs::FileType::Directory) => {
+            return Err(Failure::Skip(format!(
+                "{}: is a directory in the target; not replaced by a symlink",
+                display(path)
+            )));
+        }
+        Some(_) if !replace => {
+            return Err(Failure::Skip(format!(
+                "{}: appeared in the target during the restore; not replaced",
+                display(path)
+            )));
+        }
+        Some(_) => {
+            rustix::fs::unlinkat(dir, name, AtFlags::empty())
+                .map_err(|e| Error::io("replacing", display(path), e.into()))?;
+        }
+        None => {}
+    }
+    rustix::fs::symlinkat(OsStr::from_bytes(target), dir, name)
+        .map_err(|e| Error::io("creating symlink", display(path), e.into()))?;
     if is_root {
-        std::os::unix::fs::fchown(file, Some(node.uid), Some(node.gid))
-            .map_err(|e| Error::io("setting owner of", path, e))?;
+        let _ = rustix::fs::chownat(
+            dir,
+            name,
+            Some(rustix::fs::Uid::from_raw(node.uid)),
+            Some(rustix::fs::Gid::from_raw(node.gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        );
     }
-    file.set_permissions(fs::Permissions::from_mode(node.mode & 0o7777))
-        .map_err(|e| Error::io("setting permissions of", path, e))?;
-    file.set_modified(system_time(node.mtime_ns))
-        .map_err(|e| Error::io("setting modification time of", path, e))
+    let _ = rustix::fs::utimensat(
+        dir,
+        name,
+        &timestamps(node.mtime_ns),
+        AtFlags::SYMLINK_NOFOLLOW,
+    );
+    Ok(Placed {
+        bytes: 0,
+        replaced: before.is_some(),
+    })
 }
 
-fn apply_metadata(dir: &Path, node: &Node, is_root: bool) -> Result<()> {
+fn timestamps(ns: i64) -> Timestamps {
+    let spec = Timespec {
+        tv_sec: ns.div_euclid(1_000_000_000),
+        tv_nsec: ns.rem_euclid(1_000_000_000),
+    };
+    Timestamps {
+        last_access: spec,
+        last_modification: spec,
+    }
+}
+
+/// Owner (when running as root), permissions and modification time.
+fn apply_metadata<Fd: AsFd>(fd: Fd, node: &Node, is_root: bool) -> rustix::io::Result<()> {
     if is_root {
-        std::os::unix::fs::lchown(dir, Some(node.uid), Some(node.gid))
-            .map_err(|e| Error::io("setting owner of", dir, e))?;
+        rustix::fs::fchown(
+            &fd,
+            Some(rustix::fs::Uid::from_raw(node.uid)),
+            Some(rustix::fs::Gid::from_raw(node.gid)),
+        )?;
     }
-    fs::set_permissions(dir, fs::Permissions::from_mode(node.mode & 0o7777))
-        .map_err(|e| Error::io("setting permissions of", dir, e))?;
-    let file = File::open(dir).map_err(|e| Error::io("opening", dir, e))?;
-    file.set_modified(system_time(node.mtime_ns))
-        .map_err(|e| Error::io("setting modification time of", dir, e))
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(node.mode & 0o7777))?;
+    rustix::fs::futimens(&fd, &timestamps(node.mtime_ns))
 }
 
-fn system_time(ns: i64) -> std::time::SystemTime {
-    let epoch = std::time::UNIX_EPOCH;
-    if ns >= 0 {
-        epoch + std::time::Duration::from_nanos(ns as u64)
-    } else {
-        epoch - std::time::Duration::from_nanos(ns.unsigned_abs())
+/// Files and symlinks of the selection that already exist in the target
+/// (absolute paths). Reads only trees, from the local cache once warm.
+async fn existing_files(
+    repo: &Repo,
+    snapshot: &Snapshot,
+    selection: &Selection,
+    target: &Path,
+) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![(
+        repo.load_tree(&snapshot.root).await?,
+        Vec::<u8>::new(),
+        selection.include.is_empty(),
+    )];
+    while let Some((tree, dir, dir_included)) = stack.pop() {
+        for node in &tree.entries {
+            if !is_single_component(&node.name) {
+                continue;
+            }
+            let mut path = dir.clone();
+            path.push(b'/');
+            path.extend_from_slice(&node.name);
+            if selection.excluded(&path) {
+                continue;
+            }
+            let included = selection.included(&path, dir_included);
+            let on_disk = target.join(OsStr::from_bytes(&path[1..]));
+            match node.kind {
+                NodeKind::Dir => {
+                    // Only an existing real directory can hold files that
+                    // would be replaced; below anything else nothing is.
+                    let is_dir = std::fs::symlink_metadata(&on_disk).is_ok_and(|m| m.is_dir());
+                    if let (Some(subtree), true) = (node.subtree, is_dir) {
+                        stack.push((repo.load_tree(&subtree).await?, path, included));
+                    }
+                }
+                _ if included => {
+                    if let Ok(meta) = std::fs::symlink_metadata(&on_disk)
+                        && !meta.is_dir()
+                    {
+                        out.push(on_disk);
+                    }
+                }
+                _ => {}
+            }
+        }
     }
+    out.sort();
+    Ok(out)
+}
+
+/// Backs up the files about to be replaced, as source `NAME.pre-restore`.
+async fn safety_snapshot(
+    repo: &Repo,
+    restoring: &Snapshot,
+    files: Vec<PathBuf>,
+) -> Result<SnapshotId> {
+    let summary = crate::ops::backup::backup(
+        repo,
+        BackupOptions {
+            source: format!("{}.pre-restore", restoring.source),
+            input: BackupInput::Tree(TreeInput {
+                paths: crate::source::tree::check_paths(files)?,
+                excludes: Excludes::default(),
+                one_file_system: false,
+            }),
+            kind: "files".into(),
+            tags: vec!["pre-restore".into()],
+            host: crate::repo::current_host(),
+            time: None,
+            parent: None,
+            progress: Arc::default(),
+        },
+    )
+    .await?;
+    Ok(summary.snapshot_id)
 }

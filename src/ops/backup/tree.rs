@@ -152,12 +152,15 @@ pub(super) async fn backup_tree(
     repo: &Repo,
     input: &TreeInput,
     parent_root: Option<BlobId>,
-    writer: &Arc<BlobWriter>,
-    abort: &Arc<Abort>,
-    progress: &Arc<Progress>,
-    warnings: &Arc<Mutex<Vec<String>>>,
-    counts: &Arc<FileCounts>,
+    run: &super::Run,
 ) -> Result<BlobId> {
+    let (writer, abort, progress, warnings, counts) = (
+        &run.writer,
+        &run.abort,
+        &run.progress,
+        &run.warnings,
+        &run.counts,
+    );
     for path in &input.paths {
         std::fs::symlink_metadata(path).map_err(|e| Error::io("reading", path, e))?;
     }
@@ -649,7 +652,7 @@ struct Intermediate {
 }
 
 enum Child {
-    Leaf(Node),
+    Leaf(Box<Node>),
     Dir(Intermediate),
 }
 
@@ -679,7 +682,8 @@ fn build_root(walk: &Walk, paths: Vec<(PathBuf, Node)>) -> Result<BlobId> {
                 Child::Leaf(_) => unreachable!("check_paths refuses nested paths"),
             };
         }
-        dir.children.insert(node.name.to_vec(), Child::Leaf(node));
+        dir.children
+            .insert(node.name.to_vec(), Child::Leaf(Box::new(node)));
     }
     store_intermediate(walk, Path::new("/"), root)
 }
@@ -688,7 +692,7 @@ fn store_intermediate(walk: &Walk, path: &Path, dir: Intermediate) -> Result<Blo
     let mut entries = Vec::with_capacity(dir.children.len());
     for (name, child) in dir.children {
         match child {
-            Child::Leaf(node) => entries.push(node),
+            Child::Leaf(node) => entries.push(*node),
             Child::Dir(sub) => {
                 let sub_path = path.join(OsStr::from_bytes(&name));
                 let meta =

@@ -1,0 +1,203 @@
+//! `larder ls`, `find`, `diff` and `log`: browsing snapshots without mounting.
+
+use anyhow::Result;
+use clap::Args;
+use larder::catalog::SnapshotFilter;
+use larder::ops::ls::Entry;
+
+use super::{GlobalArgs, Outcome, open, render};
+
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    /// Snapshot id prefix, or "latest"
+    snapshot: String,
+    /// Directory (or file) inside the snapshot [default: the root]
+    path: Option<String>,
+    /// Long listing: mode, owner, size, modification time
+    #[arg(long, short = 'l')]
+    long: bool,
+    /// List everything below the directory
+    #[arg(long, short = 'r')]
+    recursive: bool,
+    /// With "latest": the latest snapshot of this source
+    #[arg(long, value_name = "NAME")]
+    source: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct FindArgs {
+    /// Glob: with '/' it matches whole paths (/opt/kb/**/*.yaml), without a name (*.yaml)
+    pattern: String,
+    /// Only snapshots of this source
+    #[arg(long, value_name = "NAME")]
+    source: Option<String>,
+    /// Only snapshots from this host
+    #[arg(long, value_name = "HOST")]
+    host: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    /// The older snapshot (id prefix or "latest")
+    a: String,
+    /// The newer snapshot (id prefix or "latest")
+    b: String,
+    /// Show a unified diff for each changed text file up to 1 MiB
+    #[arg(long)]
+    content: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LogArgs {
+    /// Absolute path of the file in the snapshots (such as /opt/kb/a.yaml)
+    path: String,
+    /// Only snapshots of this source
+    #[arg(long, value_name = "NAME")]
+    source: Option<String>,
+    /// Only snapshots from this host
+    #[arg(long, value_name = "HOST")]
+    host: Option<String>,
+}
+
+fn print_entry(entry: &Entry, long: bool) {
+    if !long {
+        println!("{}", entry.path);
+        return;
+    }
+    let kind = match entry.kind {
+        "dir" => 'd',
+        "symlink" => 'l',
+        _ => '-',
+    };
+    let owner = entry.user.clone().unwrap_or_else(|| entry.uid.to_string());
+    let group = entry.group.clone().unwrap_or_else(|| entry.gid.to_string());
+    let target = entry
+        .target
+        .as_ref()
+        .map(|t| format!(" -> {t}"))
+        .unwrap_or_default();
+    println!(
+        "{kind}{} {owner:>8} {group:>8} {:>10} {} {}{target}",
+        mode_string(entry.mode),
+        entry.size,
+        &entry.mtime[..entry.mtime.len().min(19)],
+        entry.path
+    );
+}
+
+fn mode_string(mode: u32) -> String {
+    let mut out = String::with_capacity(9);
+    for shift in [6, 3, 0] {
+        let bits = (mode >> shift) & 7;
+        out.push(if bits & 4 != 0 { 'r' } else { '-' });
+        out.push(if bits & 2 != 0 { 'w' } else { '-' });
+        out.push(if bits & 1 != 0 { 'x' } else { '-' });
+    }
+    out
+}
+
+pub async fn ls(global: &GlobalArgs, args: LsArgs) -> Result<Outcome> {
+    let repo = open(global).await?;
+    let filter = SnapshotFilter {
+        source: args.source,
+        ..SnapshotFilter::default()
+    };
+    let (id, snapshot) = repo.resolve_snapshot(&args.snapshot, &filter)?;
+    let summary =
+        larder::ops::ls::ls(&repo, &id, &snapshot, args.path.as_deref(), args.recursive).await?;
+    if global.json {
+        render::print_json(&summary)?;
+    } else {
+        for entry in &summary.entries {
+            print_entry(entry, args.long);
+        }
+    }
+    Ok(Outcome::Success)
+}
+
+pub async fn find(global: &GlobalArgs, args: FindArgs) -> Result<Outcome> {
+    let repo = open(global).await?;
+    let filter = SnapshotFilter {
+        source: args.source,
+        host: args.host,
+        tags: vec![],
+    };
+    let summary = larder::ops::find::find(&repo, &args.pattern, &filter).await?;
+    if global.json {
+        render::print_json(&summary)?;
+    } else {
+        for m in &summary.matches {
+            println!(
+                "{}  {}  {:>10}  {}",
+                &m.snapshot[..8],
+                &m.time[..m.time.len().min(19)],
+                m.entry.size,
+                m.entry.path
+            );
+        }
+        if !global.quiet {
+            eprintln!(
+                "{} matches in {} snapshots",
+                summary.matches.len(),
+                summary.snapshots
+            );
+        }
+    }
+    Ok(Outcome::Success)
+}
+
+pub async fn diff(global: &GlobalArgs, args: DiffArgs) -> Result<Outcome> {
+    let repo = open(global).await?;
+    let all = SnapshotFilter::default();
+    let (_, a) = repo.resolve_snapshot(&args.a, &all)?;
+    let (_, b) = repo.resolve_snapshot(&args.b, &all)?;
+    let summary = larder::ops::diff::diff(&repo, &a, &b, args.content).await?;
+    if global.json {
+        render::print_json(&summary)?;
+    } else {
+        for change in &summary.changes {
+            match &change.details {
+                Some(details) => println!("{}  {}  ({details})", change.change, change.path),
+                None => println!("{}  {}", change.change, change.path),
+            }
+            if let Some(unified) = &change.unified {
+                print!("{unified}");
+            }
+        }
+        if !global.quiet {
+            eprintln!(
+                "{} added, {} removed, {} modified, {} metadata only",
+                summary.added, summary.removed, summary.modified, summary.metadata_only
+            );
+        }
+    }
+    Ok(Outcome::Success)
+}
+
+pub async fn log(global: &GlobalArgs, args: LogArgs) -> Result<Outcome> {
+    let repo = open(global).await?;
+    let filter = SnapshotFilter {
+        source: args.source,
+        host: args.host,
+        tags: vec![],
+    };
+    let summary = larder::ops::log::log(&repo, &args.path, &filter).await?;
+    if global.json {
+        render::print_json(&summary)?;
+    } else {
+        for v in &summary.versions {
+            println!(
+                "{}  {}  {:<9}  {:>10}  {}",
+                &v.snapshot[..8],
+                &v.time[..v.time.len().min(19)],
+                v.change,
+                v.size,
+                v.source
+            );
+        }
+        if summary.versions.is_empty() && !global.quiet {
+            eprintln!("{} is in no snapshot", args.path);
+        }
+    }
+    Ok(Outcome::Success)
+}

@@ -1,0 +1,100 @@
+//! `find`: paths matching a glob across snapshots, newest first.
+//!
+//! Each distinct (tree, path) pair is searched once, so an unchanged
+//! directory shared by many snapshots costs one walk.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use crate::backend::RequestCounts;
+use crate::catalog::SnapshotFilter;
+use crate::error::Result;
+use crate::hash::BlobId;
+use crate::ops::ls::Entry;
+use crate::repo::Repo;
+use crate::snapshot::NodeKind;
+use crate::source::tree::PathGlob;
+
+/// One match.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Match {
+    /// Snapshot id.
+    pub snapshot: String,
+    /// Snapshot time, RFC 3339.
+    pub time: String,
+    /// Snapshot source.
+    pub source: String,
+    /// The matching entry.
+    #[serde(flatten)]
+    pub entry: Entry,
+}
+
+/// What `find` found.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FindSummary {
+    /// Matches, newest snapshot first, then by path.
+    pub matches: Vec<Match>,
+    /// Snapshots searched.
+    pub snapshots: u64,
+    /// Wall time.
+    pub duration_s: f64,
+    /// Storage requests made by the whole command.
+    pub requests: RequestCounts,
+}
+
+/// Finds entries whose path (pattern with `/`) or name (without) matches
+/// `pattern` in every snapshot matching `filter`.
+pub async fn find(repo: &Repo, pattern: &str, filter: &SnapshotFilter) -> Result<FindSummary> {
+    let started = Instant::now();
+    let glob = PathGlob::new(pattern)?;
+    let mut snapshots = repo.snapshots(filter)?;
+    snapshots.reverse();
+    let mut memo: HashMap<(BlobId, Vec<u8>), Vec<Entry>> = HashMap::new();
+    let mut matches = Vec::new();
+    for (id, snapshot) in &snapshots {
+        for entry in search(repo, &glob, snapshot.root, Vec::new(), &mut memo).await? {
+            matches.push(Match {
+                snapshot: id.to_hex(),
+                time: crate::ops::format_time(snapshot.time_ns),
+                source: snapshot.source.clone(),
+                entry,
+            });
+        }
+    }
+    Ok(FindSummary {
+        matches,
+        snapshots: snapshots.len() as u64,
+        duration_s: started.elapsed().as_secs_f64(),
+        requests: repo.counts(),
+    })
+}
+
+fn search<'a>(
+    repo: &'a Repo,
+    glob: &'a PathGlob,
+    tree_id: BlobId,
+    path: Vec<u8>,
+    memo: &'a mut HashMap<(BlobId, Vec<u8>), Vec<Entry>>,
+) -> futures::future::BoxFuture<'a, Result<Vec<Entry>>> {
+    Box::pin(async move {
+        let key = (tree_id, path.clone());
+        if let Some(found) = memo.get(&key) {
+            return Ok(found.clone());
+        }
+        let tree = repo.load_tree(&tree_id).await?;
+        let mut found = Vec::new();
+        for node in &tree.entries {
+            let mut child = path.clone();
+            child.push(b'/');
+            child.extend_from_slice(&node.name);
+            if glob.is_match(&child) {
+                found.push(Entry::new(&child, node));
+            }
+            if let (NodeKind::Dir, Some(sub)) = (node.kind, node.subtree) {
+                found.extend(search(repo, glob, sub, child, memo).await?);
+            }
+        }
+        memo.insert(key, found.clone());
+        Ok(found)
+    })
+}
