@@ -17,7 +17,7 @@ use larder::pack::{PackEntry, PackKind};
 use larder::seal::ObjectKind;
 
 fn blob(i: u64) -> BlobId {
-    BlobHasher::new([3; 32]).blob_id(&i.to_le_bytes())
+    BlobHasher::new([3; 32]).blob_id(ObjectKind::DataBlob, &i.to_le_bytes())
 }
 
 fn build(path: &std::path::Path, n: u64) -> Catalog {

@@ -105,7 +105,7 @@ fn stages(c: &mut Criterion) {
             b.iter(|| {
                 chunks
                     .iter()
-                    .map(|c| hasher.blob_id(black_box(c)).0[0] as usize)
+                    .map(|c| hasher.blob_id(ObjectKind::DataBlob, black_box(c)).0[0] as usize)
                     .sum::<usize>()
             })
         });

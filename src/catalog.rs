@@ -20,6 +20,20 @@ use crate::pack::PackKind;
 use crate::seal::ObjectKind;
 use crate::snapshot::Snapshot;
 
+/// Creates `dir` (and missing parents) readable by its owner only, and
+/// narrows it to that if it exists: the catalog and tree cache hold
+/// decrypted snapshot metadata (source names, hosts, commands, file names).
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io("creating cache directory", dir, e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::io("restricting cache directory", dir, e))
+}
+
 /// The schema version this build creates and reads.
 pub const SCHEMA_VERSION: i64 = 1;
 
@@ -38,6 +52,15 @@ pub struct BlobLocation {
     pub raw_length: u32,
     /// Blob kind.
     pub kind: ObjectKind,
+}
+
+impl BlobLocation {
+    /// The offset just past the sealed blob. Index entries are validated on
+    /// absorption (`IndexObject::validate`), so this cannot overflow for a
+    /// catalog larder wrote; it saturates rather than panic on one it did not.
+    pub fn end(&self) -> u64 {
+        self.offset.saturating_add(u64::from(self.length))
+    }
 }
 
 /// Whether a pack's blobs may be used.
@@ -104,8 +127,7 @@ impl Catalog {
     /// Opens (creating if needed) the catalog at `path`.
     pub fn open(path: &Path) -> Result<Catalog> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| Error::io("creating cache directory", dir, e))?;
+            create_private_dir(dir)?;
         }
         let conn = Connection::open(path).map_err(|e| Error::Catalog {
             op: "opening",
@@ -497,6 +519,21 @@ impl Catalog {
             }
         }
         tx.commit().map_err(err)
+    }
+
+    /// Blob copies recorded as damaged.
+    pub fn damaged_blob_count(&self) -> Result<u64> {
+        self.conn
+            .query_row(
+                "SELECT count(*) FROM damaged_blobs d WHERE NOT EXISTS (
+                     SELECT 1 FROM blobs b JOIN packs p ON p.rowid = b.pack
+                     WHERE b.id = d.id AND p.state = 0
+                       AND NOT EXISTS (SELECT 1 FROM damaged_blobs e WHERE e.id = b.id AND e.pack = b.pack))",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(self.err("counting damaged blobs"))
     }
 
     /// Number of blob locations recorded.

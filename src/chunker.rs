@@ -99,22 +99,33 @@ impl<R: Read> Chunks<R> {
         let capacity = self.block_size.max(self.block.len() + self.chunker.max);
         // Later refills of a stream that outgrew its hint use full blocks.
         self.block_size = BLOCK_SIZE;
+        let enough = self.block.len() + self.chunker.max;
         let mut next = BytesMut::with_capacity(capacity);
         next.extend_from_slice(&self.block);
-        next.resize(capacity, 0);
-        let mut filled = self.block.len();
-        while filled < capacity {
+        while next.len() < capacity {
+            // Zero (and so touch) only what the next read may fill.
+            let filled = next.len();
+            let want = (capacity - filled).min(1 << 20);
+            next.resize(filled + want, 0);
             match self.reader.read(&mut next[filled..]) {
                 Ok(0) => {
+                    next.truncate(filled);
                     self.eof = true;
                     break;
                 }
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(n) => {
+                    next.truncate(filled + n);
+                    // A short read means the producer has nothing more right
+                    // now (a pipe); with a chunk's worth in hand, cut rather
+                    // than wait for it.
+                    if n < want && next.len() >= enough {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => next.truncate(filled),
                 Err(e) => return Err(e),
             }
         }
-        next.truncate(filled);
         self.block = next.freeze();
         Ok(())
     }

@@ -182,6 +182,18 @@ impl Error {
         }
     }
 
+    /// True when the local catalog's database file itself is damaged (it is
+    /// derived data: set it aside and rebuild).
+    pub fn is_catalog_corrupt(&self) -> bool {
+        matches!(
+            self,
+            Error::Catalog {
+                source: rusqlite::Error::SqliteFailure(e, _),
+                ..
+            } if matches!(e.code, rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+        )
+    }
+
     /// True when the error means data in the repository is damaged or missing,
     /// as opposed to a transient or local failure.
     pub fn is_damage(&self) -> bool {

@@ -163,6 +163,12 @@ impl PackId {
     }
 }
 
+/// A short, stable tag for a repository location (16 hex digits of its
+/// BLAKE3), used to name its cache directory.
+pub fn location_tag(location: &str) -> String {
+    blake3::hash(location.as_bytes()).to_hex()[..16].to_string()
+}
+
 /// Computes blob ids: keyed BLAKE3 under the repository's id key.
 #[derive(Clone)]
 pub struct BlobHasher {
@@ -175,9 +181,15 @@ impl BlobHasher {
         BlobHasher { key }
     }
 
-    /// The id of a blob with this plaintext.
-    pub fn blob_id(&self, plaintext: &[u8]) -> BlobId {
-        BlobId(*blake3::keyed_hash(&self.key, plaintext).as_bytes())
+    /// The id of a blob of `kind` with this plaintext: keyed BLAKE3 over
+    /// the kind's one-byte code followed by the plaintext. The kind is part
+    /// of the id so that a data chunk with a tree's bytes never shares its
+    /// id (and so never stands in for it in dedup).
+    pub fn blob_id(&self, kind: crate::seal::ObjectKind, plaintext: &[u8]) -> BlobId {
+        let mut hasher = blake3::Hasher::new_keyed(&self.key);
+        hasher.update(&[kind.code()]);
+        hasher.update(plaintext);
+        BlobId(*hasher.finalize().as_bytes())
     }
 }
 
@@ -207,11 +219,15 @@ mod tests {
     }
 
     #[test]
-    fn blob_ids_depend_on_the_key() {
-        let a = BlobHasher::new([1; 32]).blob_id(b"hello");
-        let b = BlobHasher::new([2; 32]).blob_id(b"hello");
+    fn blob_ids_depend_on_the_key_and_the_kind() {
+        use crate::seal::ObjectKind::{DataBlob, ListBlob, TreeBlob};
+        let a = BlobHasher::new([1; 32]).blob_id(DataBlob, b"hello");
+        let b = BlobHasher::new([2; 32]).blob_id(DataBlob, b"hello");
         assert_ne!(a, b);
-        assert_eq!(a, BlobHasher::new([1; 32]).blob_id(b"hello"));
+        assert_eq!(a, BlobHasher::new([1; 32]).blob_id(DataBlob, b"hello"));
+        let tree = BlobHasher::new([1; 32]).blob_id(TreeBlob, b"hello");
+        let list = BlobHasher::new([1; 32]).blob_id(ListBlob, b"hello");
+        assert!(a != tree && tree != list && a != list);
     }
 
     #[test]

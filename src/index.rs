@@ -9,8 +9,10 @@
 //! objects; `catalog rebuild` falls back to pack headers for packs no index
 //! names.
 
+use crate::error::{Error, Result};
 use crate::hash::{IndexId, PackId};
 use crate::pack::{PackEntry, PackKind};
+use crate::seal::ObjectKind;
 
 /// Largest index object plaintext accepted (256 MiB).
 pub const MAX_INDEX_SIZE: usize = 256 << 20;
@@ -61,7 +63,55 @@ impl IndexObject {
     pub fn blob_count(&self) -> usize {
         self.packs.iter().map(|p| p.blobs.len()).sum()
     }
+
+    /// Checks every entry before anything trusts it: known kinds, blobs of
+    /// the right kind for their pack, ranges inside the pack, and plaintext
+    /// lengths within what larder writes. (The object is authenticated, so
+    /// only a key holder or a writer bug can produce a bad one; either way
+    /// it must be an error, never a panic or a wrong read.)
+    pub fn validate(&self, object: &str) -> Result<()> {
+        for pack in &self.packs {
+            let Some(kind) = pack.pack_kind() else {
+                return Err(Error::corrupt(
+                    object,
+                    format!("pack {} has unknown kind {}", pack.id, pack.kind),
+                ));
+            };
+            for blob in &pack.blobs {
+                let bad = |why: &str| {
+                    Error::corrupt(
+                        object,
+                        format!("entry for blob {} in pack {}: {why}", blob.id, pack.id),
+                    )
+                };
+                let Some(blob_kind) = blob.object_kind() else {
+                    return Err(bad("unknown blob kind"));
+                };
+                if PackKind::for_blob(blob_kind) != kind {
+                    return Err(bad("blob kind does not belong in this pack"));
+                }
+                let end = blob.offset.checked_add(u64::from(blob.length));
+                if end.is_none_or(|end| end > pack.size)
+                    || (blob.length as usize) < crate::seal::SEAL_OVERHEAD
+                {
+                    return Err(bad("range lies outside the pack"));
+                }
+                let limit = match blob_kind {
+                    ObjectKind::DataBlob => crate::config::MAX_BLOB_SIZE,
+                    _ => MAX_METADATA_BLOB,
+                };
+                if blob.raw_length as usize > limit {
+                    return Err(bad("plaintext length exceeds what larder writes"));
+                }
+            }
+        }
+        Ok(())
+    }
 }
+
+/// Largest tree or list blob accepted (a directory of about a million
+/// entries).
+pub const MAX_METADATA_BLOB: usize = 256 << 20;
 
 /// The object name of an index object.
 pub fn index_path(id: &IndexId) -> String {

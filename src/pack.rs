@@ -160,13 +160,14 @@ pub fn open_header(
                 format!("pack header names unknown blob kind {}", entry.kind),
             ));
         }
-        if entry.offset < end || entry.offset + u64::from(entry.length) > blobs_end {
+        let entry_end = entry.offset.checked_add(u64::from(entry.length));
+        if entry.offset < end || entry_end.is_none_or(|e| e > blobs_end) {
             return Err(Error::corrupt(
                 object,
                 "pack header entries overlap or run past the blobs",
             ));
         }
-        end = entry.offset + u64::from(entry.length);
+        end = entry_end.expect("checked above");
     }
     Ok(header)
 }

@@ -93,7 +93,7 @@ impl ReadJob {
         ReadJob {
             pack: location.pack,
             start: location.offset,
-            end: location.offset + u64::from(location.length),
+            end: location.end(),
             plain: u64::from(location.raw_length),
             blobs: vec![(id, location)],
         }
@@ -101,10 +101,10 @@ impl ReadJob {
 
     /// Adds the blob if it can share this read.
     fn try_extend(&mut self, id: BlobId, location: &BlobLocation) -> bool {
-        let end = location.offset + u64::from(location.length);
+        let end = location.end();
         let fits = location.pack == self.pack
             && location.offset >= self.start
-            && location.offset <= self.end + MAX_GAP
+            && location.offset <= self.end.saturating_add(MAX_GAP)
             && end.max(self.end) - self.start <= MAX_SPAN
             && self.plain + u64::from(location.raw_length) <= MAX_PLAIN_PER_READ;
         if fits {
@@ -146,6 +146,15 @@ impl Planner<'_> {
 
     fn locate(&self, chunk: &ContentRef) -> Result<BlobLocation> {
         let location = self.walker.repo.locate(&chunk.id)?;
+        if location.kind != crate::seal::ObjectKind::DataBlob {
+            return Err(Error::corrupt(
+                format!("blob {}", chunk.id),
+                format!(
+                    "is indexed as {:?}, but a content list names it as data",
+                    location.kind
+                ),
+            ));
+        }
         if u64::from(location.raw_length) != chunk.len {
             return Err(Error::corrupt(
                 format!("blob {}", chunk.id),

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 
 use crate::backend::{Backend, Metered, Put, RequestCounts};
 use crate::catalog::{BlobLocation, Catalog, SnapshotFilter};
@@ -31,7 +31,7 @@ use crate::snapshot::{Content, Node, NodeKind, Snapshot, Tree};
 /// Largest snapshot object plaintext accepted (16 MiB).
 pub const MAX_SNAPSHOT_SIZE: usize = 16 << 20;
 /// Most key files tried when opening (each costs one KDF run).
-pub const MAX_KEY_FILES: usize = 64;
+pub const MAX_KEY_FILES: usize = 20;
 /// Concurrent requests when absorbing new objects.
 const SYNC_CONCURRENCY: usize = 8;
 
@@ -134,7 +134,14 @@ impl Repo {
         if let Some(fanout) = options.list_fanout {
             config.list_fanout = fanout;
         }
-        config.validate()?;
+        // Settings come from the caller here, so a bad one is a bad
+        // argument, not a damaged repository.
+        config.validate().map_err(|e| match e {
+            Error::Corrupt { reason, .. } => {
+                Error::InvalidArgument(format!("invalid repository settings: {reason}"))
+            }
+            e => e,
+        })?;
         options.kdf.validate().map_err(Error::InvalidArgument)?;
 
         let backend = Metered::new(backend);
@@ -184,7 +191,7 @@ impl Repo {
         // command costs.
         let backend = Metered::new(backend);
         let envelope = read_envelope(&backend).await?;
-        let cache_dir = cache_root.join(envelope.repo_id.to_hex());
+        let cache_dir = cache_dir_for(cache_root, envelope.repo_id, &backend.location());
         let (master, key_id) = unlock(&backend, &envelope, passphrase, &cache_dir).await?;
         let sealer = Sealer::new(&master.sealing_key(), envelope.repo_id);
         let body = with_codec(1, |codec| {
@@ -216,7 +223,7 @@ impl Repo {
         config: Config,
         cache_root: &Path,
     ) -> Result<Repo> {
-        let cache_dir = cache_root.join(config.repo_id.to_hex());
+        let cache_dir = cache_dir_for(cache_root, config.repo_id, &backend.location());
         let (catalog, set_aside) = open_or_replace_catalog(&cache_dir.join("catalog.sqlite"))?;
         // Remember which key opened the repository so the next open tries it
         // first; losing this file only costs KDF time.
@@ -232,9 +239,31 @@ impl Repo {
             cache_dir,
             sync_report: SyncReport::default(),
         };
-        repo.sync_report = repo.sync().await?;
-        repo.sync_report.warnings.extend(set_aside);
+        let mut warnings: Vec<String> = set_aside.into_iter().collect();
+        repo.sync_report = match repo.sync().await {
+            Ok(report) => report,
+            // Damage deeper than the header shows only once the catalog is
+            // used; it is derived data, so set it aside and start again.
+            Err(e) if e.is_catalog_corrupt() => {
+                warnings.push(repo.replace_catalog(&e)?);
+                repo.sync().await?
+            }
+            Err(e) => return Err(e),
+        };
+        repo.sync_report.warnings.extend(warnings);
         Ok(repo)
+    }
+
+    /// Sets a damaged catalog aside and opens an empty one in its place.
+    fn replace_catalog(&self, error: &Error) -> Result<String> {
+        let mut catalog = self.catalog();
+        let path = catalog.path().to_path_buf();
+        *catalog = Catalog::open_in_memory()?;
+        let (fresh, _) = set_aside_and_open(&path)?;
+        *catalog = fresh;
+        Ok(format!(
+            "the catalog could not be used ({error}); it was set aside and rebuilt from the repository"
+        ))
     }
 
     /// The storage, metered.
@@ -320,6 +349,9 @@ impl Repo {
     pub async fn sync(&self) -> Result<SyncReport> {
         let mut report = SyncReport::default();
 
+        // What the catalog knows is read before listing: anything another
+        // process absorbs in between is then neither "gone" nor lost.
+        let known = self.catalog().snapshot_ids()?;
         let listed: HashSet<SnapshotId> = self
             .backend
             .list("snapshots/")
@@ -327,7 +359,6 @@ impl Repo {
             .iter()
             .filter_map(|o| o.name.strip_prefix("snapshots/")?.parse().ok())
             .collect();
-        let known = self.catalog().snapshot_ids()?;
         let gone: Vec<SnapshotId> = known.difference(&listed).copied().collect();
         report.snapshots_removed = gone.len();
         self.catalog
@@ -353,6 +384,7 @@ impl Repo {
             }
         }
 
+        let known = self.catalog().index_ids()?;
         let listed: HashSet<IndexId> = self
             .backend
             .list("index/")
@@ -360,7 +392,6 @@ impl Repo {
             .iter()
             .filter_map(|o| o.name.strip_prefix("index/")?.parse().ok())
             .collect();
-        let known = self.catalog().index_ids()?;
         let gone: Vec<IndexId> = known.difference(&listed).copied().collect();
         report.indexes_removed = gone.len();
         let dropped_packs = self
@@ -462,13 +493,16 @@ impl Repo {
         let plain = self
             .get_object(ObjectKind::Index, &name, id.as_bytes(), MAX_INDEX_SIZE)
             .await?;
-        minicbor::decode(&plain)
-            .map_err(|e| Error::corrupt(name, format!("index object does not parse: {e}")))
+        let index: IndexObject = minicbor::decode(&plain)
+            .map_err(|e| Error::corrupt(&name, format!("index object does not parse: {e}")))?;
+        index.validate(&name)?;
+        Ok(index)
     }
 
     /// Stores a new index object and absorbs it into the catalog.
     pub async fn write_index(&self, index: &IndexObject) -> Result<(IndexId, u64)> {
         let id = IndexId::random();
+        index.validate(&index_path(&id))?;
         let plain = minicbor::to_vec(index).expect("encoding to a Vec cannot fail");
         let stored = self
             .put_object(ObjectKind::Index, &index_path(&id), id.as_bytes(), &plain)
@@ -522,11 +556,14 @@ impl Repo {
         }
         let catalog = self.catalog();
         let ids = catalog.snapshots_with_prefix(spec)?;
-        let matching: Vec<(SnapshotId, Snapshot)> = ids
-            .into_iter()
-            .filter_map(|id| catalog.snapshot(&id).ok().flatten().map(|s| (id, s)))
-            .filter(|(_, s)| filter_matches(filter, s))
-            .collect();
+        let mut matching: Vec<(SnapshotId, Snapshot)> = Vec::new();
+        for id in ids {
+            if let Some(snapshot) = catalog.snapshot(&id)?
+                && filter_matches(filter, &snapshot)
+            {
+                matching.push((id, snapshot));
+            }
+        }
         match matching.len() {
             0 => Err(Error::SnapshotNotFound(describe_filter(spec, filter))),
             1 => Ok(matching.into_iter().next().expect("one element")),
@@ -570,7 +607,7 @@ impl Repo {
             ));
         }
         let name = pack_path(&location.pack);
-        let range = location.offset..location.offset + u64::from(location.length);
+        let range = location.offset..location.end();
         let opener = self.blob_opener();
         let id = *id;
         let open = |sealed: Bytes| {
@@ -645,7 +682,7 @@ impl Repo {
     pub fn cache_tree_pack(&self, pack: &PackId, bytes: &[u8]) {
         let dir = self.pack_cache_dir();
         let target = self.cached_pack_path(pack);
-        if target.exists() || std::fs::create_dir_all(&dir).is_err() {
+        if target.exists() || crate::catalog::create_private_dir(&dir).is_err() {
             return;
         }
         let tmp = dir.join(format!(
@@ -762,7 +799,7 @@ impl BlobOpener {
                 ),
             ));
         }
-        if self.hasher.blob_id(&plain) != *id {
+        if self.hasher.blob_id(location.kind, &plain) != *id {
             return Err(Error::corrupt(object(), "content does not match its id"));
         }
         Ok(plain)
@@ -786,6 +823,18 @@ fn describe_filter(spec: &str, filter: &SnapshotFilter) -> String {
     out
 }
 
+/// The cache directory of one repository at one location. The location is
+/// part of the name because a copied repository (rsync to a second disk)
+/// keeps its id: two copies sharing a catalog would let a backup into one
+/// deduplicate against blobs that exist only in the other.
+fn cache_dir_for(cache_root: &Path, repo_id: RepoId, location: &str) -> PathBuf {
+    cache_root.join(format!(
+        "{}-{}",
+        repo_id.to_hex(),
+        crate::hash::location_tag(location)
+    ))
+}
+
 /// Opens the catalog; if it cannot be opened (damaged, or from a newer
 /// larder), sets the file aside and starts an empty one, which the sync that
 /// follows fills from the repository. Returns a warning when it did so.
@@ -795,14 +844,7 @@ fn open_or_replace_catalog(path: &Path) -> Result<(Catalog, Option<String>)> {
         Err(e @ (Error::Catalog { .. } | Error::Unsupported { .. })) => e,
         Err(e) => return Err(e),
     };
-    let aside = path.with_extension(format!("sqlite.unusable-{}", now_ns()));
-    std::fs::rename(path, &aside).map_err(|e| Error::io("setting aside", path, e))?;
-    for suffix in ["-wal", "-shm"] {
-        let mut file = path.as_os_str().to_owned();
-        file.push(suffix);
-        let _ = std::fs::remove_file(file);
-    }
-    let catalog = Catalog::open(path)?;
+    let (catalog, aside) = set_aside_and_open(path)?;
     Ok((
         catalog,
         Some(format!(
@@ -810,6 +852,23 @@ fn open_or_replace_catalog(path: &Path) -> Result<(Catalog, Option<String>)> {
             aside.display()
         )),
     ))
+}
+
+/// Renames the catalog at `path` (and drops its WAL files), then opens a
+/// fresh one there. Returns it and where the old one went.
+fn set_aside_and_open(path: &Path) -> Result<(Catalog, PathBuf)> {
+    let aside = path.with_extension(format!("sqlite.unusable-{}", now_ns()));
+    match std::fs::rename(path, &aside) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("setting aside", path, e)),
+    }
+    for suffix in ["-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let _ = std::fs::remove_file(file);
+    }
+    Ok((Catalog::open(path)?, aside))
 }
 
 async fn read_envelope(backend: &dyn Backend) -> Result<ConfigEnvelope> {
@@ -843,7 +902,16 @@ async fn unlock(
     passphrase: &[u8],
     cache_dir: &Path,
 ) -> Result<(MasterKey, KeyId)> {
-    let mut ids = list_key_ids(backend).await?;
+    // A key file is a few hundred bytes; anything far larger is not one and
+    // is not read (hostile storage cannot make open allocate at will).
+    const MAX_KEY_FILE_SIZE: u64 = 64 << 10;
+    let mut ids: Vec<KeyId> = backend
+        .list("keys/")
+        .await?
+        .iter()
+        .filter(|o| o.size <= MAX_KEY_FILE_SIZE)
+        .filter_map(|o| o.name.strip_prefix("keys/")?.parse().ok())
+        .collect();
     if let Ok(last) = std::fs::read_to_string(cache_dir.join("last-key"))
         && let Ok(last) = last.trim().parse::<KeyId>()
         && let Some(pos) = ids.iter().position(|id| *id == last)
@@ -856,47 +924,37 @@ async fn unlock(
             "repository has no key files",
         ));
     }
-    let mut hostile = None;
+    // Why no key opened, if not the passphrase: the most telling reason.
+    let mut refusal = None;
     for id in ids.into_iter().take(MAX_KEY_FILES) {
         let bytes = match backend.get(&format!("keys/{id}")).await {
             Ok(b) => b,
             Err(Error::NotFound { .. }) => continue,
             Err(e) => return Err(e),
         };
-        let Ok(file) = KeyFile::parse(id, &bytes) else {
-            continue;
+        let file = match KeyFile::parse(id, &bytes) {
+            Ok(file) => file,
+            Err(e @ Error::Unsupported { .. }) => {
+                refusal = Some(e);
+                continue;
+            }
+            Err(_) => continue,
         };
         if file.header.repo_id != envelope.repo_id {
             continue;
         }
-        let passphrase = passphrase.to_vec();
+        let passphrase = zeroize::Zeroizing::new(passphrase.to_vec());
         let result = tokio::task::spawn_blocking(move || file.unwrap(&passphrase))
             .await
             .expect("key derivation task panicked");
         match result {
             Ok(Some(master)) => return Ok((master, id)),
             Ok(None) => {}
-            Err(e @ Error::HostileKeyFile { .. }) => hostile = Some(e),
+            Err(e @ Error::HostileKeyFile { .. }) => refusal = Some(e),
             Err(e) => return Err(e),
         }
     }
-    Err(hostile.unwrap_or_else(|| Error::WrongPassphrase {
+    Err(refusal.unwrap_or_else(|| Error::WrongPassphrase {
         location: backend.location(),
     }))
-}
-
-/// Fetches whole objects concurrently, in any order.
-pub async fn get_many(
-    backend: &dyn Backend,
-    names: Vec<String>,
-    concurrency: usize,
-) -> Result<Vec<(String, Bytes)>> {
-    futures::stream::iter(names)
-        .map(|name| async move {
-            let bytes = backend.get(&name).await?;
-            Ok::<_, Error>((name, bytes))
-        })
-        .buffer_unordered(concurrency)
-        .try_collect()
-        .await
 }

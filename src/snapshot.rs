@@ -134,10 +134,22 @@ impl Tree {
         minicbor::to_vec(self).expect("encoding to a Vec cannot fail")
     }
 
-    /// Decodes a tree blob's plaintext.
+    /// Decodes a tree blob's plaintext and checks that its names are
+    /// sorted and unique (lookups rely on it; larder never writes otherwise).
     pub fn decode(bytes: &[u8], object: &str) -> Result<Tree> {
-        minicbor::decode(bytes)
-            .map_err(|e| Error::corrupt(object, format!("tree does not parse: {e}")))
+        let tree: Tree = minicbor::decode(bytes)
+            .map_err(|e| Error::corrupt(object, format!("tree does not parse: {e}")))?;
+        if tree
+            .entries
+            .windows(2)
+            .any(|pair| pair[0].name.as_slice() >= pair[1].name.as_slice())
+        {
+            return Err(Error::corrupt(
+                object,
+                "tree entries are not sorted and unique",
+            ));
+        }
+        Ok(tree)
     }
 
     /// The entry named `name`.
@@ -279,7 +291,11 @@ pub struct Content {
 impl Content {
     /// Total plaintext length.
     pub fn len(&self) -> u64 {
-        self.entries.iter().map(|e| e.len).sum()
+        // Saturating: a hostile list's lengths may not add up, and then the
+        // total must mismatch (an error), not overflow (a panic).
+        self.entries
+            .iter()
+            .fold(0u64, |total, e| total.saturating_add(e.len))
     }
 
     /// True for empty content.
@@ -349,7 +365,9 @@ impl ContentBuilder {
         };
         let len = content.len();
         let bytes = minicbor::to_vec(&content).expect("encoding to a Vec cannot fail");
-        let id = self.hasher.blob_id(&bytes);
+        let id = self
+            .hasher
+            .blob_id(crate::seal::ObjectKind::ListBlob, &bytes);
         out.push((id, bytes));
         ContentRef { id, len }
     }
@@ -409,7 +427,7 @@ mod tests {
             let mut builder = ContentBuilder::new(fanout, hasher.clone());
             let mut lists = Vec::new();
             let chunks: Vec<ContentRef> = (0..n)
-                .map(|i| ContentRef { id: hasher.blob_id(&i.to_le_bytes()), len: i as u64 % 7 + 1 })
+                .map(|i| ContentRef { id: hasher.blob_id(crate::seal::ObjectKind::DataBlob, &i.to_le_bytes()), len: i as u64 % 7 + 1 })
                 .collect();
             for c in &chunks {
                 builder.push(*c, &mut lists);

@@ -13,6 +13,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -56,13 +57,24 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 #[async_trait]
 impl Backend for LocalBackend {
     fn location(&self) -> String {
-        self.root.display().to_string()
+        // Canonical, so that every spelling of the same directory names the
+        // same catalog; the given path if it does not exist (yet).
+        std::fs::canonicalize(&self.root)
+            .unwrap_or_else(|_| {
+                std::path::absolute(&self.root).unwrap_or_else(|_| self.root.clone())
+            })
+            .display()
+            .to_string()
     }
 
     async fn create_root(&self) -> Result<()> {
         let root = self.root.clone();
         blocking(move || {
-            fs::create_dir_all(&root).map_err(|e| Error::io("creating", &root, e))?;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&root)
+                .map_err(|e| Error::io("creating", &root, e))?;
             let mut entries = fs::read_dir(&root).map_err(|e| Error::io("listing", &root, e))?;
             if entries.next().is_some() {
                 return Err(Error::AlreadyInitialised {
@@ -71,8 +83,23 @@ impl Backend for LocalBackend {
             }
             for dir in super::DIRECTORIES {
                 let path = root.join(dir);
-                fs::create_dir(&path).map_err(|e| Error::io("creating", &path, e))?;
+                fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&path)
+                    .map_err(|e| Error::io("creating", &path, e))?;
             }
+            // All 256 pack directories up front: no writer ever creates one
+            // concurrently with another, and each is durable before any
+            // pack lands in it.
+            let packs = root.join("packs");
+            for byte in 0..=255u8 {
+                let path = packs.join(format!("{byte:02x}"));
+                fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&path)
+                    .map_err(|e| Error::io("creating", &path, e))?;
+            }
+            sync_dir(&packs)?;
             sync_dir(&root)?;
             if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
                 sync_dir(parent)?;
@@ -197,10 +224,16 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<ObjectInfo>) -> Result<()> {
 fn write_new(root: &Path, path: &Path, data: &[u8]) -> Result<Put> {
     let dir = path.parent().expect("object paths have a parent");
     if fs::symlink_metadata(path).is_ok() {
+        // Another writer may have renamed it in without syncing yet.
+        sync_dir(dir)?;
         return Ok(Put::Existed);
     }
     if !dir.is_dir() {
-        fs::create_dir_all(dir).map_err(|e| Error::io("creating directory", dir, e))?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| Error::io("creating directory", dir, e))?;
         // Make the new directory entry durable, up to the repository root.
         let mut d = dir;
         while let Some(parent) = d.parent() {
@@ -216,9 +249,12 @@ fn write_new(root: &Path, path: &Path, data: &[u8]) -> Result<Put> {
         hex::encode(&crate::hash::random_bytes()[..8])
     ));
     let result = (|| {
+        // Objects are private to the repository's owner: key files invite
+        // offline guessing, and everything else is of no use to others.
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&tmp)
             .map_err(|e| Error::io("creating", &tmp, e))?;
         file.write_all(data)

@@ -121,6 +121,15 @@ pub async fn restore(global: &GlobalArgs, args: RestoreArgs) -> Result<Outcome> 
         );
     }
     render::warn_all(&summary.skipped);
+    for damaged in &summary.damaged {
+        eprintln!("larder: damaged: {damaged}");
+    }
+    if !summary.damaged.is_empty() {
+        anyhow::bail!(
+            "{} file(s) could not be restored because their data is damaged or missing (run `larder check --read-data`)",
+            summary.damaged.len()
+        );
+    }
     Ok(if summary.skipped.is_empty() {
         Outcome::Success
     } else {

@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! reader thread ──► hash workers ──► coordinator ──► BlobWriter (seal workers ─► packer ─► uploader ─► index)
-//! (source, FastCDC)  keyed BLAKE3    reorders, dedups,
-//!                                    builds content lists
+//! (source, FastCDC)  keyed BLAKE3    in stream order:
+//!                                    dedups, builds
+//!                                    content lists
 //! ```
 //!
 //! Every stage is joined to the next by a bounded channel, so peak memory
@@ -22,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use crossbeam_channel::bounded;
+use crossbeam_channel::{Receiver, Sender, bounded};
 
 pub use tree::TreeInput;
 pub use writer::{BlobWriter, WriteStats};
@@ -69,10 +70,15 @@ impl Abort {
                 *slot = Some(error);
             }
         }
-        if !self.set.swap(true, Ordering::SeqCst) {
-            for hook in self.hooks.lock().expect("abort lock").drain(..) {
-                hook();
+        let hooks: Vec<_> = {
+            let mut hooks = self.hooks.lock().expect("abort lock");
+            if self.set.swap(true, Ordering::SeqCst) {
+                return;
             }
+            hooks.drain(..).collect()
+        };
+        for hook in hooks {
+            hook();
         }
     }
 
@@ -83,10 +89,14 @@ impl Abort {
 
     /// Runs `hook` when the operation aborts (immediately if it already has).
     pub fn on_abort(&self, hook: impl FnOnce() + Send + 'static) {
+        // Checked under the lock `fail` drains the hooks with, so a hook is
+        // either queued before the drain or run here, never lost.
+        let mut hooks = self.hooks.lock().expect("abort lock");
         if self.is_set() {
+            drop(hooks);
             hook();
         } else {
-            self.hooks.lock().expect("abort lock").push(Box::new(hook));
+            hooks.push(Box::new(hook));
         }
     }
 
@@ -373,8 +383,12 @@ async fn stream_root(
     }
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let depth = queue_depth(profile.max as usize);
-    let (raw_tx, raw_rx) = bounded::<(u64, Bytes)>(depth);
-    let (hashed_tx, hashed_rx) = bounded::<(u64, BlobId, Bytes)>(depth);
+    // Hashing runs on a pool; each chunk's result comes back through its
+    // own slot, and the slots reach the coordinator in stream order through
+    // a bounded queue, so nothing needs reordering and memory stays bounded
+    // however unevenly the hashers run.
+    let (hash_tx, hash_rx) = bounded::<(Bytes, Sender<(BlobId, Bytes)>)>(depth);
+    let (order_tx, order_rx) = bounded::<Receiver<(BlobId, Bytes)>>(depth);
 
     let reader_thread = {
         let abort = Arc::clone(abort);
@@ -383,25 +397,25 @@ async fn stream_root(
         let source = source.to_string();
         spawn_thread("larder-read", move || {
             read_stream(
-                chunker, reader, command, &raw_tx, &abort, &progress, &warnings, &source,
+                chunker, reader, command, &hash_tx, &order_tx, &abort, &progress, &warnings,
+                &source,
             )
         })?
     };
     let mut hashers = Vec::new();
     for i in 0..workers {
-        let rx = raw_rx.clone();
-        let tx = hashed_tx.clone();
+        let rx = hash_rx.clone();
         let hasher = repo.hasher().clone();
         hashers.push(spawn_thread(&format!("larder-hash-{i}"), move || {
-            for (seq, data) in rx {
-                let id = hasher.blob_id(&data);
-                if tx.send((seq, id, data)).is_err() {
-                    return;
-                }
+            for (data, slot) in rx {
+                let id = hasher.blob_id(ObjectKind::DataBlob, &data);
+                // A closed slot means the coordinator stopped; keep draining
+                // so the reader is never stuck on a full queue.
+                let _ = slot.send((id, data));
             }
         })?);
     }
-    drop((raw_rx, hashed_tx));
+    drop(hash_rx);
 
     let coordinator = {
         let writer = Arc::clone(writer);
@@ -412,7 +426,8 @@ async fn stream_root(
         tokio::task::spawn_blocking(move || {
             let content = coordinate(
                 &writer,
-                &hashed_rx,
+                &abort,
+                &order_rx,
                 ContentBuilder::new(fanout, hasher.clone()),
             )?;
             if abort.is_set() {
@@ -424,7 +439,7 @@ async fn stream_root(
                 entries: vec![node],
             }
             .encode();
-            let root = hasher.blob_id(&tree);
+            let root = hasher.blob_id(ObjectKind::TreeBlob, &tree);
             writer.store(ObjectKind::TreeBlob, root, Bytes::from(tree))?;
             Ok(root)
         })
@@ -435,9 +450,12 @@ async fn stream_root(
     {
         abort.fail(Error::Cancelled);
     }
-    let record = join(reader_thread).await;
+    // After a failure a reader blocked on a silent standard input cannot be
+    // interrupted; it is left to finish on its own (it stops at its next
+    // read) rather than hold the command's exit. A dump command was killed.
+    let record = join_unless_stuck(reader_thread, abort).await.flatten();
     for h in hashers {
-        join(h).await;
+        join_unless_stuck(h, abort).await;
     }
     Ok((root?, record))
 }
@@ -462,6 +480,24 @@ async fn join<T: Send + 'static>(handle: std::thread::JoinHandle<T>) -> T {
     .expect("joining a backup thread")
 }
 
+/// Joins a pipeline thread; after an abort, gives it a moment and then lets
+/// it go (returning `None`) instead of waiting on a read that may never end.
+async fn join_unless_stuck<T: Send + 'static>(
+    handle: std::thread::JoinHandle<T>,
+    abort: &Abort,
+) -> Option<T> {
+    if abort.is_set() {
+        let deadline = Instant::now() + std::time::Duration::from_secs(2);
+        while !handle.is_finished() && Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        if !handle.is_finished() {
+            return None;
+        }
+    }
+    Some(join(handle).await)
+}
+
 /// Counts bytes as they are read, for progress and the summary.
 struct CountingReader<R> {
     inner: R,
@@ -483,7 +519,8 @@ fn read_stream(
     chunker: Chunker,
     reader: Box<dyn Read + Send>,
     command: Option<RunningCommand>,
-    tx: &crossbeam_channel::Sender<(u64, Bytes)>,
+    hash_tx: &Sender<(Bytes, Sender<(BlobId, Bytes)>)>,
+    order_tx: &Sender<Receiver<(BlobId, Bytes)>>,
     abort: &Abort,
     progress: &Arc<Progress>,
     warnings: &Mutex<Vec<String>>,
@@ -518,7 +555,8 @@ fn read_stream(
         {
             warnings.lock().expect("warnings lock").push(warning);
         }
-        if tx.send((seq, data)).is_err() {
+        let (slot_tx, slot_rx) = bounded(1);
+        if hash_tx.send((data, slot_tx)).is_err() || order_tx.send(slot_rx).is_err() {
             return None;
         }
         seq += 1;
@@ -544,32 +582,30 @@ fn read_stream(
     record
 }
 
-/// Restores content order, dedups and stores each chunk, and builds the
-/// content list.
+/// Takes hashed chunks in stream order, dedups and stores each, and builds
+/// the content list.
 fn coordinate(
     writer: &BlobWriter,
-    rx: &crossbeam_channel::Receiver<(u64, BlobId, Bytes)>,
+    abort: &Abort,
+    order: &Receiver<Receiver<(BlobId, Bytes)>>,
     mut builder: ContentBuilder,
 ) -> Result<(Content, u64)> {
-    let mut reorder = std::collections::BTreeMap::new();
-    let mut next = 0u64;
     let mut size = 0u64;
     let mut lists = Vec::new();
-    for (seq, id, data) in rx {
-        reorder.insert(seq, (id, data));
-        while let Some((id, data)) = reorder.remove(&next) {
-            next += 1;
-            let len = data.len() as u64;
-            size += len;
-            writer.store(ObjectKind::DataBlob, id, data)?;
-            builder.push(ContentRef { id, len }, &mut lists);
-            for (list_id, bytes) in lists.drain(..) {
-                writer.store(ObjectKind::ListBlob, list_id, Bytes::from(bytes))?;
-            }
+    for slot in order {
+        let Ok((id, data)) = slot.recv() else {
+            return Err(Error::Cancelled);
+        };
+        if abort.is_set() {
+            return Err(Error::Cancelled);
         }
-    }
-    if !reorder.is_empty() {
-        return Err(Error::Cancelled);
+        let len = data.len() as u64;
+        size += len;
+        writer.store(ObjectKind::DataBlob, id, data)?;
+        builder.push(ContentRef { id, len }, &mut lists);
+        for (list_id, bytes) in lists.drain(..) {
+            writer.store(ObjectKind::ListBlob, list_id, Bytes::from(bytes))?;
+        }
     }
     let content = builder.finish(&mut lists);
     for (list_id, bytes) in lists {

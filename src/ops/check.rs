@@ -179,7 +179,10 @@ pub async fn check(repo: &Repo, options: &CheckOptions) -> Result<CheckSummary> 
                     }
                 }
                 Some(_) if options.read_data => to_read.push(pack),
-                Some(_) => {}
+                // Present with the indexed size: whatever an earlier check
+                // found missing is back. (Damage inside it is tracked per
+                // blob and cleared only by reading it.)
+                Some(_) => repo.catalog().set_pack_state(&pack.id, PackState::Usable)?,
             }
         }
         if options.read_data {
@@ -195,6 +198,17 @@ pub async fn check(repo: &Repo, options: &CheckOptions) -> Result<CheckSummary> 
         ));
     }
 
+    if !options.read_data {
+        let known_damaged = repo.catalog().damaged_blob_count()?;
+        if known_damaged > 0 {
+            summary.problems.push(Problem {
+                object: "repository".into(),
+                problem: format!(
+                    "{known_damaged} blob(s) found damaged by an earlier `check --read-data` and not stored again since"
+                ),
+            });
+        }
+    }
     check_snapshots(repo, &mut summary).await?;
 
     for complaint in repo.catalog().integrity_check()? {
@@ -312,7 +326,7 @@ fn verify_pack(
             raw_length: entry.raw_length,
             kind,
         };
-        let end = entry.offset + u64::from(entry.length);
+        let end = entry.offset.saturating_add(u64::from(entry.length));
         let result = if end > bytes.len() as u64 {
             Err(Error::corrupt(
                 format!("{name} (blob {})", entry.id.short()),
@@ -437,11 +451,22 @@ fn check_content<'a>(
     Box::pin(async move {
         for entry in &content.entries {
             if content.depth == 0 {
-                if repo.catalog().locate(&entry.id)?.is_none() {
-                    return Ok(Some(format!(
-                        "data blob {} is missing or damaged",
-                        entry.id.short()
-                    )));
+                match repo.catalog().locate(&entry.id)? {
+                    None => {
+                        return Ok(Some(format!(
+                            "data blob {} is missing or damaged",
+                            entry.id.short()
+                        )));
+                    }
+                    Some(location) if u64::from(location.raw_length) != entry.len => {
+                        return Ok(Some(format!(
+                            "data blob {} is {} bytes, its content list says {}",
+                            entry.id.short(),
+                            location.raw_length,
+                            entry.len
+                        )));
+                    }
+                    Some(_) => {}
                 }
                 continue;
             }
@@ -452,6 +477,12 @@ fn check_content<'a>(
                 continue;
             }
             let reason = match repo.load_list(&entry.id, content.depth - 1).await {
+                Ok(list) if list.len() != entry.len => Some(format!(
+                    "content list {} covers {} bytes, its parent says {}",
+                    entry.id.short(),
+                    list.len(),
+                    entry.len
+                )),
                 Ok(list) => check_content(repo, &list, walk).await?,
                 Err(e) if e.is_damage() => {
                     Some(format!("content list {} unreadable: {e}", entry.id.short()))

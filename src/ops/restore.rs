@@ -84,6 +84,9 @@ pub struct RestoreSummary {
     pub safety_snapshot: Option<String>,
     /// Entries not restored, each with the reason.
     pub skipped: Vec<String>,
+    /// Files not restored because their data is damaged or missing in the
+    /// repository (the restore went on with the rest).
+    pub damaged: Vec<String>,
     /// Wall time.
     pub duration_s: f64,
     /// Storage requests made by the whole command.
@@ -126,6 +129,10 @@ struct Frame {
     path: Vec<u8>,
     /// The directory in the target, once created or opened.
     dir: Option<OwnedFd>,
+    /// Whether to give the directory its stored owner, mode and time: only
+    /// if this restore created it, or when replacing is allowed. An existing
+    /// directory (`/srv`, say) keeps its own.
+    set_metadata: bool,
     /// This directory's node (`None` for the root).
     node: Option<Node>,
     included: bool,
@@ -195,6 +202,7 @@ pub async fn restore(
         tree: repo.load_tree(&snapshot.root).await?,
         path: Vec::new(),
         dir: Some(target_dir),
+        set_metadata: false,
         node: None,
         included: selection.include.is_empty(),
         pos: 0,
@@ -203,7 +211,7 @@ pub async fn restore(
         let top = stack.len() - 1;
         let Some(node) = stack[top].next_entry() else {
             let frame = stack.pop().expect("not empty");
-            if let (Some(dir), Some(node)) = (&frame.dir, &frame.node) {
+            if let (Some(dir), Some(node), true) = (&frame.dir, &frame.node, frame.set_metadata) {
                 apply_metadata(dir, node, is_root).map_err(|e| {
                     Error::io("setting metadata of", display(&frame.path), e.into())
                 })?;
@@ -232,25 +240,37 @@ pub async fn restore(
                         .push(format!("{}: directory without a tree", display(&path)));
                     continue;
                 };
-                let tree = repo.load_tree(&subtree).await?;
+                // One unreadable directory costs that directory, not the
+                // whole restore.
+                let tree = match repo.load_tree(&subtree).await {
+                    Ok(tree) => tree,
+                    Err(e) if e.is_damage() => {
+                        summary
+                            .skipped
+                            .push(format!("{}: not restored: {e}", display(&path)));
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 stack.push(Frame {
                     tree,
                     path: path.clone(),
                     dir: None,
+                    set_metadata: false,
                     node: Some(node),
                     included,
                     pos: 0,
                 });
                 if included {
                     // An included directory is restored even if empty.
-                    if let Err(reason) = ensure_dir(&mut stack, &mut summary) {
+                    if let Err(reason) = ensure_dir(&mut stack, &mut summary, options.overwrite) {
                         summary.skipped.push(reason);
                         stack.pop();
                     }
                 }
             }
             NodeKind::File | NodeKind::Symlink if included => {
-                if let Err(reason) = ensure_dir(&mut stack, &mut summary) {
+                if let Err(reason) = ensure_dir(&mut stack, &mut summary, options.overwrite) {
                     summary.skipped.push(reason);
                     continue;
                 }
@@ -274,6 +294,7 @@ pub async fn restore(
                         }
                     }
                     Err(Failure::Skip(reason)) => summary.skipped.push(reason),
+                    Err(Failure::Damaged(reason)) => summary.damaged.push(reason),
                     Err(Failure::Fatal(e)) => return Err(e),
                 }
             }
@@ -313,6 +334,7 @@ fn open_dir<Fd: AsFd>(parent: Fd, name: impl rustix::path::Arg) -> rustix::io::R
 fn ensure_dir(
     stack: &mut [Frame],
     summary: &mut RestoreSummary,
+    overwrite: Overwrite,
 ) -> std::result::Result<(), String> {
     let first_missing = match stack.iter().rposition(|f| f.dir.is_some()) {
         Some(i) if i + 1 == stack.len() => return Ok(()),
@@ -330,15 +352,17 @@ fn ensure_dir(
                 .expect("only the root lacks a node")
                 .name,
         );
-        match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700)) {
-            Ok(()) | Err(Errno::EXIST) => {}
+        let created = match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700)) {
+            Ok(()) => true,
+            Err(Errno::EXIST) => false,
             Err(e) => {
                 return Err(format!(
                     "{}: cannot create directory: {e}",
                     display(&frame.path)
                 ));
             }
-        }
+        };
+        frame.set_metadata = created || overwrite == Overwrite::Always;
         let dir = open_dir(parent, name).map_err(|e| match e {
             Errno::LOOP | Errno::NOTDIR => format!(
                 "{}: exists in the target and is not a directory (a symlink is never followed); its contents were not restored",
@@ -360,6 +384,8 @@ struct Placed {
 enum Failure {
     /// Not restored, with the reason; the restore goes on.
     Skip(String),
+    /// Not restored because its data is damaged; the restore goes on.
+    Damaged(String),
     /// The restore cannot go on (storage failed, data damaged, disk full).
     Fatal(Error),
 }
@@ -442,7 +468,11 @@ async fn restore_file(
         }
         Err(e) => {
             let _ = rustix::fs::unlinkat(dir, tmp.as_str(), AtFlags::empty());
-            Err(Failure::Fatal(e))
+            if e.is_damage() {
+                Err(Failure::Damaged(format!("{}: {e}", display(path))))
+            } else {
+                Err(Failure::Fatal(e))
+            }
         }
     }
 }

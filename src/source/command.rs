@@ -7,6 +7,7 @@
 //! full), the child is killed rather than left to block on a full pipe.
 
 use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -40,16 +41,25 @@ pub struct RunningCommand {
     version: Option<String>,
 }
 
-/// Kills a running command from another thread.
+/// Kills a running command, and everything it started, from another thread.
 #[derive(Clone, Debug)]
 pub struct Killer(Arc<Mutex<Child>>);
 
 impl Killer {
-    /// Sends SIGKILL if the child has not been reaped yet.
+    /// Sends SIGKILL to the command's process group (the command runs as
+    /// its leader), so helpers it spawned (`sh -c '… &'`, `docker exec`
+    /// clients) die with it.
     pub fn kill(&self) {
-        // std's Child refuses to signal a child it has already reaped, so a
-        // recycled pid is never hit.
-        let _ = self.0.lock().expect("child lock").kill();
+        let mut child = self.0.lock().expect("child lock");
+        // While the leader is unreaped its pid cannot be reused, so the
+        // group id is still ours to signal.
+        if matches!(child.try_wait(), Ok(None)) {
+            // SAFETY: kill(2) with a negative pid signals a process group.
+            unsafe {
+                libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL);
+            }
+        }
+        let _ = child.kill();
     }
 }
 
@@ -59,6 +69,9 @@ impl RunningCommand {
         let version = dumper_version(&argv[0]);
         let mut child = Command::new(&argv[0])
             .args(&argv[1..])
+            // Its own process group, so a failed backup can kill the whole
+            // dump (pipelines and helpers included), not only its leader.
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -181,11 +194,8 @@ impl Drop for RunningCommand {
     fn drop(&mut self) {
         // A command dropped without wait() or abandon() belongs to a backup
         // that was cancelled: never leave it running.
-        let mut child = self.child.lock().expect("child lock");
-        if matches!(child.try_wait(), Ok(None)) {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.killer().kill();
+        let _ = self.child.lock().expect("child lock").wait();
     }
 }
 

@@ -517,7 +517,7 @@ fn read_file(
         let len = chunk.len() as u64;
         size += len;
         Progress::add(&walk.progress.bytes_processed, len);
-        let id = walk.repo.hasher().blob_id(&chunk);
+        let id = walk.repo.hasher().blob_id(ObjectKind::DataBlob, &chunk);
         walk.writer.store(ObjectKind::DataBlob, id, chunk)?;
         builder.push(ContentRef { id, len }, &mut lists);
         for (list_id, bytes) in lists.drain(..) {
@@ -639,7 +639,7 @@ fn assemble(walk: &Walk, events: &Receiver<Event>, roots: usize) -> Result<Vec<N
 
 fn store_tree(walk: &Walk, tree: Tree) -> Result<BlobId> {
     let bytes = tree.encode();
-    let id = walk.repo.hasher().blob_id(&bytes);
+    let id = walk.repo.hasher().blob_id(ObjectKind::TreeBlob, &bytes);
     walk.writer
         .store(ObjectKind::TreeBlob, id, Bytes::from(bytes))?;
     Ok(id)
