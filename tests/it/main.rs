@@ -8,6 +8,8 @@
 //! - `cli`: the binary end to end: exit codes, `--json` shapes, messages.
 //! - `compat`: repositories written by earlier releases still read.
 //! - `databases`: real PostgreSQL and Redis dumps on loopback.
+//! - `trees`: file-tree backups, browsing and restore safety.
+//! - `regressions`: one test per fixed bug, named after it.
 
 mod support;
 
@@ -18,4 +20,6 @@ mod databases;
 mod dedup;
 mod faults;
 mod integrity;
+mod regressions;
 mod round_trip;
+mod trees;

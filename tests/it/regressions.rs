@@ -1,0 +1,1 @@
+//! Regressions for review findings: each test names the failure it guards.

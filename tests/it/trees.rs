@@ -1,0 +1,1 @@
+//! File-tree backups, browsing and restore (issue 3).
