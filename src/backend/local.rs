@@ -6,7 +6,8 @@
 //! `RENAME_NOREPLACE`, or `link` + `unlink` where the file system lacks it),
 //! and the directory is fsynced. A crash therefore leaves either nothing or
 //! the complete object under its name; stray temporary files are skipped by
-//! `list` and removed by prune.
+//! `list` and may be deleted at any time. Objects are created mode 0600 and
+//! directories 0700; all 256 pack directories exist from `init` on.
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
