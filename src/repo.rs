@@ -904,28 +904,51 @@ async fn unlock(
 ) -> Result<(MasterKey, KeyId)> {
     // A key file is a few hundred bytes; anything far larger is not one and
     // is not read (hostile storage cannot make open allocate at will).
-    const MAX_KEY_FILE_SIZE: u64 = 64 << 10;
-    let mut ids: Vec<KeyId> = backend
+    const MAX_KEY_FILE_SIZE: usize = 64 << 10;
+    // Why no key opened, if not the passphrase: the most telling reason.
+    let mut refusal = None;
+    let last = std::fs::read_to_string(cache_dir.join("last-key"))
+        .ok()
+        .and_then(|s| s.trim().parse::<KeyId>().ok());
+    // The key that opened the repository last time usually opens it again:
+    // fetched by name, it spares a listing of keys/ on every command.
+    if let Some(last) = last {
+        match backend.get(&format!("keys/{last}")).await {
+            Ok(bytes) if bytes.len() <= MAX_KEY_FILE_SIZE => {
+                if let Ok(file) = KeyFile::parse(last, &bytes)
+                    && file.header.repo_id == envelope.repo_id
+                {
+                    let passphrase = zeroize::Zeroizing::new(passphrase.to_vec());
+                    let opened = tokio::task::spawn_blocking(move || file.unwrap(&passphrase))
+                        .await
+                        .expect("key derivation task panicked");
+                    match opened {
+                        Ok(Some(master)) => return Ok((master, last)),
+                        Ok(None) => {}
+                        Err(e @ Error::HostileKeyFile { .. }) => refusal = Some(e),
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            Ok(_) | Err(Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let ids: Vec<KeyId> = backend
         .list("keys/")
         .await?
         .iter()
-        .filter(|o| o.size <= MAX_KEY_FILE_SIZE)
+        .filter(|o| o.size <= MAX_KEY_FILE_SIZE as u64)
         .filter_map(|o| o.name.strip_prefix("keys/")?.parse().ok())
+        // The last key was tried above.
+        .filter(|id| Some(*id) != last)
         .collect();
-    if let Ok(last) = std::fs::read_to_string(cache_dir.join("last-key"))
-        && let Ok(last) = last.trim().parse::<KeyId>()
-        && let Some(pos) = ids.iter().position(|id| *id == last)
-    {
-        ids.swap(0, pos);
-    }
-    if ids.is_empty() {
+    if ids.is_empty() && last.is_none() {
         return Err(Error::corrupt(
             backend.location(),
             "repository has no key files",
         ));
     }
-    // Why no key opened, if not the passphrase: the most telling reason.
-    let mut refusal = None;
     for id in ids.into_iter().take(MAX_KEY_FILES) {
         let bytes = match backend.get(&format!("keys/{id}")).await {
             Ok(b) => b,

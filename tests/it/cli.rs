@@ -46,6 +46,10 @@ fn backup_json_has_the_documented_fields() {
         summary["requests"]["put"].as_u64().unwrap() >= 3,
         "packs, index, snapshot: {summary}"
     );
+    // Opening reads config and the last-used key by name, and lists only
+    // snapshots/ and index/ to sync the catalog.
+    assert_eq!(summary["requests"]["get"], 2, "{summary}");
+    assert_eq!(summary["requests"]["list"], 2, "{summary}");
     assert_eq!(summary["snapshot_id"].as_str().unwrap().len(), 64);
 }
 
