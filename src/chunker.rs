@@ -72,6 +72,7 @@ impl Chunker {
             reader,
             block: Bytes::new(),
             block_size,
+            refilled: false,
             eof: false,
             failed: false,
         }
@@ -87,6 +88,7 @@ pub struct Chunks<R> {
     // cut always sees as much lookahead as StreamCDC would.
     block: Bytes,
     block_size: usize,
+    refilled: bool,
     eof: bool,
     failed: bool,
 }
@@ -95,11 +97,17 @@ impl<R: Read> Chunks<R> {
     /// Moves the unconsumed tail into a fresh block and reads until the block
     /// is full or the reader is exhausted.
     fn refill(&mut self) -> io::Result<()> {
-        // Always room for the tail plus a full chunk of lookahead.
-        let capacity = self.block_size.max(self.block.len() + self.chunker.max);
-        // Later refills of a stream that outgrew its hint use full blocks.
-        self.block_size = BLOCK_SIZE;
-        let enough = self.block.len() + self.chunker.max;
+        // The first refill of a sized input reads just past its expected
+        // end (a small file costs a small buffer, not a 4 MiB one). Later
+        // refills, of a stream or a file that outgrew its hint, use full
+        // blocks with room for the tail plus a whole chunk of lookahead.
+        let capacity = if self.block.is_empty() && !self.refilled {
+            self.block_size
+        } else {
+            BLOCK_SIZE.max(self.block.len() + self.chunker.max)
+        };
+        self.refilled = true;
+        let enough = (self.block.len() + self.chunker.max).min(capacity);
         let mut next = BytesMut::with_capacity(capacity);
         next.extend_from_slice(&self.block);
         while next.len() < capacity {

@@ -97,6 +97,10 @@ pub struct RestoreSummary {
 struct Selection {
     include: Vec<PathGlob>,
     exclude: Vec<PathGlob>,
+    /// The literal leading directories of each include pattern, when every
+    /// include is a path pattern: only directories on the way to (or below)
+    /// one of these can hold a match. `None` means any directory can.
+    include_prefixes: Option<Vec<Vec<u8>>>,
 }
 
 impl Selection {
@@ -107,10 +111,33 @@ impl Selection {
                 .map(|p| PathGlob::new(p))
                 .collect::<Result<Vec<_>>>()
         };
+        let include_prefixes = (!options.include.is_empty()
+            && options.include.iter().all(|p| p.contains('/')))
+        .then(|| {
+            options
+                .include
+                .iter()
+                .map(|p| literal_dir_prefix(p.as_bytes()))
+                .collect()
+        });
         Ok(Selection {
             include: compile(&options.include)?,
             exclude: compile(&options.exclude)?,
+            include_prefixes,
         })
+    }
+
+    /// Whether a directory that is not itself selected may hold selected
+    /// entries below it (so the restore must look inside).
+    fn may_contain(&self, dir: &[u8]) -> bool {
+        match &self.include_prefixes {
+            None => true,
+            Some(prefixes) => prefixes.iter().any(|prefix| {
+                // On the way to the prefix, or already inside it.
+                (prefix.starts_with(dir) && prefix.get(dir.len()) == Some(&b'/'))
+                    || dir.starts_with(prefix)
+            }),
+        }
     }
 
     fn excluded(&self, path: &[u8]) -> bool {
@@ -233,6 +260,7 @@ pub async fn restore(
         }
         let included = selection.included(&path, stack[top].included);
         match node.kind {
+            NodeKind::Dir if !included && !selection.may_contain(&path) => {}
             NodeKind::Dir => {
                 let Some(subtree) = node.subtree else {
                     summary
@@ -304,6 +332,20 @@ pub async fn restore(
     summary.duration_s = started.elapsed().as_secs_f64();
     summary.requests = repo.counts();
     Ok(summary)
+}
+
+/// The directories before a pattern's first wildcard: `/opt/kb/*.yaml` ->
+/// `/opt/kb`, `/opt/**/a` -> `/opt`, `/a/b` -> `/a`.
+fn literal_dir_prefix(pattern: &[u8]) -> Vec<u8> {
+    let literal_end = pattern
+        .iter()
+        .position(|b| b"*?[{\\".contains(b))
+        .unwrap_or(pattern.len());
+    let cut = pattern[..literal_end]
+        .iter()
+        .rposition(|b| *b == b'/')
+        .unwrap_or(0);
+    pattern[..cut].to_vec()
 }
 
 fn display(path: &[u8]) -> String {
@@ -590,7 +632,8 @@ async fn existing_files(
                     // Only an existing real directory can hold files that
                     // would be replaced; below anything else nothing is.
                     let is_dir = std::fs::symlink_metadata(&on_disk).is_ok_and(|m| m.is_dir());
-                    if let (Some(subtree), true) = (node.subtree, is_dir) {
+                    let worth_a_look = included || selection.may_contain(&path);
+                    if let (Some(subtree), true, true) = (node.subtree, is_dir, worth_a_look) {
                         stack.push((repo.load_tree(&subtree).await?, path, included));
                     }
                 }
@@ -634,4 +677,41 @@ async fn safety_snapshot(
     )
     .await?;
     Ok(summary.snapshot_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literal_prefixes_stop_at_the_first_wildcard() {
+        assert_eq!(literal_dir_prefix(b"/opt/kb/*.yaml"), b"/opt/kb");
+        assert_eq!(literal_dir_prefix(b"/opt/**/a.yaml"), b"/opt");
+        assert_eq!(literal_dir_prefix(b"/opt/kb/a.yaml"), b"/opt/kb");
+        assert_eq!(literal_dir_prefix(b"/*"), b"");
+    }
+
+    #[test]
+    fn only_directories_on_the_way_to_an_include_are_searched() {
+        let options = RestoreOptions {
+            target: "/t".into(),
+            overwrite: Overwrite::Never,
+            include: vec!["/opt/kb/teams/**".into()],
+            exclude: vec![],
+            progress: Arc::default(),
+        };
+        let s = Selection::new(&options).unwrap();
+        assert!(s.may_contain(b"/opt"));
+        assert!(s.may_contain(b"/opt/kb"));
+        assert!(s.may_contain(b"/opt/kb/teams"));
+        assert!(s.may_contain(b"/opt/kb/teams/x"));
+        assert!(!s.may_contain(b"/opt/kb/other"));
+        assert!(!s.may_contain(b"/opt/kbx"));
+        assert!(!s.may_contain(b"/srv"));
+        let by_name = RestoreOptions {
+            include: vec!["*.yaml".into()],
+            ..options
+        };
+        assert!(Selection::new(&by_name).unwrap().may_contain(b"/srv"));
+    }
 }
