@@ -1,5 +1,7 @@
 //! `larder ls`, `find`, `diff` and `log`: browsing snapshots without mounting.
 
+use std::os::unix::ffi::OsStrExt;
+
 use anyhow::Result;
 use clap::Args;
 use larder::catalog::SnapshotFilter;
@@ -12,7 +14,7 @@ pub struct LsArgs {
     /// Snapshot id prefix, or "latest"
     snapshot: String,
     /// Directory (or file) inside the snapshot [default: the root]
-    path: Option<String>,
+    path: Option<std::ffi::OsString>,
     /// Long listing: mode, owner, size, modification time
     #[arg(long, short = 'l')]
     long: bool,
@@ -50,7 +52,7 @@ pub struct DiffArgs {
 #[derive(Args, Debug)]
 pub struct LogArgs {
     /// Absolute path of the file in the snapshots (such as /opt/kb/a.yaml)
-    path: String,
+    path: std::ffi::OsString,
     /// Only snapshots of this source
     #[arg(long, value_name = "NAME")]
     source: Option<String>,
@@ -103,8 +105,14 @@ pub async fn ls(global: &GlobalArgs, args: LsArgs) -> Result<Outcome> {
         ..SnapshotFilter::default()
     };
     let (id, snapshot) = repo.resolve_snapshot(&args.snapshot, &filter)?;
-    let summary =
-        larder::ops::ls::ls(&repo, &id, &snapshot, args.path.as_deref(), args.recursive).await?;
+    let summary = larder::ops::ls::ls(
+        &repo,
+        &id,
+        &snapshot,
+        args.path.as_deref().map(OsStrExt::as_bytes),
+        args.recursive,
+    )
+    .await?;
     if global.json {
         render::print_json(&summary)?;
     } else {
@@ -181,7 +189,7 @@ pub async fn log(global: &GlobalArgs, args: LogArgs) -> Result<Outcome> {
         host: args.host,
         tags: vec![],
     };
-    let summary = larder::ops::log::log(&repo, &args.path, &filter).await?;
+    let summary = larder::ops::log::log(&repo, args.path.as_bytes(), &filter).await?;
     if global.json {
         render::print_json(&summary)?;
     } else {
@@ -196,7 +204,7 @@ pub async fn log(global: &GlobalArgs, args: LogArgs) -> Result<Outcome> {
             );
         }
         if summary.versions.is_empty() && !global.quiet {
-            eprintln!("{} is in no snapshot", args.path);
+            eprintln!("{} is in no snapshot", args.path.to_string_lossy());
         }
     }
     Ok(Outcome::Success)

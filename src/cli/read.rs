@@ -16,7 +16,7 @@ pub struct CatArgs {
     /// Snapshot id prefix, or "latest"
     snapshot: String,
     /// File inside the snapshot; omit for a stream snapshot
-    path: Option<String>,
+    path: Option<std::ffi::OsString>,
     /// With "latest": the latest snapshot of this source
     #[arg(long, value_name = "NAME")]
     source: Option<String>,
@@ -61,9 +61,17 @@ pub async fn cat(global: &GlobalArgs, args: CatArgs) -> Result<Outcome> {
     let (id, snapshot) = repo.resolve_snapshot(&args.snapshot, &filter(args.source))?;
     // Chunks are written whole; a large buffer keeps syscalls few on pipes.
     let mut stdout = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
-    let summary = larder::ops::cat::cat(&repo, &id, &snapshot, args.path.as_deref(), &mut stdout)
-        .await
-        .with_context(|| format!("reading snapshot {}", id.short()))?;
+    let summary = larder::ops::cat::cat(
+        &repo,
+        &id,
+        &snapshot,
+        args.path
+            .as_deref()
+            .map(std::os::unix::ffi::OsStrExt::as_bytes),
+        &mut stdout,
+    )
+    .await
+    .with_context(|| format!("reading snapshot {}", id.short()))?;
     if global.json {
         render::eprint_json(&summary)?;
     }

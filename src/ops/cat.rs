@@ -31,18 +31,18 @@ pub async fn find_file(
     repo: &Repo,
     id: &SnapshotId,
     snapshot: &Snapshot,
-    path: Option<&str>,
+    path: Option<&[u8]>,
 ) -> Result<(String, Node)> {
     let (path, node) = match path {
         Some(path) => {
-            let node = repo
-                .lookup(&snapshot.root, path.as_bytes())
-                .await?
-                .ok_or_else(|| Error::PathNotInSnapshot {
-                    path: path.into(),
+            let shown = String::from_utf8_lossy(path).into_owned();
+            let node = repo.lookup(&snapshot.root, path).await?.ok_or_else(|| {
+                Error::PathNotInSnapshot {
+                    path: shown.clone(),
                     snapshot: id.short(),
-                })?;
-            (path.to_string(), node)
+                }
+            })?;
+            (shown, node)
         }
         None => {
             let tree = repo.load_tree(&snapshot.root).await?;
@@ -72,7 +72,7 @@ pub async fn cat(
     repo: &Repo,
     id: &SnapshotId,
     snapshot: &Snapshot,
-    path: Option<&str>,
+    path: Option<&[u8]>,
     out: &mut (dyn Write + Send),
 ) -> Result<CatSummary> {
     let started = Instant::now();

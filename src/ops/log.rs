@@ -40,7 +40,7 @@ pub struct LogSummary {
 }
 
 /// The history of `path` in the snapshots matching `filter`.
-pub async fn log(repo: &Repo, path: &str, filter: &SnapshotFilter) -> Result<LogSummary> {
+pub async fn log(repo: &Repo, path: &[u8], filter: &SnapshotFilter) -> Result<LogSummary> {
     let started = Instant::now();
     let mut versions = Vec::new();
     // Per source and host: the content last seen, if the file was present.
@@ -49,7 +49,7 @@ pub async fn log(repo: &Repo, path: &str, filter: &SnapshotFilter) -> Result<Log
         let group = last
             .entry((snapshot.source.clone(), snapshot.host.clone()))
             .or_default();
-        let node = repo.lookup(&snapshot.root, path.as_bytes()).await?;
+        let node = repo.lookup(&snapshot.root, path).await?;
         let version = |change, size, mtime| Version {
             snapshot: id.to_hex(),
             time: crate::ops::format_time(snapshot.time_ns),

@@ -80,13 +80,14 @@ pub async fn ls(
     repo: &Repo,
     id: &SnapshotId,
     snapshot: &Snapshot,
-    path: Option<&str>,
+    path: Option<&[u8]>,
     recursive: bool,
 ) -> Result<LsSummary> {
     let started = Instant::now();
-    let base: Vec<u8> = path
-        .map(|p| p.trim_end_matches('/').as_bytes().to_vec())
-        .unwrap_or_default();
+    let mut base: Vec<u8> = path.map(<[u8]>::to_vec).unwrap_or_default();
+    while base.last() == Some(&b'/') {
+        base.pop();
+    }
     let tree_id = if base.is_empty() {
         snapshot.root
     } else {
@@ -94,7 +95,7 @@ pub async fn ls(
             repo.lookup(&snapshot.root, &base)
                 .await?
                 .ok_or_else(|| Error::PathNotInSnapshot {
-                    path: path.unwrap_or("/").into(),
+                    path: String::from_utf8_lossy(path.unwrap_or(b"/")).into_owned(),
                     snapshot: id.short(),
                 })?;
         match (node.kind, node.subtree) {

@@ -40,7 +40,7 @@ use crate::progress::Progress;
 use crate::repo::Repo;
 use crate::seal::ObjectKind;
 use crate::snapshot::{ContentBuilder, ContentRef, Node, NodeKind, Tree};
-use crate::source::tree::{Excludes, Names, is_unchanged, node_from_metadata, node_kind};
+use crate::source::tree::{EntryStat, Excludes, Names, is_unchanged, node_from_stat, node_kind};
 
 /// What to walk.
 #[derive(Clone, Debug, Default)]
@@ -117,14 +117,20 @@ struct FileJob {
 enum Event {
     /// A finished entry of the directory at `depth - 1`.
     Ready { depth: usize, node: Node },
-    /// A file being read; its node arrives in the slot.
-    File { depth: usize, slot: Arc<Slot> },
+    /// A file being read; its node arrives in the slot. `changed`: the
+    /// parent snapshot had it (so it counts as changed, not new).
+    File {
+        depth: usize,
+        slot: Arc<Slot>,
+        changed: bool,
+    },
     /// Another name for a file being read (a hard link): this node's own
     /// name and metadata, the content from the slot.
     Link {
         depth: usize,
         node: Node,
         slot: Arc<Slot>,
+        changed: bool,
     },
     /// Every entry of this directory has been sent.
     DirEnd { depth: usize, node: Node },
@@ -180,7 +186,9 @@ pub(super) async fn backup_tree(
     // more readers than cores.
     let readers = (2 * cores).max(4);
     let (job_tx, job_rx) = bounded::<FileJob>(4 * readers);
-    let (event_tx, event_rx) = bounded::<Event>(8192);
+    // Events travel in batches: one hand-off per entry cost more than the
+    // re-scan's real work (a stat and a lookup per file).
+    let (event_tx, event_rx) = bounded::<Vec<Event>>(64);
 
     let mut workers = Vec::new();
     for i in 0..readers {
@@ -320,18 +328,57 @@ fn walk_one(
     input: &TreeInput,
     parents: &mut ParentTrees,
     jobs: &Sender<FileJob>,
-    events: &Sender<Event>,
+    events: &Sender<Vec<Event>>,
+) {
+    let mut batch = Vec::with_capacity(EVENT_BATCH);
+    walk_entries(walk, root, input, parents, jobs, &mut |event| {
+        batch.push(event);
+        if batch.len() < EVENT_BATCH {
+            return true;
+        }
+        events
+            .send(std::mem::replace(
+                &mut batch,
+                Vec::with_capacity(EVENT_BATCH),
+            ))
+            .is_ok()
+    });
+    if !batch.is_empty() {
+        let _ = events.send(batch);
+    }
+}
+
+/// Events per batch sent from the walker to the assembler.
+const EVENT_BATCH: usize = 256;
+
+/// Walks one backup path, sending jobs, and handing each event to `emit`
+/// (which returns false once nobody listens).
+fn walk_entries(
+    walk: &Walk,
+    root: &Path,
+    input: &TreeInput,
+    parents: &mut ParentTrees,
+    jobs: &Sender<FileJob>,
+    emit: &mut dyn FnMut(Event) -> bool,
 ) {
     let excludes = input.excludes.clone();
     let walker = walkdir::WalkDir::new(root)
         .follow_links(false)
         .same_file_system(input.one_file_system)
         .sort_by_file_name()
-        .contents_first(true)
+        // Pre-order: `filter_entry` prunes an excluded directory before its
+        // contents are visited. (With walkdir's post-order it sees the
+        // directory only after its contents, and skipping it then skips the
+        // rest of the parent.) Directory ends are emitted below instead.
         .into_iter()
         .filter_entry(move |e| e.depth() == 0 || !excludes.is_excluded(e.path()));
+    // Directories entered but not yet complete, innermost last: a directory
+    // is complete once the walk reaches an entry no deeper than itself.
+    let mut open: Vec<(usize, Node)> = Vec::new();
     // Hard-linked files seen so far: (device, inode) -> the first one's slot.
     let mut links: HashMap<(u64, u64), Arc<Slot>> = HashMap::new();
+    // The directory the current entries live in, open for `statat`.
+    let mut dir_fd: Option<(PathBuf, std::os::fd::OwnedFd)> = None;
     for entry in walker {
         if walk.abort.is_set() {
             return;
@@ -352,13 +399,21 @@ fn walk_one(
         };
         let path = entry.path();
         let depth = entry.depth();
-        let meta = match std::fs::symlink_metadata(path) {
-            Ok(meta) => meta,
+        while open.last().is_some_and(|(d, _)| *d >= depth) {
+            let (d, node) = open.pop().expect("checked");
+            if !emit(Event::DirEnd { depth: d, node }) {
+                return;
+            }
+        }
+        let stat = match stat_entry(&mut dir_fd, path, depth) {
+            Ok(stat) => stat,
             Err(e) => {
-                walk.warn(format!(
-                    "{}: {e} (vanished during the backup?); not backed up",
-                    path.display()
-                ));
+                let why = if e.kind() == std::io::ErrorKind::NotFound {
+                    "vanished during the backup".to_string()
+                } else {
+                    e.to_string()
+                };
+                walk.warn(format!("{}: {why}; not backed up", path.display()));
                 continue;
             }
         };
@@ -367,18 +422,19 @@ fn walk_one(
         } else {
             entry.file_name()
         };
-        let Some(kind) = node_kind(&meta) else {
+        let Some(kind) = node_kind(&stat) else {
             walk.warn(format!(
                 "{}: special file (FIFO, socket or device) skipped",
                 path.display()
             ));
             continue;
         };
-        let mut node = node_from_metadata(name, &meta, kind, &walk.names);
+        let mut node = node_from_stat(name, &stat, kind, &walk.names);
         let event = match kind {
             NodeKind::Dir => {
                 walk.counts.dirs.fetch_add(1, Ordering::Relaxed);
-                Event::DirEnd { depth, node }
+                open.push((depth, node));
+                continue;
             }
             NodeKind::Symlink => match std::fs::read_link(path) {
                 Ok(target) => {
@@ -404,22 +460,18 @@ fn walk_one(
                         Event::Ready { depth, node }
                     }
                     _ => {
-                        let counter = if previous.is_some() {
-                            &walk.counts.changed
-                        } else {
-                            &walk.counts.new
-                        };
-                        let key = (meta.dev(), meta.ino());
-                        match links.get(&key).filter(|_| meta.nlink() > 1) {
+                        let changed = previous.is_some();
+                        let key = (stat.dev, stat.ino);
+                        match links.get(&key).filter(|_| stat.nlink > 1) {
                             Some(slot) => Event::Link {
                                 depth,
                                 node,
                                 slot: Arc::clone(slot),
+                                changed,
                             },
                             None => {
-                                counter.fetch_add(1, Ordering::Relaxed);
                                 let slot = Slot::new();
-                                if meta.nlink() > 1 {
+                                if stat.nlink > 1 {
                                     links.insert(key, Arc::clone(&slot));
                                 }
                                 let job = FileJob {
@@ -430,17 +482,50 @@ fn walk_one(
                                 if jobs.send(job).is_err() {
                                     return;
                                 }
-                                Event::File { depth, slot }
+                                Event::File {
+                                    depth,
+                                    slot,
+                                    changed,
+                                }
                             }
                         }
                     }
                 }
             }
         };
-        if events.send(event).is_err() {
+        if !emit(event) {
             return;
         }
     }
+    while let Some((depth, node)) = open.pop() {
+        if !emit(Event::DirEnd { depth, node }) {
+            return;
+        }
+    }
+}
+
+/// `lstat`s a walked entry relative to its directory's descriptor (opened
+/// once per directory), falling back to the full path for the walk's root.
+fn stat_entry(
+    dir_fd: &mut Option<(PathBuf, std::os::fd::OwnedFd)>,
+    path: &Path,
+    depth: usize,
+) -> std::io::Result<EntryStat> {
+    let (Some(parent), Some(name), true) = (path.parent(), path.file_name(), depth > 0) else {
+        return EntryStat::of_path(path);
+    };
+    if dir_fd
+        .as_ref()
+        .is_none_or(|(dir, _)| dir.as_os_str() != parent.as_os_str())
+    {
+        let fd = rustix::fs::open(
+            parent,
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )?;
+        *dir_fd = Some((parent.to_path_buf(), fd));
+    }
+    EntryStat::at(&dir_fd.as_ref().expect("set above").1, name)
 }
 
 /// Reads whole files and stores their chunks.
@@ -530,22 +615,27 @@ fn read_file(
         walk.writer
             .store(ObjectKind::ListBlob, list_id, Bytes::from(bytes))?;
     }
-    let changed = match file.metadata() {
-        Ok(after) => {
+    let after = file.metadata().ok();
+    // Deleted while open: its content stays readable and was read whole,
+    // but unlinking changed its status time, which is not a content change.
+    let deleted = after.as_ref().is_some_and(|a| a.nlink() == 0);
+    let changed = match &after {
+        Some(after) => {
             after.size() != before.size()
                 || after.mtime() != before.mtime()
                 || after.mtime_nsec() != before.mtime_nsec()
-                || after.ctime() != before.ctime()
-                || after.ctime_nsec() != before.ctime_nsec()
+                || (!deleted
+                    && (after.ctime() != before.ctime()
+                        || after.ctime_nsec() != before.ctime_nsec()))
                 || size != before.size()
         }
-        Err(_) => true,
+        None => true,
     };
     // Record what was read: the size of the content, the metadata from
     // before the read (so a change after it is seen next time).
-    let fresh = node_from_metadata(
+    let fresh = node_from_stat(
         OsStr::from_bytes(&node.name),
-        &before,
+        &EntryStat::from(&before),
         NodeKind::File,
         &walk.names,
     );
@@ -560,20 +650,52 @@ fn read_file(
             "{}: changed while it was being read; the stored copy may be inconsistent",
             path.display()
         ));
+    } else if deleted {
+        walk.warn(format!(
+            "{}: vanished (was deleted) while it was being read; stored as it was",
+            path.display()
+        ));
     }
     Progress::add(&walk.progress.items_done, 1);
-    walk.counts.bytes.fetch_add(size, Ordering::Relaxed);
     Ok(Some(node))
 }
 
 enum Pending {
     Ready(Node),
-    File(Arc<Slot>),
-    Link(Node, Arc<Slot>),
+    File(Arc<Slot>, bool),
+    Link(Node, Arc<Slot>, bool),
+}
+
+/// Counts a file once its outcome is known: only files in the snapshot
+/// count, and every name of a hard-linked file counts.
+fn count_file(walk: &Walk, node: &Node, changed: bool) {
+    let counter = if changed {
+        &walk.counts.changed
+    } else {
+        &walk.counts.new
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    walk.counts.bytes.fetch_add(node.size, Ordering::Relaxed);
+}
+
+/// Resolves a pending entry to the node the tree gets, if any.
+fn resolve(walk: &Walk, pending: Pending) -> Result<Option<Node>> {
+    Ok(match pending {
+        Pending::Ready(node) => Some(node),
+        Pending::File(slot, changed) => slot
+            .wait(&walk.abort)?
+            .inspect(|node| count_file(walk, node, changed)),
+        Pending::Link(mut node, slot, changed) => slot.wait(&walk.abort)?.map(|first| {
+            node.content = first.content;
+            node.size = first.size;
+            count_file(walk, &node, changed);
+            node
+        }),
+    })
 }
 
 /// Turns walk events into tree blobs; returns each backup path's node.
-fn assemble(walk: &Walk, events: &Receiver<Event>, roots: usize) -> Result<Vec<Node>> {
+fn assemble(walk: &Walk, batches: &Receiver<Vec<Event>>, roots: usize) -> Result<Vec<Node>> {
     let mut out = Vec::with_capacity(roots);
     // frames[d] collects the entries of the open directory at depth d.
     let mut frames: Vec<Vec<Pending>> = Vec::new();
@@ -583,24 +705,20 @@ fn assemble(walk: &Walk, events: &Receiver<Event>, roots: usize) -> Result<Vec<N
         }
         frames[depth - 1].push(pending);
     };
-    for event in events {
-        match event {
-            Event::Ready { depth: 0, node } => out.push(node),
-            Event::File { depth: 0, slot } | Event::Link { depth: 0, slot, .. } => {
-                match slot.wait(&walk.abort)? {
-                    Some(node) => out.push(node),
-                    None => {
-                        return Err(Error::InvalidArgument(
-                            "a path given to back up could not be read (see the warnings)".into(),
-                        ));
-                    }
-                }
-            }
-            Event::Ready { depth, node } => push(&mut frames, depth, Pending::Ready(node)),
-            Event::File { depth, slot } => push(&mut frames, depth, Pending::File(slot)),
-            Event::Link { depth, node, slot } => {
-                push(&mut frames, depth, Pending::Link(node, slot))
-            }
+    for event in batches.iter().flatten() {
+        let (depth, pending) = match event {
+            Event::Ready { depth, node } => (depth, Pending::Ready(node)),
+            Event::File {
+                depth,
+                slot,
+                changed,
+            } => (depth, Pending::File(slot, changed)),
+            Event::Link {
+                depth,
+                node,
+                slot,
+                changed,
+            } => (depth, Pending::Link(node, slot, changed)),
             Event::DirEnd { depth, mut node } => {
                 let children = if frames.len() > depth {
                     std::mem::take(&mut frames[depth])
@@ -610,24 +728,23 @@ fn assemble(walk: &Walk, events: &Receiver<Event>, roots: usize) -> Result<Vec<N
                 frames.truncate(depth);
                 let mut entries = Vec::with_capacity(children.len());
                 for child in children {
-                    match child {
-                        Pending::Ready(node) => entries.push(node),
-                        Pending::File(slot) => entries.extend(slot.wait(&walk.abort)?),
-                        Pending::Link(mut node, slot) => {
-                            if let Some(first) = slot.wait(&walk.abort)? {
-                                node.content = first.content;
-                                node.size = first.size;
-                                entries.push(node);
-                            }
-                        }
-                    }
+                    entries.extend(resolve(walk, child)?);
                 }
                 node.subtree = Some(store_tree(walk, Tree { entries })?);
-                if depth == 0 {
-                    out.push(node);
-                } else {
-                    push(&mut frames, depth, Pending::Ready(node));
-                }
+                (depth, Pending::Ready(node))
+            }
+        };
+        if depth > 0 {
+            push(&mut frames, depth, pending);
+            continue;
+        }
+        // A backup path itself: a directory, a file, or a symlink.
+        match resolve(walk, pending)? {
+            Some(node) => out.push(node),
+            None => {
+                return Err(Error::InvalidArgument(
+                    "a path given to back up could not be read (see the warnings)".into(),
+                ));
             }
         }
     }
@@ -697,8 +814,12 @@ fn store_intermediate(walk: &Walk, path: &Path, dir: Intermediate) -> Result<Blo
                 let sub_path = path.join(OsStr::from_bytes(&name));
                 let meta =
                     std::fs::metadata(&sub_path).map_err(|e| Error::io("reading", &sub_path, e))?;
-                let mut node =
-                    node_from_metadata(OsStr::from_bytes(&name), &meta, NodeKind::Dir, &walk.names);
+                let mut node = node_from_stat(
+                    OsStr::from_bytes(&name),
+                    &EntryStat::from(&meta),
+                    NodeKind::Dir,
+                    &walk.names,
+                );
                 node.subtree = Some(store_intermediate(walk, &sub_path, sub)?);
                 entries.push(node);
             }
