@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::StreamExt;
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, Timespec, Timestamps};
 use rustix::io::Errno;
 
@@ -163,19 +164,26 @@ struct Frame {
     /// This directory's node (`None` for the root).
     node: Option<Node>,
     included: bool,
+    /// Whether this directory's files have been restored (they go first,
+    /// all at once, then subdirectories, then symlinks).
+    files_done: bool,
     pos: usize,
 }
 
 impl Frame {
-    /// Next entry: files and directories first, symlinks last, so no entry
-    /// of the snapshot is ever created below a symlink it made.
+    /// Next entry after the files: directories, then symlinks last, so no
+    /// entry of the snapshot is ever created below a symlink it made.
     fn next_entry(&mut self) -> Option<Node> {
         let n = self.tree.entries.len();
         while self.pos < 2 * n {
             let (pass, i) = (self.pos / n, self.pos % n);
             self.pos += 1;
             let node = &self.tree.entries[i];
-            if (node.kind == NodeKind::Symlink) == (pass == 1) {
+            let wanted = match pass {
+                0 => node.kind == NodeKind::Dir,
+                _ => node.kind == NodeKind::Symlink,
+            };
+            if wanted {
                 return Some(node.clone());
             }
         }
@@ -232,10 +240,16 @@ pub async fn restore(
         set_metadata: false,
         node: None,
         included: selection.include.is_empty(),
+        files_done: false,
         pos: 0,
     }];
     while !stack.is_empty() {
         let top = stack.len() - 1;
+        if !stack[top].files_done {
+            stack[top].files_done = true;
+            restore_files(repo, &mut stack, &selection, options, is_root, &mut summary).await?;
+            continue;
+        }
         let Some(node) = stack[top].next_entry() else {
             let frame = stack.pop().expect("not empty");
             if let (Some(dir), Some(node), true) = (&frame.dir, &frame.node, frame.set_metadata) {
@@ -287,6 +301,7 @@ pub async fn restore(
                     set_metadata: false,
                     node: Some(node),
                     included,
+                    files_done: false,
                     pos: 0,
                 });
                 if included {
@@ -297,34 +312,15 @@ pub async fn restore(
                     }
                 }
             }
-            NodeKind::File | NodeKind::Symlink if included => {
+            NodeKind::Symlink if included => {
                 if let Err(reason) = ensure_dir(&mut stack, &mut summary, options.overwrite) {
                     summary.skipped.push(reason);
                     continue;
                 }
                 let dir = stack[top].dir.as_ref().expect("ensured above");
                 let replace = options.overwrite == Overwrite::Always;
-                let outcome = match node.kind {
-                    NodeKind::File => {
-                        restore_file(repo, dir, &node, &path, replace, is_root, &options.progress)
-                            .await
-                    }
-                    _ => restore_symlink(dir, &node, &path, replace, is_root),
-                };
-                match outcome {
-                    Ok(Placed { bytes, replaced }) => {
-                        summary.replaced += u64::from(replaced);
-                        if node.kind == NodeKind::File {
-                            summary.files += 1;
-                            summary.bytes += bytes;
-                        } else {
-                            summary.symlinks += 1;
-                        }
-                    }
-                    Err(Failure::Skip(reason)) => summary.skipped.push(reason),
-                    Err(Failure::Damaged(reason)) => summary.damaged.push(reason),
-                    Err(Failure::Fatal(e)) => return Err(e),
-                }
+                let outcome = restore_symlink(dir, &node, &path, replace, is_root);
+                record(&mut summary, NodeKind::Symlink, outcome)?;
             }
             _ => {}
         }
@@ -346,6 +342,84 @@ fn literal_dir_prefix(pattern: &[u8]) -> Vec<u8> {
         .rposition(|b| *b == b'/')
         .unwrap_or(0);
     pattern[..cut].to_vec()
+}
+
+/// Files restored at once within one directory: small files are mostly
+/// waiting (a ranged read, a rename), so running several overlaps that.
+const FILES_IN_FLIGHT: usize = 16;
+
+/// Restores the selected regular files of the directory on top of the
+/// stack, several at a time.
+async fn restore_files(
+    repo: &Repo,
+    stack: &mut [Frame],
+    selection: &Selection,
+    options: &RestoreOptions,
+    is_root: bool,
+    summary: &mut RestoreSummary,
+) -> Result<()> {
+    let top = stack.len() - 1;
+    let mut files = Vec::new();
+    for node in &stack[top].tree.entries {
+        if node.kind != NodeKind::File {
+            continue;
+        }
+        let mut path = stack[top].path.clone();
+        path.push(b'/');
+        path.extend_from_slice(&node.name);
+        if !is_single_component(&node.name) {
+            summary.skipped.push(format!(
+                "{:?}: stored name is not a single path component",
+                display(&path)
+            ));
+            continue;
+        }
+        if selection.excluded(&path) || !selection.included(&path, stack[top].included) {
+            continue;
+        }
+        files.push((node.clone(), path));
+    }
+    if files.is_empty() {
+        return Ok(());
+    }
+    if let Err(reason) = ensure_dir(stack, summary, options.overwrite) {
+        summary.skipped.push(reason);
+        return Ok(());
+    }
+    let dir = stack[top].dir.as_ref().expect("ensured above");
+    let replace = options.overwrite == Overwrite::Always;
+    let mut outcomes = futures::stream::iter(files)
+        .map(|(node, path)| async move {
+            restore_file(repo, dir, &node, &path, replace, is_root, &options.progress).await
+        })
+        .buffer_unordered(FILES_IN_FLIGHT);
+    while let Some(outcome) = outcomes.next().await {
+        record(summary, NodeKind::File, outcome)?;
+    }
+    Ok(())
+}
+
+/// Adds one entry's outcome to the summary; a fatal failure ends the restore.
+fn record(
+    summary: &mut RestoreSummary,
+    kind: NodeKind,
+    outcome: std::result::Result<Placed, Failure>,
+) -> Result<()> {
+    match outcome {
+        Ok(Placed { bytes, replaced }) => {
+            summary.replaced += u64::from(replaced);
+            if kind == NodeKind::File {
+                summary.files += 1;
+                summary.bytes += bytes;
+            } else {
+                summary.symlinks += 1;
+            }
+        }
+        Err(Failure::Skip(reason)) => summary.skipped.push(reason),
+        Err(Failure::Damaged(reason)) => summary.damaged.push(reason),
+        Err(Failure::Fatal(e)) => return Err(e),
+    }
+    Ok(())
 }
 
 fn display(path: &[u8]) -> String {
