@@ -133,7 +133,13 @@ enum Event {
         changed: bool,
     },
     /// Every entry of this directory has been sent.
-    DirEnd { depth: usize, node: Node },
+    /// `previous`: the parent snapshot's tree for this directory, so an
+    /// unchanged directory keeps its tree id without being encoded again.
+    DirEnd {
+        depth: usize,
+        node: Node,
+        previous: Option<ParentDir>,
+    },
 }
 
 /// Shared state of one tree backup.
@@ -265,8 +271,11 @@ struct ParentTrees {
     root: Option<BlobId>,
     handle: tokio::runtime::Handle,
     // Invariant: each entry's path is a prefix of the next one's.
-    stack: Vec<(PathBuf, Option<Arc<Tree>>)>,
+    stack: Vec<(PathBuf, Option<ParentDir>)>,
 }
+
+/// A directory of the parent snapshot: its tree and the tree's id.
+type ParentDir = (BlobId, Arc<Tree>);
 
 impl ParentTrees {
     fn new(root: Option<BlobId>, handle: tokio::runtime::Handle) -> ParentTrees {
@@ -279,7 +288,18 @@ impl ParentTrees {
 
     /// The parent snapshot's tree for directory `dir` (absolute), if any.
     fn tree_for(&mut self, repo: &Repo, dir: &Path) -> Option<Arc<Tree>> {
+        self.dir_for(repo, dir).map(|(_, tree)| tree)
+    }
+
+    /// The parent snapshot's tree (and its id) for directory `dir`.
+    fn dir_for(&mut self, repo: &Repo, dir: &Path) -> Option<ParentDir> {
         let root = self.root?;
+        // Fast path: most lookups are for the directory just looked up.
+        if let Some((top, found)) = self.stack.last()
+            && top.as_os_str() == dir.as_os_str()
+        {
+            return found.clone();
+        }
         while let Some((top, _)) = self.stack.last() {
             if dir.starts_with(top) {
                 break;
@@ -291,13 +311,13 @@ impl ParentTrees {
                 .handle
                 .block_on(repo.load_tree(&root))
                 .ok()
-                .map(Arc::new);
+                .map(|t| (root, Arc::new(t)));
             self.stack.push((PathBuf::from("/"), tree));
         }
         loop {
-            let (top, tree) = self.stack.last().expect("root pushed above");
+            let (top, found) = self.stack.last().expect("root pushed above");
             if top == dir {
-                return tree.clone();
+                return found.clone();
             }
             let rest = dir.strip_prefix(top).expect("stack holds ancestors of dir");
             let name = rest
@@ -306,15 +326,15 @@ impl ParentTrees {
                 .expect("dir is below top")
                 .as_os_str();
             let child_path = top.join(name);
-            let child = tree
+            let child = found
                 .as_ref()
-                .and_then(|t| t.get(name.as_bytes()))
+                .and_then(|(_, t)| t.get(name.as_bytes()))
                 .and_then(|node| {
                     let subtree = node.subtree.filter(|_| node.kind == NodeKind::Dir)?;
                     self.handle
                         .block_on(repo.load_tree(&subtree))
                         .ok()
-                        .map(Arc::new)
+                        .map(|t| (subtree, Arc::new(t)))
                 });
             self.stack.push((child_path, child));
         }
@@ -374,7 +394,7 @@ fn walk_entries(
         .filter_entry(move |e| e.depth() == 0 || !excludes.is_excluded(e.path()));
     // Directories entered but not yet complete, innermost last: a directory
     // is complete once the walk reaches an entry no deeper than itself.
-    let mut open: Vec<(usize, Node)> = Vec::new();
+    let mut open: Vec<(usize, Node, PathBuf)> = Vec::new();
     // Hard-linked files seen so far: (device, inode) -> the first one's slot.
     let mut links: HashMap<(u64, u64), Arc<Slot>> = HashMap::new();
     // The directory the current entries live in, open for `statat`.
@@ -399,9 +419,14 @@ fn walk_entries(
         };
         let path = entry.path();
         let depth = entry.depth();
-        while open.last().is_some_and(|(d, _)| *d >= depth) {
-            let (d, node) = open.pop().expect("checked");
-            if !emit(Event::DirEnd { depth: d, node }) {
+        while open.last().is_some_and(|(d, _, _)| *d >= depth) {
+            let (d, node, dir) = open.pop().expect("checked");
+            let previous = parents.dir_for(&walk.repo, &dir);
+            if !emit(Event::DirEnd {
+                depth: d,
+                node,
+                previous,
+            }) {
                 return;
             }
         }
@@ -433,7 +458,7 @@ fn walk_entries(
         let event = match kind {
             NodeKind::Dir => {
                 walk.counts.dirs.fetch_add(1, Ordering::Relaxed);
-                open.push((depth, node));
+                open.push((depth, node, path.to_path_buf()));
                 continue;
             }
             NodeKind::Symlink => match std::fs::read_link(path) {
@@ -497,8 +522,13 @@ fn walk_entries(
             return;
         }
     }
-    while let Some((depth, node)) = open.pop() {
-        if !emit(Event::DirEnd { depth, node }) {
+    while let Some((depth, node, dir)) = open.pop() {
+        let previous = parents.dir_for(&walk.repo, &dir);
+        if !emit(Event::DirEnd {
+            depth,
+            node,
+            previous,
+        }) {
             return;
         }
     }
@@ -719,7 +749,11 @@ fn assemble(walk: &Walk, batches: &Receiver<Vec<Event>>, roots: usize) -> Result
                 slot,
                 changed,
             } => (depth, Pending::Link(node, slot, changed)),
-            Event::DirEnd { depth, mut node } => {
+            Event::DirEnd {
+                depth,
+                mut node,
+                previous,
+            } => {
                 let children = if frames.len() > depth {
                     std::mem::take(&mut frames[depth])
                 } else {
@@ -730,7 +764,18 @@ fn assemble(walk: &Walk, batches: &Receiver<Vec<Event>>, roots: usize) -> Result
                 for child in children {
                     entries.extend(resolve(walk, child)?);
                 }
-                node.subtree = Some(store_tree(walk, Tree { entries })?);
+                // Unchanged since the parent snapshot: same tree, same id,
+                // already stored; no need to encode, hash and look it up.
+                // (Its blob must still be usable: one found damaged is
+                // stored again through the normal path.)
+                node.subtree = Some(match previous {
+                    Some((id, tree))
+                        if tree.entries == entries && walk.repo.catalog().has_blob(&id)? =>
+                    {
+                        id
+                    }
+                    _ => store_tree(walk, Tree { entries })?,
+                });
                 (depth, Pending::Ready(node))
             }
         };
