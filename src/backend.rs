@@ -31,6 +31,7 @@
 pub mod local;
 pub mod memory;
 pub mod metered;
+pub mod s3;
 
 use std::fmt::Debug;
 use std::ops::Range;
@@ -42,6 +43,7 @@ use bytes::Bytes;
 pub use local::LocalBackend;
 pub use memory::MemoryBackend;
 pub use metered::{Metered, RequestCounts};
+pub use s3::{S3Backend, S3Settings};
 
 use crate::error::{Error, Result};
 
@@ -88,6 +90,19 @@ pub trait Backend: Send + Sync + Debug {
 
     /// Removes an object; a missing object is not an error.
     async fn delete(&self, name: &str) -> Result<()>;
+
+    /// How many requests a listing of `objects` entries took (S3 pages hold
+    /// 1000), for the request counts every command reports.
+    fn list_requests(&self, objects: usize) -> u64 {
+        let _ = objects;
+        1
+    }
+
+    /// How many pack uploads a backup keeps in flight: enough to hide the
+    /// storage's latency, few enough to bound memory (each holds one pack).
+    fn upload_concurrency(&self) -> usize {
+        2
+    }
 }
 
 /// The top-level prefixes of a repository, in the order `init` creates them.
@@ -104,9 +119,12 @@ pub fn open(url: &str) -> Result<Arc<dyn Backend>> {
     if let Some(path) = url.strip_prefix("file://") {
         return Ok(Arc::new(LocalBackend::new(path)));
     }
+    if url.starts_with("s3://") {
+        return Ok(Arc::new(S3Backend::from_url(url)?));
+    }
     if let Some(scheme_end) = url.find("://") {
         return Err(Error::InvalidArgument(format!(
-            "repository URL scheme {:?} is not supported by this build; use a local path or file:///path",
+            "repository URL scheme {:?} is not supported by this build; use a local path, file:///path or s3://bucket/prefix",
             &url[..scheme_end]
         )));
     }

@@ -18,7 +18,7 @@ pub struct RequestCounts {
     pub get: u64,
     /// PUT requests.
     pub put: u64,
-    /// LIST requests.
+    /// LIST requests (pages, where the storage pages its listings).
     pub list: u64,
     /// DELETE requests.
     pub delete: u64,
@@ -126,12 +126,25 @@ impl Backend for Metered {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
-        self.counters.list.fetch_add(1, Ordering::Relaxed);
-        self.inner.list(prefix).await
+        let result = self.inner.list(prefix).await;
+        let pages = match &result {
+            Ok(objects) => self.inner.list_requests(objects.len()),
+            Err(_) => 1,
+        };
+        self.counters.list.fetch_add(pages, Ordering::Relaxed);
+        result
     }
 
     async fn delete(&self, name: &str) -> Result<()> {
         self.counters.delete.fetch_add(1, Ordering::Relaxed);
         self.inner.delete(name).await
+    }
+
+    fn list_requests(&self, objects: usize) -> u64 {
+        self.inner.list_requests(objects)
+    }
+
+    fn upload_concurrency(&self) -> usize {
+        self.inner.upload_concurrency()
     }
 }

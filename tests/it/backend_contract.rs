@@ -7,7 +7,7 @@ use bytes::Bytes;
 use larder::Error;
 use larder::backend::{Backend, LocalBackend, MemoryBackend, Put};
 
-async fn contract(backend: Arc<dyn Backend>) {
+pub(crate) async fn contract(backend: Arc<dyn Backend>) {
     let b = backend.as_ref();
     b.create_root().await.unwrap();
 

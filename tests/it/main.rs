@@ -9,6 +9,8 @@
 //! - `compat`: repositories written by earlier releases still read.
 //! - `databases`: real PostgreSQL and Redis dumps on loopback.
 //! - `trees`: file-tree backups, browsing and restore safety.
+//! - `s3`: a real S3 server (SeaweedFS) on loopback, directly and through a
+//!   fault-injecting proxy (`fault_proxy`).
 //! - `regressions`: one test per fixed bug, named after it.
 
 mod support;
@@ -18,8 +20,10 @@ mod cli;
 mod compat;
 mod databases;
 mod dedup;
+mod fault_proxy;
 mod faults;
 mod integrity;
 mod regressions;
 mod round_trip;
+mod s3;
 mod trees;

@@ -306,3 +306,83 @@ fn server_env(var: &str) -> Option<String> {
         }
     }
 }
+
+/// The S3 server the test command started (SeaweedFS on loopback).
+#[derive(Clone, Debug)]
+pub struct S3Server {
+    pub endpoint: String,
+    pub bucket: String,
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+/// The S3 server's settings, or `None` outside CI; with `CI=true` its
+/// absence fails the test.
+pub fn s3() -> Option<S3Server> {
+    Some(S3Server {
+        endpoint: server_env("LARDER_TEST_S3_ENDPOINT")?,
+        bucket: std::env::var("LARDER_TEST_S3_BUCKET").unwrap(),
+        access_key: std::env::var("LARDER_TEST_S3_ACCESS_KEY").unwrap(),
+        secret_key: std::env::var("LARDER_TEST_S3_SECRET_KEY").unwrap(),
+    })
+}
+
+impl S3Server {
+    /// A repository URL under a prefix no other test uses.
+    pub fn fresh_url(&self) -> String {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        let seed = nanos
+            ^ (u64::from(std::process::id()) << 32)
+            ^ NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let hex: String = random_bytes(8, seed)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("s3://{}/test-{hex}", self.bucket)
+    }
+
+    /// Client settings for this server (short retry budget, so failures
+    /// surface in seconds).
+    pub fn settings(&self) -> larder::backend::S3Settings {
+        self.settings_via(&self.endpoint)
+    }
+
+    /// Client settings for reaching this server through `endpoint` (a proxy).
+    pub fn settings_via(&self, endpoint: &str) -> larder::backend::S3Settings {
+        larder::backend::S3Settings {
+            endpoint: Some(endpoint.to_owned()),
+            region: Some("us-east-1".into()),
+            access_key_id: Some(self.access_key.clone()),
+            secret_access_key: Some(self.secret_key.clone()),
+            retry_timeout: std::time::Duration::from_secs(20),
+            ..larder::backend::S3Settings::default()
+        }
+    }
+
+    /// A backend on a fresh prefix.
+    pub fn backend(&self) -> Arc<dyn Backend> {
+        Arc::new(larder::backend::S3Backend::new(&self.fresh_url(), self.settings()).unwrap())
+    }
+
+    /// Sets the `AWS_*` variables the binary reads for this server.
+    pub fn env(&self, cmd: &mut Command) {
+        for var in [
+            "AWS_PROFILE",
+            "AWS_SESSION_TOKEN",
+            "AWS_ENDPOINT",
+            "AWS_ENDPOINT_URL_S3",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env("AWS_ACCESS_KEY_ID", &self.access_key)
+            .env("AWS_SECRET_ACCESS_KEY", &self.secret_key)
+            .env("AWS_REGION", "us-east-1")
+            .env("LARDER_S3_RETRY_SECONDS", "20");
+    }
+}
+
+static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

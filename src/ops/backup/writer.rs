@@ -38,10 +38,6 @@ use crate::progress::Progress;
 use crate::repo::Repo;
 use crate::seal::{Codec, ObjectKind};
 
-/// Packs uploaded at once. Each holds one pack in memory, next to the one
-/// being filled and the one queued: 4 x 16 MiB at most.
-const UPLOAD_CONCURRENCY: usize = 2;
-
 struct SealJob {
     kind: ObjectKind,
     id: BlobId,
@@ -301,10 +297,14 @@ async fn uploader(
 ) {
     let mut uploads: JoinSet<Result<(IndexedPack, u64)>> = JoinSet::new();
     let mut pending = IndexObject::default();
+    // Packs uploaded at once, as the storage asks (2 local, 4 on S3). Each
+    // holds one pack in memory, next to the one being filled and the one
+    // queued.
+    let concurrency = repo.backend().upload_concurrency();
     let mut input_open = true;
     while input_open || !uploads.is_empty() {
         tokio::select! {
-            pack = rx.recv(), if input_open && uploads.len() < UPLOAD_CONCURRENCY => match pack {
+            pack = rx.recv(), if input_open && uploads.len() < concurrency => match pack {
                 Some(pack) if !abort.is_set() => {
                     let repo = repo.clone();
                     uploads.spawn(async move { upload(&repo, pack).await });
