@@ -544,6 +544,31 @@ impl Catalog {
             .map_err(self.err("counting blobs"))
     }
 
+    /// Distinct blobs by kind code: `(kind, count, sealed bytes, plaintext
+    /// bytes)`, each blob counted once however many packs hold a copy.
+    pub fn blob_totals(&self) -> Result<Vec<(u8, u64, u64, u64)>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT kind, count(*), sum(length), sum(raw_length) FROM \
+                 (SELECT kind, min(length) AS length, min(raw_length) AS raw_length \
+                  FROM blobs GROUP BY id) GROUP BY kind ORDER BY kind",
+            )
+            .map_err(self.err("summing blobs"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u8,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, i64>(2)? as u64,
+                    r.get::<_, i64>(3)? as u64,
+                ))
+            })
+            .map_err(self.err("summing blobs"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(self.err("summing blobs"))
+    }
+
     /// Snapshots already absorbed.
     pub fn snapshot_ids(&self) -> Result<HashSet<SnapshotId>> {
         let mut stmt = self

@@ -12,6 +12,7 @@ mod progress_bar;
 mod read;
 mod render;
 mod snapshots;
+mod stats;
 
 use std::path::PathBuf;
 
@@ -98,6 +99,8 @@ enum Command {
     Restore(read::RestoreArgs),
     /// Verify the repository's structure, or with --read-data every byte
     Check(check::CheckArgs),
+    /// Show the repository's size, object counts, compression and deduplication
+    Stats,
     /// Manage the passphrases (key files) that open the repository
     #[command(subcommand)]
     Key(keys::KeyCommand),
@@ -126,6 +129,7 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
         Command::Log(args) => browse::log(&global, args).await,
         Command::Restore(args) => read::restore(&global, args).await,
         Command::Check(args) => check::run(&global, args).await,
+        Command::Stats => stats::run(&global).await,
         Command::Key(command) => keys::run(&global, command).await,
         Command::Catalog(CatalogCommand::Rebuild) => {
             let repo = open(&global).await?;

@@ -16,6 +16,7 @@ pub mod log;
 pub mod ls;
 pub mod rebuild;
 pub mod restore;
+pub mod stats;
 
 /// `larder <version>`, recorded in snapshots.
 pub fn program_version() -> String {

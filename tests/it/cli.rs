@@ -400,3 +400,48 @@ fn help_describes_every_command() {
     }
     assert!(help.contains("Exit codes"));
 }
+
+#[test]
+fn stats_counts_objects_in_storage_and_dedup_from_the_catalog() {
+    let r = CliRepo::init();
+    let data = random_bytes(3_000_000, 42);
+    r.backup_stdin("db", &data);
+    r.backup_stdin("db", &data);
+    let out = r.run(&["--json", "stats"]);
+    assert_success(&out);
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["snapshots"], 2, "{s}");
+    assert_eq!(s["sources"], 1, "{s}");
+    let group = |prefix: &str| {
+        s["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["prefix"] == prefix)
+            .unwrap()
+            .clone()
+    };
+    // Counts come from the storage itself.
+    let packs_on_disk = r
+        .files()
+        .iter()
+        .filter(|(p, _)| p.strip_prefix(&r.repo).unwrap().starts_with("packs"))
+        .count();
+    assert_eq!(group("packs")["count"], packs_on_disk as u64, "{s}");
+    assert_eq!(group("snapshots")["count"], 2, "{s}");
+    let on_disk: u64 = r.files().iter().map(|(_, b)| b.len() as u64).sum();
+    let config = std::fs::metadata(r.repo.join("config")).unwrap().len();
+    assert_eq!(s["total_bytes"].as_u64().unwrap() + config, on_disk, "{s}");
+    // Two copies of incompressible data: dedup 2x, compression ~1x.
+    let dedup = s["dedup_ratio"].as_f64().unwrap();
+    assert!((1.99..2.01).contains(&dedup), "{s}");
+    let data_blobs = &s["blobs"].as_array().unwrap()[0];
+    assert_eq!(data_blobs["kind"], "data");
+    assert_eq!(data_blobs["raw_bytes"], data.len() as u64, "{s}");
+    assert!(s["requests"]["list"].as_u64().unwrap() >= 6, "{s}");
+
+    let human = r.run(&["stats"]);
+    assert_success(&human);
+    let text = String::from_utf8(human.stdout).unwrap();
+    assert!(text.contains("dedup 2.0x"), "{text}");
+}

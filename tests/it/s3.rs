@@ -237,6 +237,16 @@ fn the_binary_backs_up_to_and_restores_from_s3_and_counts_requests() {
 
     let out = cli.run(&["check", "--read-data"], b"");
     assert_success(&out);
+
+    let out = cli.run(&["--json", "stats"], b"");
+    assert_success(&out);
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stats["snapshots"], 1, "{stats}");
+    assert!(stats["total_bytes"].as_u64().unwrap() > 10_000, "{stats}");
+    assert!(
+        stats["location"].as_str().unwrap().starts_with("s3://"),
+        "{stats}"
+    );
 }
 
 #[test]
