@@ -207,6 +207,7 @@ fn init_options() -> InitOptions {
             lanes: 1,
         },
         profiles: vec![],
+        chunker_seed: None,
         compression_level: None,
         data_pack_size: None,
         list_fanout: None,

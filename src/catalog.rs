@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::{Error, Result};
-use crate::hash::{BlobId, IndexId, PackId, SnapshotId};
+use crate::hash::{BlobId, IndexId, PackId, RepoId, SnapshotId};
 use crate::index::IndexObject;
 use crate::pack::PackKind;
 use crate::seal::ObjectKind;
@@ -35,9 +35,17 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
 }
 
 /// The schema version this build creates and reads.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = include_str!("catalog/schema.sql");
+
+/// Brings a version 1 catalog to version 2 (adds `copied_blobs`).
+const MIGRATE_1_TO_2: &str = "CREATE TABLE copied_blobs (
+    src_repo BLOB NOT NULL,
+    src_id   BLOB NOT NULL,
+    dst_id   BLOB NOT NULL,
+    PRIMARY KEY (src_repo, src_id)
+) WITHOUT ROWID;";
 
 /// Where one blob is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -208,6 +216,22 @@ impl Catalog {
                     .and_then(|_| tx.commit())
                     .map_err(|source| Error::Catalog {
                         op: "creating the schema",
+                        path: self.path.clone(),
+                        source,
+                    })?;
+                Ok(())
+            }
+            1 => {
+                let tx = self.conn.transaction().map_err(|source| Error::Catalog {
+                    op: "upgrading the schema",
+                    path: self.path.clone(),
+                    source,
+                })?;
+                tx.execute_batch(MIGRATE_1_TO_2)
+                    .and_then(|_| tx.pragma_update(None, "user_version", SCHEMA_VERSION))
+                    .and_then(|_| tx.commit())
+                    .map_err(|source| Error::Catalog {
+                        op: "upgrading the schema",
                         path: self.path.clone(),
                         source,
                     })?;
@@ -569,6 +593,48 @@ impl Catalog {
             .map_err(self.err("summing blobs"))
     }
 
+    /// The id here of a blob `copy` brought from repository `src_repo`,
+    /// if it is still stored here.
+    pub fn copied_blob(&self, src_repo: &RepoId, src_id: &BlobId) -> Result<Option<BlobId>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT dst_id FROM copied_blobs WHERE src_repo = ?1 AND src_id = ?2")
+            .map_err(self.err("looking up a copied blob"))?;
+        let found: Option<Vec<u8>> = stmt
+            .query_row([src_repo.as_bytes(), src_id.as_bytes()], |r| r.get(0))
+            .optional()
+            .map_err(self.err("looking up a copied blob"))?;
+        let Some(dst) = found.as_deref().and_then(BlobId::from_slice) else {
+            return Ok(None);
+        };
+        Ok(self.has_blob(&dst)?.then_some(dst))
+    }
+
+    /// Records blobs `copy` stored here, as (id there, id here) pairs.
+    pub fn record_copied_blobs(
+        &mut self,
+        src_repo: &RepoId,
+        pairs: &[(BlobId, BlobId)],
+    ) -> Result<()> {
+        let path = self.path.clone();
+        let err = |source| Error::Catalog {
+            op: "recording copied blobs",
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        {
+            let mut stmt = tx
+                .prepare_cached("INSERT OR REPLACE INTO copied_blobs VALUES (?1, ?2, ?3)")
+                .map_err(err)?;
+            for (src, dst) in pairs {
+                stmt.execute([src_repo.as_bytes(), src.as_bytes(), dst.as_bytes()])
+                    .map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
     /// Snapshots already absorbed.
     pub fn snapshot_ids(&self) -> Result<HashSet<SnapshotId>> {
         let mut stmt = self
@@ -779,6 +845,33 @@ mod tests {
         );
         cat.set_damaged_blobs(&PackId([10; 32]), &[]).unwrap();
         assert_eq!(cat.locate_all(&BlobId([1; 32])).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_version_1_catalog_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite");
+        let mut cat = Catalog::open(&path).unwrap();
+        cat.absorb_index(IndexId([1; 32]), &index_with(10, &[1]))
+            .unwrap();
+        drop(cat);
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("DROP TABLE copied_blobs; PRAGMA user_version = 1;")
+            .unwrap();
+        drop(conn);
+        let mut cat = Catalog::open(&path).unwrap();
+        assert!(cat.has_blob(&BlobId([1; 32])).unwrap(), "data survives");
+        let src = RepoId::random();
+        cat.record_copied_blobs(&src, &[(BlobId([9; 32]), BlobId([1; 32]))])
+            .unwrap();
+        assert_eq!(
+            cat.copied_blob(&src, &BlobId([9; 32])).unwrap(),
+            Some(BlobId([1; 32]))
+        );
+        // A mapping to a blob no longer stored here is no mapping.
+        cat.record_copied_blobs(&src, &[(BlobId([8; 32]), BlobId([7; 32]))])
+            .unwrap();
+        assert_eq!(cat.copied_blob(&src, &BlobId([8; 32])).unwrap(), None);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 mod backup;
 mod browse;
 mod check;
+mod copy;
 mod init;
 mod keys;
 mod passphrase;
@@ -101,6 +102,8 @@ enum Command {
     Check(check::CheckArgs),
     /// Show the repository's size, object counts, compression and deduplication
     Stats,
+    /// Copy snapshots into another repository (such as an off-site S3 bucket)
+    Copy(copy::CopyArgs),
     /// Manage the passphrases (key files) that open the repository
     #[command(subcommand)]
     Key(keys::KeyCommand),
@@ -130,6 +133,7 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
         Command::Restore(args) => read::restore(&global, args).await,
         Command::Check(args) => check::run(&global, args).await,
         Command::Stats => stats::run(&global).await,
+        Command::Copy(args) => copy::run(&global, args).await,
         Command::Key(command) => keys::run(&global, command).await,
         Command::Catalog(CatalogCommand::Rebuild) => {
             let repo = open(&global).await?;

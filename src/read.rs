@@ -176,6 +176,15 @@ pub async fn read_content(
     content: &Content,
     sink: &mut (dyn FnMut(&[u8]) -> Result<()> + Send),
 ) -> Result<u64> {
+    read_chunks(repo, content, &mut |_, plain| sink(&plain)).await
+}
+
+/// Like [`read_content`], but hands `sink` each chunk whole, with its id.
+pub async fn read_chunks(
+    repo: &Repo,
+    content: &Content,
+    sink: &mut (dyn FnMut(BlobId, Vec<u8>) -> Result<()> + Send),
+) -> Result<u64> {
     let expected = content.len();
     let mut planner = Planner {
         walker: ChunkWalker::new(repo, content.clone()),
@@ -197,11 +206,11 @@ pub async fn read_content(
         let Some(done) = in_flight.next().await else {
             break;
         };
-        for plain in done.expect("read task panicked")? {
+        for (id, plain) in done.expect("read task panicked")? {
             // The sink may block briefly (a file or a pipe); the runtime has
             // other workers and the blocking pool for the reads in flight.
-            sink(&plain)?;
             written += plain.len() as u64;
+            sink(id, plain)?;
         }
     }
     if written != expected {
@@ -214,7 +223,7 @@ pub async fn read_content(
 }
 
 /// Fetches one range and opens its blobs on the blocking pool.
-async fn fetch_and_open(repo: Repo, job: ReadJob) -> Result<Vec<Vec<u8>>> {
+async fn fetch_and_open(repo: Repo, job: ReadJob) -> Result<Vec<(BlobId, Vec<u8>)>> {
     let name = pack_path(&job.pack);
     let bytes = repo.backend().get_range(&name, job.start..job.end).await?;
     let opener = repo.blob_opener();
@@ -224,9 +233,9 @@ async fn fetch_and_open(repo: Repo, job: ReadJob) -> Result<Vec<Vec<u8>>> {
             .map(|(id, location)| {
                 let at = (location.offset - job.start) as usize;
                 let sealed = &bytes[at..at + location.length as usize];
-                opener.open(&name, location, id, sealed)
+                Ok((*id, opener.open(&name, location, id, sealed)?))
             })
-            .collect::<Result<Vec<Vec<u8>>>>()
+            .collect::<Result<Vec<_>>>()
     })
     .await
     .expect("opening task panicked")

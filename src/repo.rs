@@ -42,6 +42,9 @@ pub struct InitOptions {
     pub kdf: KdfParams,
     /// Chunker profiles replacing the defaults of the same name.
     pub profiles: Vec<ChunkerProfile>,
+    /// The chunker seed, when it must match another repository's (else
+    /// random).
+    pub chunker_seed: Option<u64>,
     /// zstd level, if not the default.
     pub compression_level: Option<i32>,
     /// Data pack target size in bytes, if not the default.
@@ -119,9 +122,12 @@ impl Repo {
         cache_root: &Path,
     ) -> Result<Repo> {
         let repo_id = RepoId::random();
-        let mut seed = [0u8; 8];
-        crate::hash::fill_random(&mut seed);
-        let mut config = Config::new(repo_id, u64::from_le_bytes(seed), now_ns());
+        let seed = options.chunker_seed.unwrap_or_else(|| {
+            let mut seed = [0u8; 8];
+            crate::hash::fill_random(&mut seed);
+            u64::from_le_bytes(seed)
+        });
+        let mut config = Config::new(repo_id, seed, now_ns());
         for profile in &options.profiles {
             config.set_profile(profile.clone());
         }

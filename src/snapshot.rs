@@ -62,6 +62,10 @@ pub struct Snapshot {
     /// The user that ran the backup.
     #[n(11)]
     pub user: String,
+    /// For snapshots `copy` wrote: the snapshot's id in the repository it
+    /// was copied from.
+    #[n(12)]
+    pub copied_from: Option<SnapshotId>,
 }
 
 /// How a dump command ran.

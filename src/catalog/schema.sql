@@ -1,5 +1,5 @@
 -- The catalog: derived data about one repository, rebuilt from the
--- repository alone by `larder catalog rebuild`. Schema version 1.
+-- repository alone by `larder catalog rebuild`. Schema version 2.
 
 -- Every pack some absorbed index object names.
 CREATE TABLE packs (
@@ -58,3 +58,14 @@ CREATE TABLE snapshots (
 ) WITHOUT ROWID;
 
 CREATE INDEX snapshots_by_source ON snapshots (source, host, time_ns);
+
+-- Blobs `copy` brought here from another repository: their id there and
+-- here (ids are keyed per repository). Lets a later copy skip, without
+-- reading them, blobs and whole directories it copied before. A cache: when
+-- lost, copy reads and re-hashes, and still uploads nothing twice.
+CREATE TABLE copied_blobs (
+    src_repo BLOB NOT NULL,       -- RepoId of the source repository
+    src_id   BLOB NOT NULL,       -- BlobId there
+    dst_id   BLOB NOT NULL,       -- BlobId here
+    PRIMARY KEY (src_repo, src_id)
+) WITHOUT ROWID;

@@ -26,6 +26,14 @@ pub struct InitArgs {
     /// Target size of data packs in MiB [default: 16]
     #[arg(long, value_name = "MIB")]
     pack_size: Option<u32>,
+    /// Use the chunker seed and profiles of this existing repository, so that
+    /// `copy` between the two keeps deduplicating (the passphrase comes from
+    /// --from-password-file, else LARDER_FROM_PASSWORD, else a prompt)
+    #[arg(long, value_name = "URL", conflicts_with = "chunkers")]
+    copy_chunker_params_from: Option<String>,
+    /// Passphrase file of the repository named by --copy-chunker-params-from
+    #[arg(long, value_name = "FILE", requires = "copy_chunker_params_from")]
+    from_password_file: Option<std::path::PathBuf>,
     /// Entries per content list before another level is added (for testing deep lists)
     #[arg(long, hide = true)]
     list_fanout: Option<u32>,
@@ -46,13 +54,29 @@ pub async fn run(global: &GlobalArgs, args: InitArgs) -> Result<Outcome> {
     let url = global.repo_url()?;
     let backend = larder::backend::open(url)?;
     let passphrase = passphrase::new_for_init(global)?;
+    let (chunker_seed, profiles) = match &args.copy_chunker_params_from {
+        Some(from) => {
+            let other = super::copy::open_other(
+                global,
+                from,
+                args.from_password_file.as_deref(),
+                "LARDER_FROM_PASSWORD",
+                "other",
+            )
+            .await?;
+            let config = other.config();
+            (Some(config.chunker_seed), config.profiles.clone())
+        }
+        None => (None, args.chunkers),
+    };
     let options = InitOptions {
+        chunker_seed,
         kdf: KdfParams {
             memory_kib: args.kdf_memory.saturating_mul(1024),
             passes: args.kdf_passes,
             ..KdfParams::default()
         },
-        profiles: args.chunkers,
+        profiles,
         compression_level: args.compression,
         data_pack_size: args.pack_size.map(|m| m.saturating_mul(1 << 20)),
         list_fanout: args.list_fanout,

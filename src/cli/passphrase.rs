@@ -45,6 +45,20 @@ pub fn new_key(file: Option<&std::path::Path>) -> Result<Zeroizing<String>> {
     prompt("enter the new passphrase: ", true)
 }
 
+/// The passphrase of a second repository (`copy --to`, `init
+/// --copy-chunker-params-from`): the given file, the environment variable
+/// `env`, or a prompt naming `what` the repository is.
+pub fn other(file: Option<&std::path::Path>, env: &str, what: &str) -> Result<Zeroizing<String>> {
+    if let Some(path) = file {
+        return from_file(path);
+    }
+    if let Ok(pw) = std::env::var(env) {
+        return Ok(Zeroizing::new(pw));
+    }
+    let question = format!("enter passphrase for the {what} repository: ");
+    prompt(&question, false)
+}
+
 fn from_file(path: &std::path::Path) -> Result<Zeroizing<String>> {
     let text = Zeroizing::new(
         std::fs::read_to_string(path)

@@ -323,6 +323,7 @@ pub async fn backup(repo: &Repo, options: BackupOptions) -> Result<BackupSummary
         summary: summary.clone(),
         program: crate::ops::program_version(),
         user: current_user(),
+        copied_from: None,
     };
     let (snapshot_id, stored) = repo.write_snapshot(&snapshot).await?;
     summary.bytes_added += stored;

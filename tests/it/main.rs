@@ -7,6 +7,7 @@
 //! - `faults`: storage that fails, lies or dies mid-backup loses nothing.
 //! - `cli`: the binary end to end: exit codes, `--json` shapes, messages.
 //! - `compat`: repositories written by earlier releases still read.
+//! - `copy`: snapshots replicated between repositories.
 //! - `databases`: real PostgreSQL and Redis dumps on loopback.
 //! - `trees`: file-tree backups, browsing and restore safety.
 //! - `s3`: a real S3 server (SeaweedFS) on loopback, directly and through a
@@ -18,6 +19,7 @@ mod support;
 mod backend_contract;
 mod cli;
 mod compat;
+mod copy;
 mod databases;
 mod dedup;
 mod fault_proxy;

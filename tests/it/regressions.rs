@@ -178,6 +178,7 @@ async fn snapshot_with_content(
         summary: SnapshotSummary::default(),
         program: "test".into(),
         user: "test".into(),
+        copied_from: None,
     };
     repo.repo.write_snapshot(&snapshot).await.unwrap().0
 }

@@ -452,3 +452,48 @@ async fn a_download_damaged_in_transit_fails_closed() {
     assert!(err.is_damage(), "{err:?}");
     assert!(proxy.injected().corrupted >= 1);
 }
+
+#[test]
+fn copy_sends_local_snapshots_off_site_to_s3_once() {
+    let Some(s3) = s3() else { return };
+    let local = CliRepo::init();
+    let dump = dump_text(100_000, 11);
+    local.backup_stdin("orders", &dump);
+    let remote = S3Cli {
+        url: s3.fresh_url(),
+        s3,
+        cache: TempDir::new().unwrap(),
+    };
+    let mut init = remote.cmd(&[
+        "init",
+        "--kdf-memory",
+        "1",
+        "--kdf-passes",
+        "1",
+        "--copy-chunker-params-from",
+        local.repo.to_str().unwrap(),
+    ]);
+    init.env("LARDER_FROM_PASSWORD", PASSWORD);
+    assert_success(&init.output().unwrap());
+
+    let copy = || {
+        let mut cmd = local.cmd(&["--json", "copy", "--to", &remote.url]);
+        remote.s3.env(&mut cmd);
+        let out = cmd.env("LARDER_TO_PASSWORD", PASSWORD).output().unwrap();
+        assert_success(&out);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let first = copy();
+    assert_eq!(first["copied"], 1, "{first}");
+    assert!(
+        first["requests"]["bytes_up"].as_u64().unwrap() > 10_000,
+        "{first}"
+    );
+    let second = copy();
+    assert_eq!(second["skipped"], 1, "{second}");
+    assert_eq!(second["requests"]["put"], 0, "{second}");
+
+    let out = remote.run(&["cat", "latest", "--source", "orders"], b"");
+    assert_success(&out);
+    assert!(out.stdout == dump);
+}

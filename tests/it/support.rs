@@ -29,6 +29,7 @@ pub fn init_options() -> InitOptions {
     InitOptions {
         kdf: FAST_KDF,
         profiles: vec![],
+        chunker_seed: None,
         compression_level: None,
         data_pack_size: None,
         list_fanout: None,
@@ -241,6 +242,8 @@ pub fn larder_cmd() -> Command {
         "LARDER_PASSWORD_COMMAND",
         "LARDER_CACHE_DIR",
         "LARDER_NEW_PASSWORD",
+        "LARDER_TO_PASSWORD",
+        "LARDER_FROM_PASSWORD",
     ] {
         cmd.env_remove(var);
     }

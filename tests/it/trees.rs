@@ -1752,6 +1752,7 @@ impl Crafter {
             summary: SnapshotSummary::default(),
             program: "test".into(),
             user: "test".into(),
+            copied_from: None,
         };
         self.repo.write_snapshot(&snapshot).await.unwrap();
         snapshot

@@ -335,7 +335,12 @@ async fn uploader(
             input_open = false;
         }
     }
-    if !abort.is_set() && !pending.packs.is_empty() {
+    // Index every pack that landed, even when the run failed: the packs are
+    // durable, and the next run (or `copy` resuming) then finds their blobs
+    // instead of uploading them again. Without a snapshot naming them they
+    // are garbage only until a later snapshot does. A failure here changes
+    // nothing (the first error stands).
+    if !pending.packs.is_empty() {
         flush_index(&repo, &mut pending, &claimed, &abort, &stats).await;
     }
 }
