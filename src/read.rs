@@ -5,7 +5,8 @@
 //! ```
 //!
 //! Consecutive chunks that sit close together in one pack are fetched with
-//! one ranged GET (adjacent ranges coalesced, small gaps read through), up
+//! one ranged GET (adjacent ranges coalesced, small gaps read through; one
+//! read job may hold a few such ranges, of the same or other packs), up
 //! to [`MAX_SPAN`] bytes. Several reads are in flight at once and their blobs
 //! are opened on the blocking pool, while the sink receives bytes strictly in
 //! file order. Every blob is authenticated and its id recomputed before a
@@ -79,40 +80,74 @@ impl<'a> ChunkWalker<'a> {
     }
 }
 
-/// One ranged read and the blobs it yields, in order.
-struct ReadJob {
+/// Separate ranges one read job may fetch. Consecutive chunks of a dump
+/// that repeats itself point back into older data, often of another pack:
+/// letting one job hold a few ranges keeps such a file from turning into one
+/// tiny GET per chunk.
+pub const MAX_RANGES_PER_READ: usize = 4;
+
+/// One range of one pack.
+struct Range {
     pack: PackId,
     start: u64,
     end: u64,
+}
+
+/// Up to [`MAX_RANGES_PER_READ`] ranged reads (fetched together) and the
+/// blobs they yield, in file order.
+struct ReadJob {
+    ranges: Vec<Range>,
     plain: u64,
-    blobs: Vec<(BlobId, BlobLocation)>,
+    /// Each blob, with the index of the range holding it.
+    blobs: Vec<(BlobId, BlobLocation, usize)>,
 }
 
 impl ReadJob {
     fn new(id: BlobId, location: BlobLocation) -> ReadJob {
         ReadJob {
-            pack: location.pack,
-            start: location.offset,
-            end: location.end(),
+            ranges: vec![Range {
+                pack: location.pack,
+                start: location.offset,
+                end: location.end(),
+            }],
             plain: u64::from(location.raw_length),
-            blobs: vec![(id, location)],
+            blobs: vec![(id, location, 0)],
         }
     }
 
-    /// Adds the blob if it can share this read.
+    /// Adds the blob if it can share this job: within (or near) one of its
+    /// ranges, or as a new range while there is room.
     fn try_extend(&mut self, id: BlobId, location: &BlobLocation) -> bool {
-        let end = location.end();
-        let fits = location.pack == self.pack
-            && location.offset >= self.start
-            && location.offset <= self.end.saturating_add(MAX_GAP)
-            && end.max(self.end) - self.start <= MAX_SPAN
-            && self.plain + u64::from(location.raw_length) <= MAX_PLAIN_PER_READ;
-        if fits {
-            self.end = self.end.max(end);
-            self.plain += u64::from(location.raw_length);
-            self.blobs.push((id, *location));
+        if self.plain + u64::from(location.raw_length) > MAX_PLAIN_PER_READ {
+            return false;
         }
-        fits
+        let (offset, end) = (location.offset, location.end());
+        let near = self.ranges.iter().position(|r| {
+            r.pack == location.pack
+                && offset.saturating_add(MAX_GAP) >= r.start
+                && offset <= r.end.saturating_add(MAX_GAP)
+                && end.max(r.end) - offset.min(r.start) <= MAX_SPAN
+        });
+        let index = match near {
+            Some(i) => {
+                let r = &mut self.ranges[i];
+                r.start = r.start.min(offset);
+                r.end = r.end.max(end);
+                i
+            }
+            None if self.ranges.len() < MAX_RANGES_PER_READ => {
+                self.ranges.push(Range {
+                    pack: location.pack,
+                    start: offset,
+                    end,
+                });
+                self.ranges.len() - 1
+            }
+            None => return false,
+        };
+        self.plain += u64::from(location.raw_length);
+        self.blobs.push((id, *location, index));
+        true
     }
 }
 
@@ -224,16 +259,24 @@ pub async fn read_chunks(
 
 /// Fetches one range and opens its blobs on the blocking pool.
 async fn fetch_and_open(repo: Repo, job: ReadJob) -> Result<Vec<(BlobId, Vec<u8>)>> {
-    let name = pack_path(&job.pack);
-    let bytes = repo.backend().get_range(&name, job.start..job.end).await?;
+    let reads = job.ranges.iter().map(|r| {
+        let repo = &repo;
+        async move {
+            let name = pack_path(&r.pack);
+            let bytes = repo.backend().get_range(&name, r.start..r.end).await?;
+            Ok::<_, Error>((name, bytes))
+        }
+    });
+    let fetched = futures::future::try_join_all(reads).await?;
     let opener = repo.blob_opener();
     tokio::task::spawn_blocking(move || {
         job.blobs
             .iter()
-            .map(|(id, location)| {
-                let at = (location.offset - job.start) as usize;
+            .map(|(id, location, index)| {
+                let (name, bytes) = &fetched[*index];
+                let at = (location.offset - job.ranges[*index].start) as usize;
                 let sealed = &bytes[at..at + location.length as usize];
-                Ok((*id, opener.open(&name, location, id, sealed)?))
+                Ok((*id, opener.open(name, location, id, sealed)?))
             })
             .collect::<Result<Vec<_>>>()
     })
