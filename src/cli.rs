@@ -47,7 +47,7 @@ pub struct Cli {
 /// Flags every command takes.
 #[derive(Args, Debug, Clone)]
 pub struct GlobalArgs {
-    /// Repository: a directory path or file:///path
+    /// Repository: a directory path, file:///path, or s3://bucket/prefix (AWS_* variables for S3)
     #[arg(
         long,
         short = 'r',
