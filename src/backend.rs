@@ -16,7 +16,11 @@
 //!   [`Put::Created`]; the other sees [`Put::Existed`] and the stored bytes
 //!   are the winner's, untouched. When it returns `Created`, the object is
 //!   durable (fsynced, or acknowledged by the store). A reader never sees a
-//!   partial object under `name`, even after a crash mid-write.
+//!   partial object under `name`, even after a crash mid-write. A backend
+//!   that cannot tell its own lost-answer retry from a racer (S3) may report
+//!   `Created` when the stored bytes equal `data`; and packs, whose names
+//!   are the hash of their bytes, may be written without the atomic check
+//!   (S3 multipart), since any racer stores the same bytes.
 //! - **`get`** returns the whole object or [`Error::NotFound`].
 //! - **`get_range`** returns exactly the bytes of `range`; a range that runs
 //!   past the end of the object is an error, never a short read.

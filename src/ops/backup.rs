@@ -461,7 +461,8 @@ async fn stream_root(
     Ok((root?, record))
 }
 
-fn spawn_thread<T: Send + 'static>(
+/// Starts a named pipeline thread.
+pub(crate) fn spawn_thread<T: Send + 'static>(
     name: &str,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<std::thread::JoinHandle<T>> {
@@ -471,7 +472,8 @@ fn spawn_thread<T: Send + 'static>(
         .map_err(|e| Error::io("starting thread", name, e))
 }
 
-async fn join<T: Send + 'static>(handle: std::thread::JoinHandle<T>) -> T {
+/// Waits for a pipeline thread without blocking the runtime.
+pub(crate) async fn join<T: Send + 'static>(handle: std::thread::JoinHandle<T>) -> T {
     tokio::task::spawn_blocking(move || {
         handle
             .join()

@@ -85,13 +85,22 @@ pub struct CopySummary {
     pub requests: RequestCounts,
 }
 
-/// Copies the snapshots `ids` of `src` into `dst`, oldest first.
+/// Copies the snapshots `ids` of `src` into `dst`, oldest first. Runs on
+/// the multi-threaded Tokio runtime (the destination's writer blocks its
+/// caller while the upload pipeline is full).
 pub async fn copy(
     src: &Repo,
     dst: &Repo,
     ids: &[SnapshotId],
     progress: Arc<Progress>,
 ) -> Result<CopySummary> {
+    if tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::CurrentThread
+    {
+        return Err(Error::InvalidArgument(
+            "copy needs the multi-threaded runtime".into(),
+        ));
+    }
     if src.id() == dst.id() {
         return Err(Error::InvalidArgument(
             "the source and destination are the same repository".into(),
@@ -112,7 +121,7 @@ pub async fn copy(
     let mut summary = CopySummary::default();
     for (id, snapshot) in wanted {
         let time = crate::ops::format_time(snapshot.time_ns);
-        let existing = counterpart(src, dst, &snapshot)?;
+        let existing = counterpart(dst, &snapshot)?;
         let to = match existing {
             Some(existing) => {
                 summary.skipped += 1;
@@ -141,7 +150,7 @@ pub async fn copy(
 
 /// The destination's copy of `snapshot`, if it has one: same time, source
 /// and host.
-fn counterpart(_src: &Repo, dst: &Repo, snapshot: &Snapshot) -> Result<Option<SnapshotId>> {
+fn counterpart(dst: &Repo, snapshot: &Snapshot) -> Result<Option<SnapshotId>> {
     let filter = SnapshotFilter {
         source: Some(snapshot.source.clone()),
         host: Some(snapshot.host.clone()),
@@ -194,7 +203,7 @@ async fn copy_one(
 
     let parent = match snapshot.parent {
         Some(parent) => match src.catalog().snapshot(&parent)? {
-            Some(p) => counterpart(src, dst, &p)?,
+            Some(p) => counterpart(dst, &p)?,
             None => None,
         },
         None => None,
@@ -300,11 +309,14 @@ impl Copier<'_> {
     /// Copies the chunks of `batch` the destination lacks (reading them with
     /// coalesced ranged reads); returns the batch in destination ids.
     async fn chunks(&mut self, batch: &[ContentRef]) -> Result<Vec<ContentRef>> {
+        let mut ids = Vec::with_capacity(batch.len());
         let mut missing = Vec::new();
         for chunk in batch {
-            if self.mapped(&chunk.id)?.is_none() {
+            let id = self.mapped(&chunk.id)?;
+            if id.is_none() {
                 missing.push(*chunk);
             }
+            ids.push(id);
         }
         if !missing.is_empty() {
             let mut plains = Vec::with_capacity(missing.len());
@@ -327,10 +339,14 @@ impl Copier<'_> {
         }
         batch
             .iter()
-            .map(|chunk| {
-                let id = self.mapped(&chunk.id)?.ok_or_else(|| {
-                    Error::corrupt(format!("blob {}", chunk.id), "was read but not copied")
-                })?;
+            .zip(ids)
+            .map(|(chunk, id)| {
+                // Chunks read just now are in `done`.
+                let id = id
+                    .or_else(|| self.done.get(&chunk.id).copied())
+                    .ok_or_else(|| {
+                        Error::corrupt(format!("blob {}", chunk.id), "was read but not copied")
+                    })?;
                 Ok(ContentRef { id, len: chunk.len })
             })
             .collect()

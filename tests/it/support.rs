@@ -202,21 +202,7 @@ impl CliRepo {
 
     /// Runs with `input` on standard input.
     pub fn run_with_input(&self, args: &[&str], input: &[u8]) -> Output {
-        let mut child = self
-            .cmd(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        let input = input.to_vec();
-        let writer = std::thread::spawn(move || {
-            let _ = stdin.write_all(&input);
-        });
-        let out = child.wait_with_output().unwrap();
-        writer.join().unwrap();
-        out
+        run_with_stdin(self.cmd(args), input)
     }
 
     /// Backs up `input` from stdin with `--json` and returns the summary.
@@ -230,6 +216,24 @@ impl CliRepo {
     pub fn files(&self) -> Vec<(PathBuf, Vec<u8>)> {
         files_under(&self.repo)
     }
+}
+
+/// Runs `cmd` with `input` on its standard input, collecting its output.
+pub fn run_with_stdin(mut cmd: Command, input: &[u8]) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
 }
 
 /// The built binary, isolated from the caller's environment.

@@ -36,6 +36,7 @@ use crate::chunker::Chunker;
 use crate::config::FILES_PROFILE;
 use crate::error::{Error, Result};
 use crate::hash::BlobId;
+use crate::ops::backup::{join, spawn_thread};
 use crate::progress::Progress;
 use crate::repo::Repo;
 use crate::seal::ObjectKind;
@@ -202,7 +203,7 @@ pub(super) async fn backup_tree(
         let rx = job_rx.clone();
         let chunker = chunker.clone();
         let fanout = repo.config().list_fanout as usize;
-        workers.push(spawn(&format!("larder-file-{i}"), move || {
+        workers.push(spawn_thread(&format!("larder-file-{i}"), move || {
             file_worker(&walk, &rx, &chunker, fanout)
         })?);
     }
@@ -212,7 +213,7 @@ pub(super) async fn backup_tree(
         let walk = Arc::clone(&walk);
         let input = input.clone();
         let handle = tokio::runtime::Handle::current();
-        spawn("larder-walk", move || {
+        spawn_thread("larder-walk", move || {
             let mut parents = ParentTrees::new(parent_root, handle);
             for path in &input.paths {
                 if walk.abort.is_set() {
@@ -243,26 +244,6 @@ pub(super) async fn backup_tree(
     tokio::task::spawn_blocking(move || build_root(&walk, paths))
         .await
         .expect("building the root panicked")
-}
-
-fn spawn<T: Send + 'static>(
-    name: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<std::thread::JoinHandle<T>> {
-    std::thread::Builder::new()
-        .name(name.into())
-        .spawn(f)
-        .map_err(|e| Error::io("starting thread", name, e))
-}
-
-async fn join<T: Send + 'static>(handle: std::thread::JoinHandle<T>) -> T {
-    tokio::task::spawn_blocking(move || {
-        handle
-            .join()
-            .unwrap_or_else(|_| panic!("a backup thread panicked"))
-    })
-    .await
-    .expect("joining a backup thread")
 }
 
 /// The parent snapshot's trees along the current walk position, loaded on

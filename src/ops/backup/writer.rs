@@ -33,6 +33,7 @@ use crate::backend::{Backend, Put};
 use crate::error::{Error, Result};
 use crate::hash::BlobId;
 use crate::index::{INDEX_FLUSH_BLOBS, IndexObject, IndexedPack};
+use crate::ops::backup::spawn_thread;
 use crate::pack::{FinishedPack, PackKind, PackWriter, pack_path};
 use crate::progress::Progress;
 use crate::repo::Repo;
@@ -100,7 +101,7 @@ impl BlobWriter {
             let tx = sealed_tx.clone();
             let repo = repo.clone();
             let abort = Arc::clone(&abort);
-            threads.push(spawn(&format!("larder-seal-{i}"), move || {
+            threads.push(spawn_thread(&format!("larder-seal-{i}"), move || {
                 seal_worker(&repo, &rx, &tx, &abort)
             })?);
         }
@@ -108,7 +109,7 @@ impl BlobWriter {
         {
             let repo = repo.clone();
             let abort = Arc::clone(&abort);
-            threads.push(spawn("larder-pack", move || {
+            threads.push(spawn_thread("larder-pack", move || {
                 packer(&repo, &sealed_rx, &pack_tx, &abort)
             })?);
         }
@@ -189,13 +190,6 @@ impl BlobWriter {
             None => Ok(()),
         }
     }
-}
-
-fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name(name.into())
-        .spawn(f)
-        .map_err(|e| Error::io("starting thread", name, e))
 }
 
 fn seal_worker(repo: &Repo, rx: &Receiver<SealJob>, tx: &Sender<SealedBlob>, abort: &Abort) {
