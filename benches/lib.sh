@@ -28,6 +28,16 @@ APPEND_PCT=${APPEND_PCT:-1}
 GNU_TIME=/usr/bin/time
 
 die() { echo "error: $*" >&2; exit 1; }
+
+# md_list TITLE ITEM...: a markdown bullet list under TITLE; nothing when
+# there are no items.
+md_list() {
+    local title=$1 item
+    shift
+    (($# > 0)) || return 0
+    printf '\n%s\n\n' "$title"
+    for item in "$@"; do echo "- $item"; done
+}
 log() { echo "[$(date +%T)] $*" >&2; }
 
 # ---- cleanup stack: commands run in reverse order on exit ----------------

@@ -506,20 +506,8 @@ report() {
         echo
         echo "Proxy totals for the run: $(jq -r '"\(.requests) requests, \(.errors) failed exchanges, statuses \(.status | to_entries | map("\(.key) x\(.value)") | join(", "))"' <<<"$proxy_totals")"
     fi
-    if ((${#ODD[@]} > 0)); then
-        echo
-        echo "Anomalies:"
-        echo
-        local o
-        for o in "${ODD[@]}"; do echo "- $o"; done
-    fi
-    if ((failures > 0)); then
-        echo
-        echo "**$failures failure(s):**"
-        echo
-        local f
-        for f in "${FAILS[@]}"; do echo "- $f"; done
-    fi
+    md_list "Anomalies:" "${ODD[@]}"
+    ((failures == 0)) || md_list "**$failures failure(s):**" "${FAILS[@]}"
 }
 
 report | tee "$BENCH_DIR/results-s3-$stamp.md"

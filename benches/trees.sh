@@ -376,20 +376,8 @@ report() {
     printf '%s\n' "${ROWS[@]}"
     echo
     targets
-    if ((${#ODD[@]} > 0)); then
-        echo
-        echo "larder oddities:"
-        echo
-        local o
-        for o in "${ODD[@]}"; do echo "- $o"; done
-    fi
-    if ((failures > 0)); then
-        echo
-        echo "**$failures failure(s):**"
-        echo
-        local f
-        for f in "${FAILS[@]}"; do echo "- $f"; done
-    fi
+    md_list "larder oddities:" "${ODD[@]}"
+    ((failures == 0)) || md_list "**$failures failure(s):**" "${FAILS[@]}"
 }
 
 stamp=$(date +%Y%m%dT%H%M%S)
