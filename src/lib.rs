@@ -60,6 +60,7 @@ pub mod snapshot;
 pub mod ops;
 pub mod progress;
 pub mod read;
+pub mod retention;
 
 pub use error::{Error, Result};
 pub use repo::Repo;
