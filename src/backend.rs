@@ -107,6 +107,14 @@ pub trait Backend: Send + Sync + Debug {
     fn upload_concurrency(&self) -> usize {
         2
     }
+
+    /// How far apart two of the storage's modification times must be to be
+    /// ordered with confidence: its timestamp precision plus any skew
+    /// between its nodes. Lease and prune decisions widen every comparison
+    /// of storage times by this much, in the safe direction.
+    fn clock_resolution(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(2)
+    }
 }
 
 /// The top-level prefixes of a repository, in the order `init` creates them.

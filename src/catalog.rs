@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::{Error, Result};
-use crate::hash::{BlobId, IndexId, PackId, RepoId, SnapshotId};
+use crate::hash::{BlobId, GenerationId, IndexId, PackId, RepoId, SnapshotId};
 use crate::index::IndexObject;
 use crate::pack::PackKind;
 use crate::seal::ObjectKind;
@@ -35,7 +35,7 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
 }
 
 /// The schema version this build creates and reads.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = include_str!("catalog/schema.sql");
 
@@ -46,6 +46,21 @@ const MIGRATE_1_TO_2: &str = "CREATE TABLE copied_blobs (
     dst_id   BLOB NOT NULL,
     PRIMARY KEY (src_repo, src_id)
 ) WITHOUT ROWID;";
+
+/// Brings a version 2 catalog to version 3 (adds pending generations).
+const MIGRATE_2_TO_3: &str = "CREATE TABLE pending_objects (
+    id      BLOB PRIMARY KEY,
+    time_ns INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE pending_packs (
+    pack BLOB NOT NULL,
+    gen  BLOB NOT NULL,
+    PRIMARY KEY (pack, gen)
+) WITHOUT ROWID;";
+
+/// Marks every pack a pending generation names as pending.
+const MARK_PENDING: &str = "UPDATE packs SET state = 1
+     WHERE state != 1 AND id IN (SELECT pack FROM pending_packs)";
 
 /// Where one blob is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,6 +126,19 @@ pub struct PackRecord {
     pub size: u64,
     /// Usable, pending or damaged.
     pub state: PackState,
+}
+
+/// How much of a pack the live set uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackUsage {
+    /// The pack.
+    pub pack: PackRecord,
+    /// Blobs the catalog knows in it.
+    pub blobs: u64,
+    /// Of those, live and intact.
+    pub live_blobs: u64,
+    /// Sealed bytes of the live blobs.
+    pub live_bytes: u64,
 }
 
 /// Which snapshots a listing returns.
@@ -221,13 +249,18 @@ impl Catalog {
                     })?;
                 Ok(())
             }
-            1 => {
+            1 | 2 => {
                 let tx = self.conn.transaction().map_err(|source| Error::Catalog {
                     op: "upgrading the schema",
                     path: self.path.clone(),
                     source,
                 })?;
-                tx.execute_batch(MIGRATE_1_TO_2)
+                let steps = if version == 1 {
+                    format!("{MIGRATE_1_TO_2}\n{MIGRATE_2_TO_3}")
+                } else {
+                    MIGRATE_2_TO_3.to_string()
+                };
+                tx.execute_batch(&steps)
                     .and_then(|_| tx.pragma_update(None, "user_version", SCHEMA_VERSION))
                     .and_then(|_| tx.commit())
                     .map_err(|source| Error::Catalog {
@@ -269,15 +302,18 @@ impl Catalog {
         Ok(self.locate_all(id)?.into_iter().next())
     }
 
-    /// Every usable stored copy of the blob.
+    /// Every readable stored copy of the blob: usable packs first, then
+    /// packs pending deletion (still present until prune sweeps them, and
+    /// needed by a snapshot that prune's re-check will rescue them for).
     pub fn locate_all(&self, id: &BlobId) -> Result<Vec<BlobLocation>> {
         let mut stmt = self
             .conn
             .prepare_cached(
                 "SELECT p.id, b.offset, b.length, b.raw_length, b.kind
                  FROM blobs b JOIN packs p ON p.rowid = b.pack
-                 WHERE b.id = ?1 AND p.state = 0
-                   AND NOT EXISTS (SELECT 1 FROM damaged_blobs d WHERE d.id = b.id AND d.pack = b.pack)",
+                 WHERE b.id = ?1 AND p.state IN (0, 1)
+                   AND NOT EXISTS (SELECT 1 FROM damaged_blobs d WHERE d.id = b.id AND d.pack = b.pack)
+                 ORDER BY p.state",
             )
             .map_err(self.err("locating a blob"))?;
         let rows = stmt
@@ -401,6 +437,7 @@ impl Catalog {
                 [id.as_bytes()],
             )
             .map_err(err)?;
+            tx.execute(MARK_PENDING, []).map_err(err)?;
         }
         tx.commit().map_err(err)
     }
@@ -502,11 +539,14 @@ impl Catalog {
     }
 
     /// Marks a pack's state (check marks damaged packs so backups store their
-    /// blobs again; a later clean check marks them usable).
+    /// blobs again; a later clean check marks them usable). Pending packs
+    /// are left as they are.
     pub fn set_pack_state(&self, id: &PackId, state: PackState) -> Result<()> {
         self.conn
             .execute(
-                "UPDATE packs SET state = ?2 WHERE id = ?1",
+                // A pending pack stays pending whatever check finds: it is
+                // on its way out, and prune decides its fate.
+                "UPDATE packs SET state = ?2 WHERE id = ?1 AND state != 1",
                 params![id.as_bytes(), state.code()],
             )
             .map_err(self.err("updating a pack"))?;
@@ -633,6 +673,323 @@ impl Catalog {
             }
         }
         tx.commit().map_err(err)
+    }
+
+    /// Pending generations absorbed, with their storage times.
+    pub fn pending_generations(&self) -> Result<Vec<(GenerationId, i64)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, time_ns FROM pending_objects ORDER BY time_ns, id")
+            .map_err(self.err("listing pending generations"))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(self.err("listing pending generations"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, time) = row.map_err(self.err("listing pending generations"))?;
+            out.push((
+                GenerationId::from_slice(&id).ok_or_else(|| self.damaged("generation id"))?,
+                time,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Records a pending generation and marks its packs pending.
+    pub fn absorb_pending(
+        &mut self,
+        id: &GenerationId,
+        time_ns: i64,
+        packs: &[PackId],
+    ) -> Result<()> {
+        let path = self.path.clone();
+        let err = |source| Error::Catalog {
+            op: "absorbing a pending generation",
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        {
+            let mut insert = tx
+                .prepare_cached("INSERT OR IGNORE INTO pending_packs (pack, gen) VALUES (?1, ?2)")
+                .map_err(err)?;
+            for pack in packs {
+                insert
+                    .execute([pack.as_bytes(), id.as_bytes()])
+                    .map_err(err)?;
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO pending_objects (id, time_ns) VALUES (?1, ?2)",
+                params![id.as_bytes(), time_ns],
+            )
+            .map_err(err)?;
+            tx.execute(MARK_PENDING, []).map_err(err)?;
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Forgets pending generations that left the repository; packs no
+    /// remaining generation names become usable again (prune rescued them).
+    pub fn drop_pending(&mut self, ids: &[GenerationId]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        let err = |source| Error::Catalog {
+            op: "forgetting pending generations",
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        for id in ids {
+            tx.execute("DELETE FROM pending_objects WHERE id = ?1", [id.as_bytes()])
+                .map_err(err)?;
+            tx.execute("DELETE FROM pending_packs WHERE gen = ?1", [id.as_bytes()])
+                .map_err(err)?;
+        }
+        tx.execute(
+            "UPDATE packs SET state = 0
+             WHERE state = 1 AND id NOT IN (SELECT pack FROM pending_packs)",
+            [],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
+    /// The packs a pending generation names.
+    pub fn generation_packs(&self, id: &GenerationId) -> Result<Vec<PackId>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT pack FROM pending_packs WHERE gen = ?1 ORDER BY pack")
+            .map_err(self.err("reading a pending generation"))?;
+        let rows = stmt
+            .query_map([id.as_bytes()], |r| r.get::<_, Vec<u8>>(0))
+            .map_err(self.err("reading a pending generation"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let id = row.map_err(self.err("reading a pending generation"))?;
+            out.push(PackId::from_slice(&id).ok_or_else(|| self.damaged("pack id"))?);
+        }
+        Ok(out)
+    }
+
+    /// Every pack some pending generation names.
+    pub fn pending_pack_ids(&self) -> Result<HashSet<PackId>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT DISTINCT pack FROM pending_packs")
+            .map_err(self.err("listing pending packs"))?;
+        let ids = stmt
+            .query_map([], |r| r.get::<_, Vec<u8>>(0))
+            .map_err(self.err("listing pending packs"))?
+            .filter_map(|r| r.ok().and_then(|b| PackId::from_slice(&b)))
+            .collect();
+        Ok(ids)
+    }
+
+    /// Empties the live-blob set prune marks into (a temporary table, so
+    /// marking costs disk, not memory).
+    pub fn live_reset(&self) -> Result<()> {
+        self.conn
+            .execute_batch(
+                "CREATE TEMP TABLE IF NOT EXISTS live (id BLOB PRIMARY KEY) WITHOUT ROWID;
+                 DELETE FROM temp.live;",
+            )
+            .map_err(self.err("preparing the live set"))
+    }
+
+    /// Adds blobs to the live set; returns, per blob, whether it was new.
+    pub fn live_insert(&mut self, ids: &[BlobId]) -> Result<Vec<bool>> {
+        let path = self.path.clone();
+        let err = |source| Error::Catalog {
+            op: "marking live blobs",
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        let mut out = Vec::with_capacity(ids.len());
+        {
+            let mut insert = tx
+                .prepare_cached("INSERT OR IGNORE INTO temp.live (id) VALUES (?1)")
+                .map_err(err)?;
+            for id in ids {
+                out.push(insert.execute([id.as_bytes()]).map_err(err)? > 0);
+            }
+        }
+        tx.commit().map_err(err)?;
+        Ok(out)
+    }
+
+    /// Whether a blob is in the live set.
+    pub fn is_live(&self, id: &BlobId) -> Result<bool> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT 1 FROM temp.live WHERE id = ?1")
+            .map_err(self.err("reading the live set"))?;
+        stmt.exists([id.as_bytes()])
+            .map_err(self.err("reading the live set"))
+    }
+
+    /// Number of blobs in the live set.
+    pub fn live_count(&self) -> Result<u64> {
+        self.conn
+            .query_row("SELECT COUNT(*) FROM temp.live", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(self.err("counting live blobs"))
+    }
+
+    /// Per pack: blobs, and live blobs with their sealed bytes, from one
+    /// pass over the blob table. Damaged copies count as unused.
+    pub fn pack_usage(&self) -> Result<Vec<PackUsage>> {
+        let mut stats: std::collections::HashMap<i64, (u64, u64, u64)> =
+            std::collections::HashMap::new();
+        {
+            let mut stmt = self
+                .conn
+                .prepare(
+                    "SELECT b.pack, b.length,
+                        EXISTS (SELECT 1 FROM temp.live l WHERE l.id = b.id)
+                        AND NOT EXISTS (SELECT 1 FROM damaged_blobs d WHERE d.id = b.id AND d.pack = b.pack)
+                     FROM blobs b",
+                )
+                .map_err(self.err("measuring pack usage"))?;
+            let mut rows = stmt.query([]).map_err(self.err("measuring pack usage"))?;
+            while let Some(row) = rows.next().map_err(self.err("measuring pack usage"))? {
+                let pack: i64 = row.get(0).map_err(self.err("measuring pack usage"))?;
+                let length: i64 = row.get(1).map_err(self.err("measuring pack usage"))?;
+                let live: bool = row.get(2).map_err(self.err("measuring pack usage"))?;
+                let entry = stats.entry(pack).or_default();
+                entry.0 += 1;
+                if live {
+                    entry.1 += 1;
+                    entry.2 += length as u64;
+                }
+            }
+        }
+        let mut stmt = self
+            .conn
+            .prepare("SELECT rowid, id, kind, size, state FROM packs ORDER BY id")
+            .map_err(self.err("measuring pack usage"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })
+            .map_err(self.err("measuring pack usage"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (rowid, id, kind, size, state) = row.map_err(self.err("measuring pack usage"))?;
+            let (blobs, live_blobs, live_bytes) = stats.get(&rowid).copied().unwrap_or_default();
+            out.push(PackUsage {
+                pack: PackRecord {
+                    id: PackId::from_slice(&id).ok_or_else(|| self.damaged("pack id"))?,
+                    kind: PackKind::from_code(kind as u8)
+                        .ok_or_else(|| self.damaged("pack kind"))?,
+                    size: size as u64,
+                    state: PackState::from_code(state),
+                },
+                blobs,
+                live_blobs,
+                live_bytes,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Packs of a pending generation that prune must not delete after all:
+    /// they hold a live blob that no usable pack holds (a snapshot committed
+    /// since the generation was recorded uses it).
+    pub fn needed_packs(&self, generation: &GenerationId) -> Result<Vec<PackId>> {
+        // Driven from the live set (CROSS JOIN fixes the order): one B-tree
+        // descent per live blob, instead of a scan of the blob table per pack.
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT DISTINCT p.id
+                 FROM temp.live l
+                 CROSS JOIN blobs b ON b.id = l.id
+                 CROSS JOIN packs p ON p.rowid = b.pack
+                 WHERE p.id IN (SELECT pack FROM pending_packs WHERE gen = ?1)
+                   AND NOT EXISTS (
+                     SELECT 1 FROM blobs b2 JOIN packs p2 ON p2.rowid = b2.pack
+                     WHERE b2.id = l.id AND p2.state = 0
+                       AND NOT EXISTS (SELECT 1 FROM damaged_blobs d WHERE d.id = b2.id AND d.pack = b2.pack))",
+            )
+            .map_err(self.err("re-checking a pending generation"))?;
+        let rows = stmt
+            .query_map([generation.as_bytes()], |r| r.get::<_, Vec<u8>>(0))
+            .map_err(self.err("re-checking a pending generation"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let id = row.map_err(self.err("re-checking a pending generation"))?;
+            out.push(PackId::from_slice(&id).ok_or_else(|| self.damaged("pack id"))?);
+        }
+        Ok(out)
+    }
+
+    /// Whether a usable pack other than `except` holds an intact copy of the blob.
+    pub fn has_copy_elsewhere(&self, id: &BlobId, except: &PackId) -> Result<bool> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT 1 FROM blobs b JOIN packs p ON p.rowid = b.pack
+                 WHERE b.id = ?1 AND p.state = 0 AND p.id != ?2
+                   AND NOT EXISTS (SELECT 1 FROM damaged_blobs d WHERE d.id = b.id AND d.pack = b.pack)
+                 LIMIT 1",
+            )
+            .map_err(self.err("looking up a blob"))?;
+        stmt.exists([id.as_bytes(), except.as_bytes()])
+            .map_err(self.err("looking up a blob"))
+    }
+
+    /// Index objects that name any of `packs`.
+    pub fn indexes_naming(&self, packs: &[PackId]) -> Result<HashSet<IndexId>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT ip.index_id FROM index_packs ip JOIN packs p ON p.rowid = ip.pack
+                 WHERE p.id = ?1",
+            )
+            .map_err(self.err("finding index objects"))?;
+        let mut out = HashSet::new();
+        for pack in packs {
+            let rows = stmt
+                .query_map([pack.as_bytes()], |r| r.get::<_, Vec<u8>>(0))
+                .map_err(self.err("finding index objects"))?;
+            for row in rows {
+                let id = row.map_err(self.err("finding index objects"))?;
+                out.insert(IndexId::from_slice(&id).ok_or_else(|| self.damaged("index id"))?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Index objects with how many packs each names.
+    pub fn index_sizes(&self) -> Result<Vec<(IndexId, u64)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT i.id, (SELECT COUNT(*) FROM index_packs ip WHERE ip.index_id = i.id)
+                 FROM index_objects i ORDER BY i.id",
+            )
+            .map_err(self.err("listing index objects"))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(self.err("listing index objects"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, n) = row.map_err(self.err("listing index objects"))?;
+            out.push((
+                IndexId::from_slice(&id).ok_or_else(|| self.damaged("index id"))?,
+                n as u64,
+            ));
+        }
+        Ok(out)
     }
 
     /// Snapshots already absorbed.

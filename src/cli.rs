@@ -6,6 +6,7 @@ mod backup;
 mod browse;
 mod check;
 mod copy;
+mod forget;
 mod init;
 mod keys;
 mod passphrase;
@@ -16,11 +17,13 @@ mod snapshots;
 mod stats;
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use larder::Repo;
+use larder::lease::LeaseKind;
 
 /// How a successful run ended.
 pub enum Outcome {
@@ -76,6 +79,10 @@ pub struct GlobalArgs {
     /// Print nothing but errors and requested data; no progress bars
     #[arg(long, short = 'q', global = true)]
     quiet: bool,
+    /// Repositories opened with a lease, released when the command ends
+    /// (however it ends).
+    #[arg(skip)]
+    leased: Arc<Mutex<Vec<Repo>>>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -100,6 +107,10 @@ enum Command {
     Restore(read::RestoreArgs),
     /// Verify the repository's structure, or with --read-data every byte
     Check(check::CheckArgs),
+    /// Remove snapshots by a retention policy (daily/weekly/monthly…); data goes with prune
+    Forget(forget::ForgetArgs),
+    /// Delete data no snapshot uses, in two phases that never block backups
+    Prune(forget::PruneArgs),
     /// Show the repository's size, object counts, compression and deduplication
     Stats,
     /// Copy snapshots into another repository (such as an off-site S3 bucket)
@@ -118,10 +129,20 @@ enum CatalogCommand {
     Rebuild,
 }
 
-/// Runs one parsed command line.
+/// Runs one parsed command line, then releases any lease it took.
 pub async fn run(cli: Cli) -> Result<Outcome> {
     let global = cli.global;
-    match cli.command {
+    let outcome = dispatch(&global, cli.command).await;
+    let leased = std::mem::take(&mut *global.leased.lock().expect("lease list lock"));
+    for repo in leased {
+        repo.release_lease().await;
+    }
+    outcome
+}
+
+async fn dispatch(global: &GlobalArgs, command: Command) -> Result<Outcome> {
+    let global = global.clone();
+    match command {
         Command::Init(args) => init::run(&global, args).await,
         Command::Backup(args) => backup::run(&global, args).await,
         Command::Snapshots(args) => snapshots::run(&global, args).await,
@@ -132,6 +153,8 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
         Command::Log(args) => browse::log(&global, args).await,
         Command::Restore(args) => read::restore(&global, args).await,
         Command::Check(args) => check::run(&global, args).await,
+        Command::Forget(args) => forget::forget(&global, args).await,
+        Command::Prune(args) => forget::prune(&global, args).await,
         Command::Stats => stats::run(&global).await,
         Command::Copy(args) => copy::run(&global, args).await,
         Command::Key(command) => keys::run(&global, command).await,
@@ -185,6 +208,16 @@ impl GlobalArgs {
         )
     }
 
+    /// Notes a repository whose lease [`run`] must release at the end.
+    fn remember_lease(&self, repo: &Repo) {
+        if repo.lease().is_some() {
+            self.leased
+                .lock()
+                .expect("lease list lock")
+                .push(repo.clone());
+        }
+    }
+
     fn shows_progress(&self) -> bool {
         !self.quiet && !self.json && std::io::IsTerminal::is_terminal(&std::io::stderr())
     }
@@ -192,12 +225,23 @@ impl GlobalArgs {
 
 /// Opens the repository named by the global flags.
 pub async fn open(global: &GlobalArgs) -> Result<Repo> {
+    open_with(global, None).await
+}
+
+/// Opens the repository holding a lease of `kind` for as long as the
+/// command runs (for commands that read or write packs).
+pub async fn open_leased(global: &GlobalArgs, kind: LeaseKind) -> Result<Repo> {
+    open_with(global, Some(kind)).await
+}
+
+async fn open_with(global: &GlobalArgs, lease: Option<LeaseKind>) -> Result<Repo> {
     let url = global.repo_url()?;
     let backend = larder::backend::open(url)?;
     let passphrase = passphrase::existing(global)?;
-    let repo = Repo::open(backend, passphrase.as_bytes(), &global.cache_root()?)
+    let repo = Repo::open_with(backend, passphrase.as_bytes(), &global.cache_root()?, lease)
         .await
         .with_context(|| format!("opening repository {url}"))?;
+    global.remember_lease(&repo);
     render::warn_all(&repo.open_report().warnings);
     Ok(repo)
 }

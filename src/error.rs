@@ -150,6 +150,29 @@ pub enum Error {
     #[error("{0}")]
     InvalidArgument(String),
 
+    /// This run's lease went unrefreshed for longer than its lifetime (the
+    /// process was suspended, or storage was unreachable), so a prune may
+    /// have removed data it relied on; it must not commit.
+    #[error(
+        "this run's lease lapsed: {gap_s} s passed between refreshes, more than its {ttl_s} s lifetime (was the process suspended or storage unreachable?); a prune may have removed data this run relied on, so nothing was committed; run it again"
+    )]
+    LeaseLapsed {
+        /// Seconds between two refreshes, by the storage's clock.
+        gap_s: u64,
+        /// The lease's lifetime in seconds.
+        ttl_s: u64,
+    },
+
+    /// Another operation that this one must not overlap is still running
+    /// after waiting as long as allowed.
+    #[error("gave up after waiting {waited_s} s for {what}")]
+    Busy {
+        /// How long this run waited.
+        waited_s: u64,
+        /// What it waited for (the other operation's lease).
+        what: String,
+    },
+
     /// An operation was stopped because another part of it failed first; the
     /// first failure is reported instead of this.
     #[error("operation cancelled")]

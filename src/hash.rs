@@ -8,7 +8,7 @@
 //!   key, so the storage cannot confirm that it holds known content.
 //! - [`PackId`]: plain BLAKE3 of the pack's stored bytes, so anyone can check a
 //!   pack against its name without keys.
-//! - [`SnapshotId`], [`IndexId`], [`KeyId`]: 32 random bytes, chosen when the
+//! - [`SnapshotId`], [`IndexId`], [`KeyId`], [`GenerationId`]: 32 random bytes, chosen when the
 //!   object is written.
 
 use std::fmt;
@@ -120,6 +120,10 @@ id_type!(
     KeyId
 );
 id_type!(
+    /// Random id of a pending generation (prune's list of packs to delete).
+    GenerationId
+);
+id_type!(
     /// Random id of the repository, chosen at `init`.
     RepoId
 );
@@ -154,7 +158,7 @@ macro_rules! random_id {
         }
     )*};
 }
-random_id!(SnapshotId, IndexId, KeyId, RepoId);
+random_id!(SnapshotId, IndexId, KeyId, RepoId, GenerationId);
 
 impl PackId {
     /// Computes a pack's id from its complete stored bytes.

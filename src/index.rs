@@ -109,6 +109,28 @@ impl IndexObject {
     }
 }
 
+/// The plaintext of a pending generation: packs prune found unreferenced
+/// and will delete once no operation that began before it is still running.
+///
+/// ```text
+/// pending/<random id> = sealed(kind Pending, id) of CBOR PendingObject
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, minicbor::Encode, minicbor::Decode)]
+#[cbor(map)]
+pub struct PendingObject {
+    /// The packs to delete.
+    #[n(0)]
+    pub packs: Vec<PackId>,
+}
+
+/// Largest pending object plaintext accepted (256 MiB: eight million packs).
+pub const MAX_PENDING_SIZE: usize = 256 << 20;
+
+/// The object name of a pending generation.
+pub fn pending_path(id: &crate::hash::GenerationId) -> String {
+    format!("pending/{id}")
+}
+
 /// Largest tree or list blob accepted (a directory of about a million
 /// entries).
 pub const MAX_METADATA_BLOB: usize = 256 << 20;

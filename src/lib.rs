@@ -45,6 +45,7 @@ pub mod chunker;
 pub mod dump;
 pub mod hash;
 pub mod key;
+pub mod lease;
 pub mod pack;
 pub mod seal;
 pub mod source;

@@ -10,7 +10,7 @@
 //! is reported as a warning and skipped, so one bad object cannot make every
 //! command fail.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -21,9 +21,13 @@ use crate::backend::{Backend, Metered, Put, RequestCounts};
 use crate::catalog::{BlobLocation, Catalog, SnapshotFilter};
 use crate::config::{ChunkerProfile, Config, ConfigEnvelope, FORMAT_VERSION};
 use crate::error::{Error, Result};
-use crate::hash::{BlobHasher, BlobId, IndexId, KeyId, PackId, RepoId, SnapshotId};
-use crate::index::{IndexObject, MAX_INDEX_SIZE, index_path, snapshot_path};
+use crate::hash::{BlobHasher, BlobId, GenerationId, IndexId, KeyId, PackId, RepoId, SnapshotId};
+use crate::index::{
+    IndexObject, MAX_INDEX_SIZE, MAX_PENDING_SIZE, PendingObject, index_path, pending_path,
+    snapshot_path,
+};
 use crate::key::{KdfParams, KeyFile, MasterKey};
+use crate::lease::{Lease, LeaseKind};
 use crate::pack::pack_path;
 use crate::seal::{ObjectKind, Sealer, with_codec};
 use crate::snapshot::{Content, Node, NodeKind, Snapshot, Tree};
@@ -111,6 +115,7 @@ pub struct Repo {
     catalog: Arc<Mutex<Catalog>>,
     cache_dir: PathBuf,
     sync_report: SyncReport,
+    lease: Arc<Mutex<Option<Arc<Lease>>>>,
 }
 
 impl Repo {
@@ -184,7 +189,7 @@ impl Repo {
                 location: backend.location(),
             });
         }
-        Repo::assemble(backend, master, key_id, config, cache_root).await
+        Repo::assemble(backend, master, key_id, config, cache_root, None).await
     }
 
     /// Opens an existing repository with `passphrase`.
@@ -192,6 +197,19 @@ impl Repo {
         backend: Arc<dyn Backend>,
         passphrase: &[u8],
         cache_root: &Path,
+    ) -> Result<Repo> {
+        Repo::open_with(backend, passphrase, cache_root, None).await
+    }
+
+    /// Opens an existing repository holding a lease of `kind` (taken before
+    /// the catalog is brought in step, as prune's protocol needs). Release
+    /// it with [`Repo::release_lease`] when done; a process that dies
+    /// leaves it to expire.
+    pub async fn open_with(
+        backend: Arc<dyn Backend>,
+        passphrase: &[u8],
+        cache_root: &Path,
+        lease: Option<LeaseKind>,
     ) -> Result<Repo> {
         // Count from the first request: opening's GETs are part of what a
         // command costs.
@@ -219,7 +237,7 @@ impl Repo {
             ));
         }
         config.validate()?;
-        Repo::assemble(backend, master, key_id, config, cache_root).await
+        Repo::assemble(backend, master, key_id, config, cache_root, lease).await
     }
 
     async fn assemble(
@@ -228,6 +246,7 @@ impl Repo {
         key_id: KeyId,
         config: Config,
         cache_root: &Path,
+        lease: Option<LeaseKind>,
     ) -> Result<Repo> {
         let cache_dir = cache_dir_for(cache_root, config.repo_id, &backend.location());
         let (catalog, set_aside) = open_or_replace_catalog(&cache_dir.join("catalog.sqlite"))?;
@@ -244,7 +263,14 @@ impl Repo {
             catalog: Arc::new(Mutex::new(catalog)),
             cache_dir,
             sync_report: SyncReport::default(),
+            lease: Arc::default(),
         };
+        // The lease comes before the sync: everything a pending generation
+        // older than the lease says is then seen, and prune waits for this
+        // lease before deleting anything newer.
+        if let Some(kind) = lease {
+            repo.acquire_lease(kind).await?;
+        }
         let mut warnings: Vec<String> = set_aside.into_iter().collect();
         repo.sync_report = match repo.sync().await {
             Ok(report) => report,
@@ -338,6 +364,53 @@ impl Repo {
         &self.cache_dir
     }
 
+    async fn acquire_lease(&self, kind: LeaseKind) -> Result<Arc<Lease>> {
+        let lease = Arc::new(
+            Lease::acquire(
+                &self.backend,
+                &self.sealer,
+                self.config.compression_level,
+                kind,
+            )
+            .await?,
+        );
+        *self.lease.lock().expect("lease lock") = Some(Arc::clone(&lease));
+        Ok(lease)
+    }
+
+    /// Takes a lease on an already open repository and brings the catalog
+    /// in step again (what it absorbed before the lease is not covered).
+    pub async fn take_lease(&self, kind: LeaseKind) -> Result<Arc<Lease>> {
+        if let Some(lease) = self.lease() {
+            return Ok(lease);
+        }
+        let lease = self.acquire_lease(kind).await?;
+        self.sync().await?;
+        Ok(lease)
+    }
+
+    /// The lease this handle holds, if any.
+    pub fn lease(&self) -> Option<Arc<Lease>> {
+        self.lease.lock().expect("lease lock").clone()
+    }
+
+    /// Ends the lease, if one is held.
+    pub async fn release_lease(&self) {
+        let lease = self.lease.lock().expect("lease lock").take();
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
+    }
+
+    /// Before a commit: fails if this handle's lease ever lapsed (see
+    /// [`Lease::confirm`]). Without a lease there is nothing to check.
+    pub async fn confirm_lease(&self) -> Result<()> {
+        match self.lease() {
+            Some(lease) => lease.confirm().await.map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
     /// What the sync at open found (warnings about unreadable objects).
     pub fn open_report(&self) -> &SyncReport {
         &self.sync_report
@@ -386,6 +459,55 @@ impl Repo {
                 Err(e) if e.is_damage() => report
                     .warnings
                     .push(format!("skipped snapshot {}: {e}", id.short())),
+                Err(e) => return Err(e),
+            }
+        }
+
+        // Pending generations before index objects: a sweep deletes packs,
+        // then rewrites the index objects naming them, then deletes the
+        // generation, so reading in this order never shows a deleted pack
+        // as usable.
+        let known: HashMap<GenerationId, i64> =
+            self.catalog().pending_generations()?.into_iter().collect();
+        let listed: HashMap<GenerationId, i64> = self
+            .backend
+            .list("pending/")
+            .await?
+            .iter()
+            .filter_map(|o| {
+                let id: GenerationId = o.name.strip_prefix("pending/")?.parse().ok()?;
+                // Without a storage time, the generation is taken as the
+                // newest possible: every lease then counts as older.
+                let time = o.modified.map_or(i64::MAX, |t| {
+                    i64::try_from(t.as_nanosecond()).unwrap_or(i64::MAX)
+                });
+                Some((id, time))
+            })
+            .collect();
+        let gone: Vec<GenerationId> = known
+            .keys()
+            .filter(|id| !listed.contains_key(id))
+            .copied()
+            .collect();
+        self.catalog
+            .lock()
+            .expect("catalog lock")
+            .drop_pending(&gone)?;
+        for (id, time) in &listed {
+            if known.contains_key(id) {
+                continue;
+            }
+            match self.load_pending(id).await {
+                Ok(pending) => self.catalog.lock().expect("catalog lock").absorb_pending(
+                    id,
+                    *time,
+                    &pending.packs,
+                )?,
+                // A pending generation that cannot be read protects
+                // nothing and deletes nothing: prune will not sweep it.
+                Err(e) if e.is_damage() => report
+                    .warnings
+                    .push(format!("skipped pending generation {}: {e}", id.short())),
                 Err(e) => return Err(e),
             }
         }
@@ -505,6 +627,41 @@ impl Repo {
         Ok(index)
     }
 
+    /// Reads a pending generation from the repository.
+    pub async fn load_pending(&self, id: &GenerationId) -> Result<PendingObject> {
+        let name = pending_path(id);
+        let plain = self
+            .get_object(ObjectKind::Pending, &name, id.as_bytes(), MAX_PENDING_SIZE)
+            .await?;
+        minicbor::decode(&plain)
+            .map_err(|e| Error::corrupt(name, format!("pending generation does not parse: {e}")))
+    }
+
+    /// Stores a new pending generation and absorbs it into the catalog,
+    /// with the storage's time from a listing.
+    pub async fn write_pending(&self, pending: &PendingObject) -> Result<(GenerationId, i64)> {
+        let id = GenerationId::random();
+        let name = pending_path(&id);
+        let plain = minicbor::to_vec(pending).expect("encoding to a Vec cannot fail");
+        self.put_object(ObjectKind::Pending, &name, id.as_bytes(), &plain)
+            .await?;
+        let time = self
+            .backend
+            .list("pending/")
+            .await?
+            .into_iter()
+            .find(|o| o.name == name)
+            .and_then(|o| o.modified)
+            .map_or(i64::MAX, |t| {
+                i64::try_from(t.as_nanosecond()).unwrap_or(i64::MAX)
+            });
+        self.catalog
+            .lock()
+            .expect("catalog lock")
+            .absorb_pending(&id, time, &pending.packs)?;
+        Ok((id, time))
+    }
+
     /// Stores a new index object and absorbs it into the catalog.
     pub async fn write_index(&self, index: &IndexObject) -> Result<(IndexId, u64)> {
         let id = IndexId::random();
@@ -521,8 +678,11 @@ impl Repo {
     }
 
     /// Stores a new snapshot object (the commit point of a backup) and records
-    /// it in the catalog.
+    /// it in the catalog. With a lease held, first confirms it never lapsed:
+    /// a run that was suspended past its lease may rely on packs a prune has
+    /// since deleted, so it must not commit.
     pub async fn write_snapshot(&self, snapshot: &Snapshot) -> Result<(SnapshotId, u64)> {
+        self.confirm_lease().await?;
         let id = SnapshotId::random();
         let plain = minicbor::to_vec(snapshot).expect("encoding to a Vec cannot fail");
         let stored = self

@@ -41,7 +41,9 @@ pub struct Policy {
 impl Policy {
     /// True when no rule is set, so the policy would keep nothing.
     pub fn is_empty(&self) -> bool {
-        self.rules().iter().all(|(_, n)| n.is_none()) && self.within.is_none() && self.tags.is_empty()
+        self.rules().iter().all(|(_, n)| n.is_none())
+            && self.within.is_none()
+            && self.tags.is_empty()
     }
 
     fn rules(&self) -> [(Rule, Option<u32>); 6] {
@@ -224,7 +226,9 @@ pub fn apply(items: &[Item<'_>], policy: &Policy, now: Timestamp, tz: &TimeZone)
             if *last != Some(period) {
                 *used += 1;
                 *last = Some(period);
-                decision.reasons.push(format!("{} {used}/{limit}", rule.name()));
+                decision
+                    .reasons
+                    .push(format!("{} {used}/{limit}", rule.name()));
             }
         }
         if let (Some(start), Some(within)) = (within_start, &policy.within)
@@ -500,11 +504,21 @@ mod tests {
             vec![
                 (
                     "2026-11-22T03:00:00Z".to_string(),
-                    vec!["daily 1/7".to_string(), "weekly 1/4".into(), "monthly 1/12".into()]
+                    vec![
+                        "daily 1/7".to_string(),
+                        "weekly 1/4".into(),
+                        "monthly 1/12".into()
+                    ]
                 ),
                 // Sat 21st is in the same ISO week (W47) as Sun 22nd.
-                ("2026-11-21T03:00:00Z".to_string(), vec!["daily 2/7".to_string()]),
-                ("2026-11-20T03:00:00Z".to_string(), vec!["daily 3/7".to_string()]),
+                (
+                    "2026-11-21T03:00:00Z".to_string(),
+                    vec!["daily 2/7".to_string()]
+                ),
+                (
+                    "2026-11-20T03:00:00Z".to_string(),
+                    vec!["daily 3/7".to_string()]
+                ),
             ]
         );
     }

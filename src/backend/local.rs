@@ -57,6 +57,13 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 
 #[async_trait]
 impl Backend for LocalBackend {
+    /// File modification times come from the kernel's coarse clock (a few
+    /// milliseconds); a network file system adds its server's skew, which
+    /// this does not cover (see docs/OPERATIONS.md).
+    fn clock_resolution(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(100)
+    }
+
     fn location(&self) -> String {
         // Canonical, so that every spelling of the same directory names the
         // same catalog; the given path if it does not exist (yet).

@@ -110,7 +110,8 @@ impl MemoryBackend {
             state: Arc::new(Mutex::new(State {
                 objects: BTreeMap::new(),
                 calls: 0,
-                clock: 0,
+                // 2026-01-01T00:00:00Z in nanoseconds; every write ticks it.
+                clock: 1_767_225_600_000_000_000,
                 plan: None,
             })),
         }
@@ -134,6 +135,13 @@ impl MemoryBackend {
         self.state.lock().expect("memory backend lock").plan = None;
     }
 
+    /// Moves the storage clock forward, as if `by` had passed (to expire
+    /// leases in tests without waiting).
+    pub fn advance_clock(&self, by: std::time::Duration) {
+        let mut state = self.state.lock().expect("memory backend lock");
+        state.clock += u64::try_from(by.as_nanos()).unwrap_or(u64::MAX / 2);
+    }
+
     /// Requests made since the plan was last set.
     pub fn calls(&self) -> u64 {
         self.state.lock().expect("memory backend lock").calls
@@ -153,7 +161,7 @@ impl MemoryBackend {
     /// a repository on purpose).
     pub fn overwrite(&self, name: &str, data: Bytes) {
         let mut state = self.state.lock().expect("memory backend lock");
-        state.clock += 1;
+        state.clock += 1_000;
         let clock = state.clock;
         state.objects.insert(name.to_string(), (data, clock));
     }
@@ -233,7 +241,7 @@ impl Backend for MemoryBackend {
         if state.objects.contains_key(name) {
             return Ok(Put::Existed);
         }
-        state.clock += 1;
+        state.clock += 1_000;
         let clock = state.clock;
         state.objects.insert(name.to_string(), (data, clock));
         Ok(Put::Created)
@@ -283,9 +291,13 @@ impl Backend for MemoryBackend {
             .map(|(k, (v, clock))| ObjectInfo {
                 name: k.clone(),
                 size: v.len() as u64,
-                modified: jiff::Timestamp::from_second(*clock as i64).ok(),
+                modified: jiff::Timestamp::from_nanosecond(i128::from(*clock)).ok(),
             })
             .collect())
+    }
+
+    fn clock_resolution(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
     }
 
     async fn delete(&self, name: &str) -> Result<()> {

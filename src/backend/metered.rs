@@ -147,4 +147,8 @@ impl Backend for Metered {
     fn upload_concurrency(&self) -> usize {
         self.inner.upload_concurrency()
     }
+
+    fn clock_resolution(&self) -> std::time::Duration {
+        self.inner.clock_resolution()
+    }
 }

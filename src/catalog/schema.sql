@@ -1,5 +1,5 @@
 -- The catalog: derived data about one repository, rebuilt from the
--- repository alone by `larder catalog rebuild`. Schema version 2.
+-- repository alone by `larder catalog rebuild`. Schema version 3.
 
 -- Every pack some absorbed index object names.
 CREATE TABLE packs (
@@ -68,4 +68,19 @@ CREATE TABLE copied_blobs (
     src_id   BLOB NOT NULL,       -- BlobId there
     dst_id   BLOB NOT NULL,       -- BlobId here
     PRIMARY KEY (src_repo, src_id)
+) WITHOUT ROWID;
+
+-- Pending generations absorbed (prune's lists of packs to delete), with
+-- the storage's time for each, and the packs each names. A pack named by
+-- any absorbed generation has packs.state 1: backups store its blobs
+-- again, reads use it only when no other copy exists.
+CREATE TABLE pending_objects (
+    id      BLOB PRIMARY KEY,     -- GenerationId
+    time_ns INTEGER NOT NULL      -- storage modification time
+) WITHOUT ROWID;
+
+CREATE TABLE pending_packs (
+    pack BLOB NOT NULL,           -- PackId (the pack may be in no index)
+    gen  BLOB NOT NULL,           -- GenerationId
+    PRIMARY KEY (pack, gen)
 ) WITHOUT ROWID;

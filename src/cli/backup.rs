@@ -11,7 +11,9 @@ use larder::progress::Progress;
 use larder::source::tree::{Excludes, absolute_path, check_paths};
 use larder::source::{StreamInput, split_command};
 
-use super::{GlobalArgs, Outcome, open, progress_bar::Bar, render};
+use larder::lease::LeaseKind;
+
+use super::{GlobalArgs, Outcome, open_leased, progress_bar::Bar, render};
 
 #[derive(Args, Debug)]
 pub struct BackupArgs {
@@ -115,7 +117,7 @@ pub async fn run(global: &GlobalArgs, args: BackupArgs) -> Result<Outcome> {
                 .with_context(|| format!("--time {t:?} is not an RFC 3339 time"))
         })
         .transpose()?;
-    let repo = open(global).await?;
+    let repo = open_leased(global, LeaseKind::Backup).await?;
     let parent = match &args.parent {
         Some(spec) => Some(repo.resolve_snapshot(spec, &SnapshotFilter::default())?.0),
         None => None,

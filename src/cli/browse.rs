@@ -7,7 +7,9 @@ use clap::Args;
 use larder::catalog::SnapshotFilter;
 use larder::ops::ls::Entry;
 
-use super::{GlobalArgs, Outcome, open, render};
+use larder::lease::LeaseKind;
+
+use super::{GlobalArgs, Outcome, open, open_leased, render};
 
 #[derive(Args, Debug)]
 pub struct LsArgs {
@@ -155,7 +157,7 @@ pub async fn find(global: &GlobalArgs, args: FindArgs) -> Result<Outcome> {
 }
 
 pub async fn diff(global: &GlobalArgs, args: DiffArgs) -> Result<Outcome> {
-    let repo = open(global).await?;
+    let repo = open_leased(global, LeaseKind::Read).await?;
     let all = SnapshotFilter::default();
     let (_, a) = repo.resolve_snapshot(&args.a, &all)?;
     let (_, b) = repo.resolve_snapshot(&args.b, &all)?;

@@ -7,7 +7,9 @@ use clap::Args;
 use larder::ops::check::{CheckOptions, check};
 use larder::progress::Progress;
 
-use super::{GlobalArgs, Outcome, open, progress_bar::Bar, render};
+use larder::lease::LeaseKind;
+
+use super::{GlobalArgs, Outcome, open_leased, progress_bar::Bar, render};
 
 #[derive(Args, Debug)]
 pub struct CheckArgs {
@@ -17,7 +19,7 @@ pub struct CheckArgs {
 }
 
 pub async fn run(global: &GlobalArgs, args: CheckArgs) -> Result<Outcome> {
-    let repo = open(global).await?;
+    let repo = open_leased(global, LeaseKind::Read).await?;
     let progress = Arc::new(Progress::default());
     let bar = Bar::start(
         global.shows_progress() && args.read_data,

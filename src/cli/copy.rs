@@ -9,7 +9,9 @@ use larder::catalog::SnapshotFilter;
 use larder::progress::Progress;
 use larder::repo::Repo;
 
-use super::{GlobalArgs, Outcome, open, passphrase, progress_bar::Bar, render};
+use larder::lease::LeaseKind;
+
+use super::{GlobalArgs, Outcome, open_leased, passphrase, progress_bar::Bar, render};
 
 #[derive(Args, Debug)]
 pub struct CopyArgs {
@@ -35,13 +37,14 @@ pub struct CopyArgs {
 }
 
 pub async fn run(global: &GlobalArgs, args: CopyArgs) -> Result<Outcome> {
-    let src = open(global).await?;
+    let src = open_leased(global, LeaseKind::Read).await?;
     let dst = open_other(
         global,
         &args.to,
         args.to_password_file.as_deref(),
         "LARDER_TO_PASSWORD",
         "destination",
+        Some(LeaseKind::Copy),
     )
     .await?;
     let filter = SnapshotFilter {
@@ -104,12 +107,14 @@ pub async fn open_other(
     password_file: Option<&std::path::Path>,
     env: &str,
     what: &str,
+    lease: Option<LeaseKind>,
 ) -> Result<Repo> {
     let backend = larder::backend::open(url)?;
     let passphrase = passphrase::other(password_file, env, what)?;
-    let repo = Repo::open(backend, passphrase.as_bytes(), &global.cache_root()?)
+    let repo = Repo::open_with(backend, passphrase.as_bytes(), &global.cache_root()?, lease)
         .await
         .with_context(|| format!("opening {what} repository {url}"))?;
+    global.remember_lease(&repo);
     render::warn_all(&repo.open_report().warnings);
     Ok(repo)
 }

@@ -62,6 +62,7 @@ pub async fn run(global: &GlobalArgs, args: InitArgs) -> Result<Outcome> {
                 args.from_password_file.as_deref(),
                 "LARDER_FROM_PASSWORD",
                 "other",
+                None,
             )
             .await?;
             let config = other.config();

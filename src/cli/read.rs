@@ -9,7 +9,9 @@ use larder::catalog::SnapshotFilter;
 use larder::ops::restore::{Overwrite, RestoreOptions};
 use larder::progress::Progress;
 
-use super::{GlobalArgs, Outcome, open, progress_bar::Bar, render};
+use larder::lease::LeaseKind;
+
+use super::{GlobalArgs, Outcome, open_leased, progress_bar::Bar, render};
 
 #[derive(Args, Debug)]
 pub struct CatArgs {
@@ -57,7 +59,7 @@ fn filter(source: Option<String>) -> SnapshotFilter {
 }
 
 pub async fn cat(global: &GlobalArgs, args: CatArgs) -> Result<Outcome> {
-    let repo = open(global).await?;
+    let repo = open_leased(global, LeaseKind::Read).await?;
     let (id, snapshot) = repo.resolve_snapshot(&args.snapshot, &filter(args.source))?;
     // Chunks are written whole; a large buffer keeps syscalls few on pipes.
     let mut stdout = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
@@ -79,7 +81,7 @@ pub async fn cat(global: &GlobalArgs, args: CatArgs) -> Result<Outcome> {
 }
 
 pub async fn restore(global: &GlobalArgs, args: RestoreArgs) -> Result<Outcome> {
-    let repo = open(global).await?;
+    let repo = open_leased(global, LeaseKind::Read).await?;
     let (id, snapshot) = repo.resolve_snapshot(&args.snapshot, &filter(args.source))?;
     let progress = Arc::new(Progress::default());
     progress.bytes_total.store(

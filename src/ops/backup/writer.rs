@@ -339,7 +339,7 @@ async fn uploader(
     }
 }
 
-async fn upload(repo: &Repo, pack: FinishedPack) -> Result<(IndexedPack, u64)> {
+pub(crate) async fn upload(repo: &Repo, pack: FinishedPack) -> Result<(IndexedPack, u64)> {
     let size = pack.bytes.len() as u64;
     let bytes = Bytes::from(pack.bytes);
     let put = repo

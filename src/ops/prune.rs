@@ -1,0 +1,711 @@
+//! `prune`: garbage collection in two phases that never blocks backups.
+//!
+//! ```text
+//! lease ─► wait for older prunes ─► mark ─► sweep earlier generations
+//!       ─► plan ─► repack (new packs + index first) ─► pending/<generation>
+//!       ─► sweep it if nothing older is running ─► consolidate index ─► drop expired leases
+//! ```
+//!
+//! **Mark.** Every snapshot's trees and content lists are walked and their
+//! blob ids put in a temporary table of the catalog, so memory stays flat
+//! however large the repository; a subtree already marked is not walked
+//! again. A snapshot whose metadata cannot be read stops prune before it
+//! deletes anything: what it needs is unknown.
+//!
+//! **Phase one.** Packs no live blob uses, packs whose unused share passes
+//! `max_unused` (after their live blobs are copied, verified, into new packs
+//! and a new index object is durable), and packs no index object names
+//! (interrupted runs) are recorded in `pending/<generation>`, whose storage
+//! time dates the decision. From then on backups treat their blobs as absent.
+//!
+//! **Phase two (sweep).** A generation's packs are deleted only when no live
+//! lease began before it (each such operation may have deduplicated against
+//! them before the generation existed), and only after a fresh sync and
+//! mark show that no snapshot needs a blob found only in them; packs that
+//! are needed after all are kept and become usable again. Index objects
+//! naming deleted packs are rewritten without them, the new object written
+//! before the old ones are deleted, and the generation object goes last, so
+//! every intermediate state is one a reader and a later prune handle.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use jiff::Timestamp;
+
+use crate::backend::{Backend, RequestCounts};
+use crate::catalog::{PackState, PackUsage, SnapshotFilter};
+use crate::error::{Error, Result};
+use crate::hash::{BlobId, GenerationId, IndexId, PackId, SnapshotId};
+use crate::index::{INDEX_FLUSH_BLOBS, IndexObject, PendingObject, index_path, pending_path};
+use crate::lease::{self, Lease, LeaseInfo, LeaseKind, LeaseView};
+use crate::ops::backup::writer::upload;
+use crate::pack::{PackKind, PackWriter, pack_path, parse_pack_path, read_header};
+use crate::repo::Repo;
+use crate::seal::with_codec;
+use crate::snapshot::{Content, NodeKind};
+
+/// Deletes in flight at once.
+const DELETE_CONCURRENCY: usize = 8;
+/// An index object naming fewer packs than this is merged with others.
+const SMALL_INDEX_PACKS: u64 = 16;
+/// Default `--max-unused`: repack a pack once more than this share of it
+/// is unused.
+pub const DEFAULT_MAX_UNUSED_PERCENT: f64 = 10.0;
+/// Default bound on waiting for another prune.
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(30 * 60);
+
+/// Receives messages about waiting, as they happen.
+pub type Notify = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// What to prune.
+#[derive(Clone)]
+pub struct PruneOptions {
+    /// Report what would happen; change nothing.
+    pub dry_run: bool,
+    /// Repack packs whose unused share exceeds this percentage.
+    pub max_unused_percent: f64,
+    /// How long to wait for another prune before giving up.
+    pub max_wait: Duration,
+    /// Called with each "waiting for …" message.
+    pub notify: Option<Notify>,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions {
+            dry_run: false,
+            max_unused_percent: DEFAULT_MAX_UNUSED_PERCENT,
+            max_wait: DEFAULT_MAX_WAIT,
+            notify: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for PruneOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PruneOptions")
+            .field("dry_run", &self.dry_run)
+            .field("max_unused_percent", &self.max_unused_percent)
+            .field("max_wait", &self.max_wait)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One pending generation and what became of it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct GenerationReport {
+    /// Generation id.
+    pub id: String,
+    /// When the storage recorded it.
+    pub time: String,
+    /// Packs it names.
+    pub packs: u64,
+    /// Their stored bytes (as far as the catalog knows them).
+    pub bytes: u64,
+    /// `deleted`, `waiting`, `would be deleted now`, or `would wait`.
+    pub status: String,
+    /// The live leases that began before it, when it must wait.
+    pub waits_for: Vec<String>,
+    /// Packs kept because a snapshot committed since needs them.
+    pub packs_rescued: u64,
+}
+
+/// What `prune` found and did.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct PruneSummary {
+    /// Nothing was changed.
+    pub dry_run: bool,
+    /// Snapshots marked.
+    pub snapshots: u64,
+    /// Blobs some snapshot uses.
+    pub live_blobs: u64,
+    /// Packs and stored bytes before pruning.
+    pub packs_total: u64,
+    /// …
+    pub bytes_total: u64,
+    /// Packs no snapshot uses at all.
+    pub packs_unused: u64,
+    /// Their bytes.
+    pub bytes_unused: u64,
+    /// Packs rewritten because enough of them is unused.
+    pub packs_repacked: u64,
+    /// Bytes of those packs.
+    pub bytes_repacked: u64,
+    /// Bytes copied out of them into new packs.
+    pub bytes_rewritten: u64,
+    /// Packs no index object names (left by interrupted runs).
+    pub packs_unindexed: u64,
+    /// Their bytes.
+    pub bytes_unindexed: u64,
+    /// The generation this run recorded (or would record).
+    pub new_generation: Option<String>,
+    /// Packs in it and their bytes.
+    pub pending_packs: u64,
+    /// …
+    pub pending_bytes: u64,
+    /// Every generation this run looked at.
+    pub generations: Vec<GenerationReport>,
+    /// Packs deleted.
+    pub packs_deleted: u64,
+    /// Stored bytes freed.
+    pub bytes_freed: u64,
+    /// Index objects written and deleted by consolidation.
+    pub indexes_written: u64,
+    /// …
+    pub indexes_deleted: u64,
+    /// Expired leases removed.
+    pub leases_removed: u64,
+    /// Seconds spent waiting for another prune.
+    pub waited_s: f64,
+    /// Damaged data prune left alone, and other things worth knowing.
+    pub warnings: Vec<String>,
+    /// Wall time.
+    pub duration_s: f64,
+    /// Storage requests made.
+    pub requests: RequestCounts,
+}
+
+/// Runs prune; see the module docs. Takes a prune lease unless `repo`
+/// already holds one.
+pub async fn prune(repo: &Repo, options: &PruneOptions) -> Result<PruneSummary> {
+    let started = Instant::now();
+    let lease = repo.take_lease(LeaseKind::Prune).await?;
+    if lease.kind() != LeaseKind::Prune {
+        return Err(Error::InvalidArgument(format!(
+            "prune needs a prune lease, but this handle holds a {} lease",
+            lease.kind().name()
+        )));
+    }
+    let mut run = Run {
+        repo,
+        lease: &lease,
+        options,
+        summary: PruneSummary {
+            dry_run: options.dry_run,
+            ..PruneSummary::default()
+        },
+        marked: HashSet::new(),
+    };
+    run.summary.waited_s = run.wait_for_older_prunes().await?;
+    repo.sync().await?;
+    repo.catalog().live_reset()?;
+    run.mark().await?;
+
+    // Generations recorded earlier: sweep what may be swept.
+    for (generation, time) in repo.catalog().pending_generations()? {
+        run.sweep(generation, time).await?;
+    }
+
+    run.plan_and_record().await?;
+    if !options.dry_run {
+        run.consolidate_small_indexes().await?;
+        run.remove_expired_leases().await?;
+    }
+    let mut summary = run.summary;
+    summary.live_blobs = repo.catalog().live_count()?;
+    summary.duration_s = started.elapsed().as_secs_f64();
+    summary.requests = repo.counts();
+    Ok(summary)
+}
+
+struct Run<'a> {
+    repo: &'a Repo,
+    lease: &'a Lease,
+    options: &'a PruneOptions,
+    summary: PruneSummary,
+    marked: HashSet<SnapshotId>,
+}
+
+impl Run<'_> {
+    fn notify(&self, message: &str) {
+        if let Some(notify) = &self.options.notify {
+            notify(message);
+        }
+    }
+
+    /// Waits until no live prune lease is older than ours. Ties within the
+    /// storage's clock resolution go to the smaller lease id, and the first
+    /// look is taken only after that resolution has passed, so two prunes
+    /// starting together both see each other and agree which goes first.
+    async fn wait_for_older_prunes(&self) -> Result<f64> {
+        let waited = Instant::now();
+        let resolution = self.lease.resolution();
+        tokio::time::sleep(resolution).await;
+        let poll = (self.lease.ttl() / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        loop {
+            let view = self.lease.refresh().await?;
+            let Some(me) = view.me().cloned() else {
+                return Err(Error::corrupt(
+                    "locks/",
+                    "this prune's own lease is not listed",
+                ));
+            };
+            let older: Vec<LeaseInfo> = view
+                .others_live(resolution)
+                .filter(|l| l.kind == LeaseKind::Prune.name() && goes_first(l, &me, resolution))
+                .cloned()
+                .collect();
+            let Some(first) = older.first() else {
+                return Ok(waited.elapsed().as_secs_f64());
+            };
+            let what = format!("another prune: {}", self.lease.describe(first).await);
+            if waited.elapsed() >= self.options.max_wait {
+                return Err(Error::Busy {
+                    waited_s: waited.elapsed().as_secs(),
+                    what,
+                });
+            }
+            self.notify(&format!("waiting for {what}"));
+            tokio::time::sleep(poll).await;
+        }
+    }
+
+    /// Marks every snapshot not marked yet.
+    async fn mark(&mut self) -> Result<()> {
+        for (id, snapshot) in self.repo.snapshots(&SnapshotFilter::default())? {
+            if !self.marked.insert(id) {
+                continue;
+            }
+            mark_tree(self.repo, snapshot.root).await.map_err(|e| {
+                Error::InvalidArgument(format!(
+                    "snapshot {} cannot be walked ({e}); prune cannot tell what it needs, so it deletes nothing (run `larder check`)",
+                    id.short()
+                ))
+            })?;
+        }
+        self.summary.snapshots = self.marked.len() as u64;
+        Ok(())
+    }
+
+    /// Decides what is garbage, repacks, records a generation and sweeps it
+    /// if nothing older is running.
+    async fn plan_and_record(&mut self) -> Result<()> {
+        let usage = self.repo.catalog().pack_usage()?;
+        let known: HashSet<PackId> = usage.iter().map(|u| u.pack.id).collect();
+        let pending = self.repo.catalog().pending_pack_ids()?;
+        let max_unused = self.options.max_unused_percent / 100.0;
+
+        let mut unused: Vec<&PackUsage> = Vec::new();
+        let mut repack: Vec<&PackUsage> = Vec::new();
+        for u in &usage {
+            self.summary.packs_total += 1;
+            self.summary.bytes_total += u.pack.size;
+            match u.pack.state {
+                PackState::Pending => continue,
+                _ if u.live_blobs == 0 => unused.push(u),
+                PackState::Damaged => self.summary.warnings.push(format!(
+                    "{} is damaged or missing and still holds live blobs; left alone (see `larder check`)",
+                    pack_path(&u.pack.id)
+                )),
+                PackState::Usable => {
+                    let share = 1.0 - u.live_bytes as f64 / u.pack.size.max(1) as f64;
+                    if share > max_unused {
+                        repack.push(u);
+                    }
+                }
+            }
+        }
+        let mut unindexed: Vec<(PackId, u64)> = Vec::new();
+        for object in self.repo.backend().list("packs/").await? {
+            if let Some(id) = parse_pack_path(&object.name)
+                && !known.contains(&id)
+                && !pending.contains(&id)
+            {
+                unindexed.push((id, object.size));
+            }
+        }
+        self.summary.packs_unused = unused.len() as u64;
+        self.summary.bytes_unused = unused.iter().map(|u| u.pack.size).sum();
+        self.summary.packs_repacked = repack.len() as u64;
+        self.summary.bytes_repacked = repack.iter().map(|u| u.pack.size).sum();
+        self.summary.bytes_rewritten = repack.iter().map(|u| u.live_bytes).sum();
+        self.summary.packs_unindexed = unindexed.len() as u64;
+        self.summary.bytes_unindexed = unindexed.iter().map(|p| p.1).sum();
+
+        let mut doomed: Vec<PackId> = unused.iter().map(|u| u.pack.id).collect();
+        doomed.extend(unindexed.iter().map(|p| p.0));
+        if !self.options.dry_run && !repack.is_empty() {
+            let repacked = self.repack(&repack).await?;
+            doomed.extend(repacked);
+        } else {
+            doomed.extend(repack.iter().map(|u| u.pack.id));
+        }
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        doomed.sort();
+        doomed.dedup();
+        let sizes: HashMap<PackId, u64> = usage
+            .iter()
+            .map(|u| (u.pack.id, u.pack.size))
+            .chain(unindexed.iter().copied())
+            .collect();
+        self.summary.pending_packs = doomed.len() as u64;
+        self.summary.pending_bytes = doomed.iter().filter_map(|p| sizes.get(p)).sum();
+        if self.options.dry_run {
+            let view = self.lease.refresh().await?;
+            let waits = self.blockers(&view, view.now).await;
+            self.summary.generations.push(GenerationReport {
+                id: "(new)".into(),
+                time: lease::format_storage_time(view.now),
+                packs: doomed.len() as u64,
+                bytes: self.summary.pending_bytes,
+                status: if waits.is_empty() {
+                    "would be deleted now".into()
+                } else {
+                    "would wait".into()
+                },
+                waits_for: waits,
+                packs_rescued: 0,
+            });
+            return Ok(());
+        }
+        let (generation, time) = self
+            .repo
+            .write_pending(&PendingObject { packs: doomed })
+            .await?;
+        self.summary.new_generation = Some(generation.to_hex());
+        self.sweep(generation, time).await
+    }
+
+    /// Copies the live blobs of `packs` into new packs, verified, and writes
+    /// the index naming them. Returns the packs whose live blobs are now
+    /// stored elsewhere (a pack that cannot be read whole is left alone).
+    async fn repack(&mut self, packs: &[&PackUsage]) -> Result<Vec<PackId>> {
+        let config = self.repo.config();
+        let level = config.compression_level;
+        let mut done = Vec::new();
+        let mut written: HashSet<BlobId> = HashSet::new();
+        let mut writers: HashMap<PackKind, PackWriter> = HashMap::new();
+        let mut index = IndexObject::default();
+        for usage in packs {
+            let id = usage.pack.id;
+            let name = pack_path(&id);
+            let bytes = self.repo.backend().get(&name).await?;
+            if crate::hash::PackId::of_pack(&bytes) != id {
+                self.summary.warnings.push(format!(
+                    "{name} does not match its name; not repacked (see `larder check --read-data`)"
+                ));
+                continue;
+            }
+            let sealer = self.repo.sealer().clone();
+            let header = match with_codec(level, |codec| read_header(&sealer, codec, &bytes, &name))
+            {
+                Ok(header) => header,
+                Err(e) => {
+                    self.summary.warnings.push(format!("{e}; not repacked"));
+                    continue;
+                }
+            };
+            for entry in header.entries {
+                let Some(kind) = entry.object_kind() else {
+                    continue;
+                };
+                if written.contains(&entry.id) || !self.repo.catalog().is_live(&entry.id)? {
+                    continue;
+                }
+                let at = entry.offset as usize..entry.offset as usize + entry.length as usize;
+                let sealed = &bytes[at];
+                // Copied sealed, but only after it opens: damage is never
+                // carried into a new pack.
+                let opened = with_codec(level, |codec| {
+                    sealer.open(
+                        codec,
+                        kind,
+                        entry.id.as_bytes(),
+                        sealed,
+                        entry.raw_length as usize,
+                    )
+                });
+                if let Err(e) = opened {
+                    self.summary.warnings.push(format!(
+                        "blob {} in {name} is damaged ({e}); not copied, so the next backup of that content stores it again",
+                        entry.id.short()
+                    ));
+                    continue;
+                }
+                let pack_kind = PackKind::for_blob(kind);
+                let target = match pack_kind {
+                    PackKind::Data => config.data_pack_size,
+                    PackKind::Tree => config.tree_pack_size,
+                } as usize;
+                let writer = writers
+                    .entry(pack_kind)
+                    .or_insert_with(|| PackWriter::new(pack_kind));
+                writer.add(kind, entry.id, sealed, entry.raw_length);
+                written.insert(entry.id);
+                if writer.len() >= target {
+                    let full = std::mem::replace(writer, PackWriter::new(pack_kind));
+                    self.store_pack(full, &mut index).await?;
+                }
+            }
+            done.push(id);
+        }
+        for (_, writer) in writers {
+            if !writer.is_empty() {
+                self.store_pack(writer, &mut index).await?;
+            }
+        }
+        if !index.packs.is_empty() {
+            self.repo.write_index(&index).await?;
+        }
+        Ok(done)
+    }
+
+    async fn store_pack(&mut self, writer: PackWriter, index: &mut IndexObject) -> Result<()> {
+        let level = self.repo.config().compression_level;
+        let sealer = self.repo.sealer().clone();
+        let finished = with_codec(level, |codec| writer.finish(&sealer, codec));
+        let (indexed, _) = upload(self.repo, finished).await?;
+        index.packs.push(indexed);
+        if index.blob_count() >= INDEX_FLUSH_BLOBS {
+            self.repo.write_index(&std::mem::take(index)).await?;
+        }
+        Ok(())
+    }
+
+    /// The live leases, other than ours, that began before `time` (within
+    /// the clock resolution), described.
+    async fn blockers(&self, view: &LeaseView, time: Timestamp) -> Vec<String> {
+        let resolution = self.lease.resolution();
+        let mut out = Vec::new();
+        for other in view.others_live(resolution) {
+            if other.start <= lease::add(time, resolution) {
+                out.push(self.lease.describe(other).await);
+            }
+        }
+        out
+    }
+
+    /// Phase two for one generation (see the module docs).
+    async fn sweep(&mut self, generation: GenerationId, time_ns: i64) -> Result<()> {
+        let time = Timestamp::from_nanosecond(i128::from(time_ns)).unwrap_or(Timestamp::MAX);
+        let packs = self.repo.catalog().generation_packs(&generation)?;
+        let sizes: HashMap<PackId, u64> = self
+            .repo
+            .catalog()
+            .packs()?
+            .into_iter()
+            .map(|p| (p.id, p.size))
+            .collect();
+        let bytes: u64 = packs.iter().filter_map(|p| sizes.get(p)).sum();
+        let view = self.lease.refresh().await?;
+        let waits = self.blockers(&view, time).await;
+        let mut report = GenerationReport {
+            id: generation.to_hex(),
+            time: lease::format_storage_time(time),
+            packs: packs.len() as u64,
+            bytes,
+            status: String::new(),
+            waits_for: waits.clone(),
+            packs_rescued: 0,
+        };
+        if !waits.is_empty() {
+            report.status = if self.options.dry_run {
+                "would wait"
+            } else {
+                "waiting"
+            }
+            .into();
+            self.summary.generations.push(report);
+            return Ok(());
+        }
+        if self.options.dry_run {
+            report.status = "would be deleted now".into();
+            self.summary.generations.push(report);
+            return Ok(());
+        }
+
+        // The re-check: everything committed up to now is marked.
+        self.repo.sync().await?;
+        self.mark().await?;
+        let needed: HashSet<PackId> = self
+            .repo
+            .catalog()
+            .needed_packs(&generation)?
+            .into_iter()
+            .collect();
+        let doomed: Vec<PackId> = packs
+            .iter()
+            .filter(|p| !needed.contains(p))
+            .copied()
+            .collect();
+        report.packs_rescued = needed.len() as u64;
+
+        let backend = self.repo.backend();
+        let mut deletes = futures::stream::iter(doomed.iter())
+            .map(|id| async move { backend.delete(&pack_path(id)).await })
+            .buffer_unordered(DELETE_CONCURRENCY);
+        while let Some(result) = deletes.next().await {
+            result?;
+        }
+        drop(deletes);
+        self.summary.packs_deleted += doomed.len() as u64;
+        self.summary.bytes_freed += doomed.iter().filter_map(|p| sizes.get(p)).sum::<u64>();
+
+        let gone: HashSet<PackId> = doomed.iter().copied().collect();
+        let naming = self.repo.catalog().indexes_naming(&doomed)?;
+        self.rewrite_indexes(naming, &gone).await?;
+        self.repo
+            .backend()
+            .delete(&pending_path(&generation))
+            .await?;
+        self.repo.catalog().drop_pending(&[generation])?;
+        report.status = "deleted".into();
+        self.summary.generations.push(report);
+        Ok(())
+    }
+
+    /// Rewrites `victims` into as few index objects as fit, leaving out
+    /// `gone` packs: new objects first, then the old ones are deleted.
+    async fn rewrite_indexes(
+        &mut self,
+        victims: HashSet<IndexId>,
+        gone: &HashSet<PackId>,
+    ) -> Result<()> {
+        if victims.is_empty() {
+            return Ok(());
+        }
+        let mut victims: Vec<IndexId> = victims.into_iter().collect();
+        victims.sort();
+        let mut seen: HashSet<PackId> = HashSet::new();
+        let mut next = IndexObject::default();
+        let mut replaced = Vec::new();
+        for id in &victims {
+            let old = match self.repo.load_index(id).await {
+                Ok(old) => old,
+                // Gone already (a crashed earlier sweep got this far).
+                Err(Error::NotFound { .. }) => {
+                    replaced.push(*id);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            for pack in old.packs {
+                if !gone.contains(&pack.id) && seen.insert(pack.id) {
+                    next.packs.push(pack);
+                }
+            }
+            next.supersedes.push(*id);
+            replaced.push(*id);
+            if next.blob_count() >= INDEX_FLUSH_BLOBS {
+                self.repo.write_index(&std::mem::take(&mut next)).await?;
+                self.summary.indexes_written += 1;
+            }
+        }
+        if !next.packs.is_empty() {
+            self.repo.write_index(&next).await?;
+            self.summary.indexes_written += 1;
+        }
+        let backend = self.repo.backend();
+        let mut deletes = futures::stream::iter(replaced.iter())
+            .map(|id| async move { backend.delete(&index_path(id)).await })
+            .buffer_unordered(DELETE_CONCURRENCY);
+        while let Some(result) = deletes.next().await {
+            result?;
+        }
+        drop(deletes);
+        self.summary.indexes_deleted += replaced.len() as u64;
+        self.repo.catalog().drop_indexes(&replaced)?;
+        Ok(())
+    }
+
+    /// Merges index objects that name only a few packs each (every backup
+    /// writes at least one), so opening a fresh cache reads fewer objects.
+    async fn consolidate_small_indexes(&mut self) -> Result<()> {
+        let small: HashSet<IndexId> = self
+            .repo
+            .catalog()
+            .index_sizes()?
+            .into_iter()
+            .filter(|(_, packs)| *packs < SMALL_INDEX_PACKS)
+            .map(|(id, _)| id)
+            .collect();
+        if small.len() < 2 {
+            return Ok(());
+        }
+        self.rewrite_indexes(small, &HashSet::new()).await
+    }
+
+    /// Deletes the objects of leases that expired (their holders died).
+    async fn remove_expired_leases(&mut self) -> Result<()> {
+        let view = self.lease.refresh().await?;
+        let resolution = self.lease.resolution();
+        for other in &view.leases {
+            if other.id == view.mine || other.is_live(view.now, resolution) {
+                continue;
+            }
+            for (_, name, _) in &other.objects {
+                self.repo.backend().delete(name).await?;
+            }
+            self.summary.leases_removed += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Whether prune lease `other` goes before `me`: it began earlier by more
+/// than the clock resolution, or within it and has the smaller id.
+fn goes_first(other: &LeaseInfo, me: &LeaseInfo, resolution: Duration) -> bool {
+    if lease::add(other.start, resolution) < me.start {
+        true
+    } else if lease::add(me.start, resolution) < other.start {
+        false
+    } else {
+        other.id < me.id
+    }
+}
+
+/// Marks a tree and everything below it live.
+async fn mark_tree(repo: &Repo, root: BlobId) -> Result<()> {
+    let mut stack = vec![root];
+    while let Some(id) = stack.pop() {
+        if !repo.catalog().live_insert(&[id])?[0] {
+            continue;
+        }
+        let tree = repo.load_tree(&id).await?;
+        for node in &tree.entries {
+            match node.kind {
+                NodeKind::Dir => {
+                    if let Some(sub) = node.subtree {
+                        stack.push(sub);
+                    }
+                }
+                NodeKind::File => {
+                    if let Some(content) = &node.content {
+                        mark_content(repo, content).await?;
+                    }
+                }
+                NodeKind::Symlink => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Marks a content list's chunks, and its list blobs and what they name.
+async fn mark_content(repo: &Repo, content: &Content) -> Result<()> {
+    // List blobs newly marked, still to be read.
+    let mut stack: Vec<(BlobId, u8)> = Vec::new();
+    mark_entries(repo, content, &mut stack)?;
+    while let Some((id, depth)) = stack.pop() {
+        let list = repo.load_list(&id, depth).await?;
+        mark_entries(repo, &list, &mut stack)?;
+    }
+    Ok(())
+}
+
+fn mark_entries(repo: &Repo, content: &Content, stack: &mut Vec<(BlobId, u8)>) -> Result<()> {
+    let ids: Vec<BlobId> = content.entries.iter().map(|e| e.id).collect();
+    let fresh = repo.catalog().live_insert(&ids)?;
+    if content.depth > 0 {
+        for (id, fresh) in ids.into_iter().zip(fresh) {
+            if fresh {
+                stack.push((id, content.depth - 1));
+            }
+        }
+    }
+    Ok(())
+}
