@@ -1213,7 +1213,7 @@ mod tests {
             .unwrap();
         drop(cat);
         let conn = Connection::open(&path).unwrap();
-        conn.execute_batch("DROP TABLE copied_blobs; PRAGMA user_version = 1;")
+        conn.execute_batch("DROP TABLE copied_blobs; DROP TABLE pending_objects; DROP TABLE pending_packs; PRAGMA user_version = 1;")
             .unwrap();
         drop(conn);
         let mut cat = Catalog::open(&path).unwrap();

@@ -121,6 +121,9 @@ impl std::fmt::Display for Within {
     }
 }
 
+/// A calendar period as comparable numbers (year, month or week, day, hour).
+type Period = (i64, i64, i64, i64);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Rule {
     Last,
@@ -145,7 +148,7 @@ impl Rule {
 
     /// The period a local time falls in; `index` makes every snapshot its
     /// own period for `last`.
-    fn period(self, local: &Zoned, index: usize) -> (i64, i64, i64, i64) {
+    fn period(self, local: &Zoned, index: usize) -> Period {
         let (y, m, d, h) = (
             i64::from(local.year()),
             i64::from(local.month()),
@@ -209,7 +212,8 @@ pub fn apply(items: &[Item<'_>], policy: &Policy, now: Timestamp, tz: &TimeZone)
             .unwrap_or(Timestamp::MIN)
     });
 
-    let mut rules: Vec<(Rule, u32, u32, Option<(i64, i64, i64, i64)>)> = policy
+    // Per rule: its limit, how many it kept, and the last period it kept.
+    let mut rules: Vec<(Rule, u32, u32, Option<Period>)> = policy
         .rules()
         .iter()
         .filter_map(|&(rule, n)| n.map(|n| (rule, n, 0, None)))
@@ -277,7 +281,7 @@ mod tests {
             .filter(|((_, d), _)| d.keep)
             .map(|((item, d), t)| (item.time, t.to_string(), d.reasons))
             .collect();
-        out.sort_by(|a, b| b.0.cmp(&a.0));
+        out.sort_by_key(|o| std::cmp::Reverse(o.0));
         out.into_iter().map(|(_, t, r)| (t, r)).collect()
     }
 

@@ -157,7 +157,17 @@ pub async fn check(repo: &Repo, options: &CheckOptions) -> Result<CheckSummary> 
                 continue;
             }
             let name = pack_path(&pack.id);
+            let pending = repo
+                .catalog()
+                .pack(&pack.id)?
+                .is_some_and(|p| p.state == PackState::Pending);
             match listed.get(&pack.id) {
+                // Prune deletes a pending generation's packs before it
+                // rewrites the index objects naming them.
+                None if pending => summary.notes.push(format!(
+                    "{name} is pending deletion and already deleted (a prune will finish rewriting index {})",
+                    index_id.short()
+                )),
                 None => {
                     summary.problems.push(Problem {
                         object: name,
@@ -211,7 +221,8 @@ pub async fn check(repo: &Repo, options: &CheckOptions) -> Result<CheckSummary> 
     }
     check_snapshots(repo, &mut summary).await?;
 
-    for complaint in repo.catalog().integrity_check()? {
+    let complaints = repo.catalog().integrity_check()?;
+    for complaint in complaints {
         summary.problems.push(Problem {
             object: repo.catalog().path().display().to_string(),
             problem: format!("catalog: {complaint} (run `larder catalog rebuild`)"),

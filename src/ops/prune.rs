@@ -167,9 +167,18 @@ pub struct PruneSummary {
     pub requests: RequestCounts,
 }
 
-/// Runs prune; see the module docs. Takes a prune lease unless `repo`
-/// already holds one.
+/// Runs prune; see the module docs. Uses the prune lease `repo` holds, or
+/// takes one for the run and releases it at the end.
 pub async fn prune(repo: &Repo, options: &PruneOptions) -> Result<PruneSummary> {
+    let owned = repo.lease().is_none();
+    let result = prune_leased(repo, options).await;
+    if owned {
+        repo.release_lease().await;
+    }
+    result
+}
+
+async fn prune_leased(repo: &Repo, options: &PruneOptions) -> Result<PruneSummary> {
     let started = Instant::now();
     let lease = repo.take_lease(LeaseKind::Prune).await?;
     if lease.kind() != LeaseKind::Prune {
@@ -194,7 +203,8 @@ pub async fn prune(repo: &Repo, options: &PruneOptions) -> Result<PruneSummary> 
     run.mark().await?;
 
     // Generations recorded earlier: sweep what may be swept.
-    for (generation, time) in repo.catalog().pending_generations()? {
+    let earlier = repo.catalog().pending_generations()?;
+    for (generation, time) in earlier {
         run.sweep(generation, time).await?;
     }
 

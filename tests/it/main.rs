@@ -12,6 +12,8 @@
 //! - `trees`: file-tree backups, browsing and restore safety.
 //! - `s3`: a real S3 server (SeaweedFS) on loopback, directly and through a
 //!   fault-injecting proxy (`fault_proxy`).
+//! - `prune`: forget, prune and leases: space comes back and nothing a
+//!   surviving snapshot needs is lost, under concurrency, crashes and faults.
 //! - `regressions`: one test per fixed bug, named after it.
 
 mod support;
@@ -25,6 +27,7 @@ mod dedup;
 mod fault_proxy;
 mod faults;
 mod integrity;
+mod prune;
 mod regressions;
 mod round_trip;
 mod s3;
