@@ -47,9 +47,10 @@ fn backup_json_has_the_documented_fields() {
         "packs, index, snapshot: {summary}"
     );
     // Opening reads config and the last-used key by name, and lists only
-    // snapshots/ and index/ to sync the catalog.
+    // snapshots/, pending/ and index/ to sync the catalog; locks/ is listed
+    // once to confirm the lease before the commit.
     assert_eq!(summary["requests"]["get"], 2, "{summary}");
-    assert_eq!(summary["requests"]["list"], 2, "{summary}");
+    assert_eq!(summary["requests"]["list"], 4, "{summary}");
     assert_eq!(summary["snapshot_id"].as_str().unwrap().len(), 64);
 }
 
