@@ -117,6 +117,23 @@ pub trait Backend: Send + Sync + Debug {
     }
 }
 
+/// Deletes every named object, a few at a time; the first failure is
+/// returned (objects already deleted stay deleted).
+pub async fn delete_all(
+    backend: &dyn Backend,
+    names: impl IntoIterator<Item = String>,
+) -> Result<()> {
+    use futures::StreamExt;
+    const DELETE_CONCURRENCY: usize = 8;
+    let mut deletes = futures::stream::iter(names)
+        .map(|name| async move { backend.delete(&name).await })
+        .buffer_unordered(DELETE_CONCURRENCY);
+    while let Some(result) = deletes.next().await {
+        result?;
+    }
+    Ok(())
+}
+
 /// The top-level prefixes of a repository, in the order `init` creates them.
 pub const DIRECTORIES: [&str; 6] = ["keys", "packs", "index", "snapshots", "locks", "pending"];
 

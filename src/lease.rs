@@ -157,6 +157,15 @@ pub fn format_storage_time(t: Timestamp) -> String {
     crate::ops::format_time(i64::try_from(t.as_nanosecond()).unwrap_or(i64::MAX))
 }
 
+/// The associated-data id of a lease's objects: its 16-byte id, then 16
+/// zero bytes. `None` for an id that is not 32 hex digits.
+fn aad_id(lease: &str) -> Option<[u8; 32]> {
+    let bytes = hex::decode(lease).ok().filter(|b| b.len() == 16)?;
+    let mut id = [0u8; 32];
+    id[..16].copy_from_slice(&bytes);
+    Some(id)
+}
+
 fn object_name(id: &str, kind: &str, ttl: Duration, seq: u64) -> String {
     format!("locks/{id}.{kind}.{}.{seq}", ttl.as_secs())
 }
@@ -380,18 +389,12 @@ impl Inner {
         object_name(&self.id, self.kind.name(), self.ttl, seq)
     }
 
-    fn aad_id(&self) -> [u8; 32] {
-        let mut id = [0u8; 32];
-        let bytes = hex::decode(&self.id).expect("lease ids are hex");
-        id[..bytes.len()].copy_from_slice(&bytes);
-        id
-    }
-
     async fn put(&self, seq: u64) -> Result<()> {
         let name = self.name(seq);
+        let id = aad_id(&self.id).expect("this lease's id is 16 random bytes in hex");
         let sealed = with_codec(self.level, |codec| {
             self.sealer
-                .seal(codec, ObjectKind::Lease, &self.aad_id(), &self.body, true)
+                .seal(codec, ObjectKind::Lease, &id, &self.body, true)
         });
         match self
             .backend
@@ -409,9 +412,7 @@ impl Inner {
     async fn read_body(&self, other: &LeaseInfo) -> Option<LeaseBody> {
         let (_, name, _) = other.objects.last()?;
         let sealed = self.backend.get(name).await.ok()?;
-        let mut id = [0u8; 32];
-        let bytes = hex::decode(&other.id).ok()?;
-        id[..bytes.len()].copy_from_slice(&bytes);
+        let id = aad_id(&other.id)?;
         let plain = with_codec(self.level, |codec| {
             self.sealer
                 .open(codec, ObjectKind::Lease, &id, &sealed, MAX_LEASE_SIZE)

@@ -5,7 +5,10 @@
 //! tries the passphrase on each key file, opens the sealed config, and then
 //! brings the catalog in step with the repository: snapshots are listed
 //! before index objects (a snapshot is written after the index naming its
-//! packs, so every snapshot seen has its index visible), new objects are
+//! packs, so every snapshot seen has its index visible), and pending
+//! generations between the two (prune deletes a generation only after the
+//! packs and index entries it names, so no deleted pack looks usable). With
+//! a lease, the lease is taken before the sync. New objects are
 //! absorbed and vanished ones forgotten. A damaged snapshot or index object
 //! is reported as a warning and skipped, so one bad object cannot make every
 //! command fail.
@@ -85,6 +88,15 @@ pub fn current_host() -> String {
 /// Nanoseconds since the epoch, now.
 pub fn now_ns() -> i64 {
     jiff::Timestamp::now().as_nanosecond() as i64
+}
+
+/// A pending generation's time in nanoseconds from its storage time.
+/// Without one, the generation is taken as the newest possible: every lease
+/// then counts as older, which only delays its sweep.
+fn generation_time(modified: Option<jiff::Timestamp>) -> i64 {
+    modified.map_or(i64::MAX, |t| {
+        i64::try_from(t.as_nanosecond()).unwrap_or(i64::MAX)
+    })
 }
 
 /// What [`Repo::sync`] did.
@@ -476,12 +488,7 @@ impl Repo {
             .iter()
             .filter_map(|o| {
                 let id: GenerationId = o.name.strip_prefix("pending/")?.parse().ok()?;
-                // Without a storage time, the generation is taken as the
-                // newest possible: every lease then counts as older.
-                let time = o.modified.map_or(i64::MAX, |t| {
-                    i64::try_from(t.as_nanosecond()).unwrap_or(i64::MAX)
-                });
-                Some((id, time))
+                Some((id, generation_time(o.modified)))
             })
             .collect();
         let gone: Vec<GenerationId> = known
@@ -651,10 +658,8 @@ impl Repo {
             .await?
             .into_iter()
             .find(|o| o.name == name)
-            .and_then(|o| o.modified)
-            .map_or(i64::MAX, |t| {
-                i64::try_from(t.as_nanosecond()).unwrap_or(i64::MAX)
-            });
+            .and_then(|o| o.modified);
+        let time = generation_time(time);
         self.catalog
             .lock()
             .expect("catalog lock")

@@ -8,7 +8,9 @@ use clap::Args;
 use larder::catalog::SnapshotFilter;
 use larder::lease::LeaseKind;
 use larder::ops::forget::{ForgetOptions, ForgetSummary, GroupBy};
-use larder::ops::prune::{DEFAULT_MAX_UNUSED_PERCENT, PruneOptions, PruneSummary};
+use larder::ops::prune::{
+    DEFAULT_MAX_UNUSED_PERCENT, DEFAULT_MAX_WAIT, PruneOptions, PruneSummary,
+};
 use larder::retention::{Policy, Within};
 
 use super::{GlobalArgs, Outcome, open, open_leased, render};
@@ -124,7 +126,12 @@ pub async fn forget(global: &GlobalArgs, args: ForgetArgs) -> Result<Outcome> {
     };
     let summary = larder::ops::forget::forget(&repo, &options).await?;
     let pruned = if args.prune {
-        let options = prune_options(global, args.dry_run, args.max_unused, 1800)?;
+        let options = prune_options(
+            global,
+            args.dry_run,
+            args.max_unused,
+            DEFAULT_MAX_WAIT.as_secs(),
+        )?;
         Some(larder::ops::prune::prune(&repo, &options).await?)
     } else {
         None

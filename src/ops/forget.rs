@@ -10,20 +10,16 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use futures::StreamExt;
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 
-use crate::backend::{Backend, RequestCounts};
+use crate::backend::{RequestCounts, delete_all};
 use crate::catalog::SnapshotFilter;
 use crate::error::{Error, Result};
 use crate::hash::SnapshotId;
 use crate::index::snapshot_path;
 use crate::repo::Repo;
 use crate::retention::{self, Item, Policy};
-
-/// Deletes in flight at once.
-const DELETE_CONCURRENCY: usize = 8;
 
 /// Which fields group snapshots for retention.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,6 +157,7 @@ pub async fn forget(repo: &Repo, options: &ForgetOptions) -> Result<ForgetSummar
         dry_run: options.dry_run,
         ..ForgetSummary::default()
     };
+    let mut doomed: Vec<SnapshotId> = Vec::new();
     for (group, mut members) in groups {
         members.sort_by(|a, b| b.1.time_ns.cmp(&a.1.time_ns).then(a.0.cmp(&b.0)));
         let items: Vec<Item> = members
@@ -178,6 +175,9 @@ pub async fn forget(repo: &Repo, options: &ForgetOptions) -> Result<ForgetSummar
             )));
         }
         for ((id, snapshot), decision) in members.iter().zip(decisions) {
+            if !decision.keep {
+                doomed.push(*id);
+            }
             summary.snapshots.push(ForgetEntry {
                 id: id.to_hex(),
                 time: crate::ops::format_time(snapshot.time_ns),
@@ -191,23 +191,10 @@ pub async fn forget(repo: &Repo, options: &ForgetOptions) -> Result<ForgetSummar
         }
     }
     summary.kept = summary.snapshots.iter().filter(|e| e.keep).count() as u64;
-    summary.removed = summary.snapshots.len() as u64 - summary.kept;
+    summary.removed = doomed.len() as u64;
 
     if !options.dry_run {
-        let doomed: Vec<SnapshotId> = summary
-            .snapshots
-            .iter()
-            .filter(|e| !e.keep)
-            .filter_map(|e| e.id.parse().ok())
-            .collect();
-        let backend = repo.backend();
-        let mut deletes = futures::stream::iter(doomed.iter())
-            .map(|id| async move { backend.delete(&snapshot_path(id)).await })
-            .buffer_unordered(DELETE_CONCURRENCY);
-        while let Some(result) = deletes.next().await {
-            result?;
-        }
-        drop(deletes);
+        delete_all(repo.backend(), doomed.iter().map(snapshot_path)).await?;
         repo.catalog().remove_snapshots(&doomed)?;
     }
     summary.duration_s = started.elapsed().as_secs_f64();

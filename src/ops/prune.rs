@@ -31,10 +31,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use jiff::Timestamp;
 
-use crate::backend::{Backend, RequestCounts};
+use crate::backend::{Backend, RequestCounts, delete_all};
 use crate::catalog::{PackState, PackUsage, SnapshotFilter};
 use crate::error::{Error, Result};
 use crate::hash::{BlobId, GenerationId, IndexId, PackId, SnapshotId};
@@ -46,8 +45,6 @@ use crate::repo::Repo;
 use crate::seal::with_codec;
 use crate::snapshot::{Content, NodeKind};
 
-/// Deletes in flight at once.
-const DELETE_CONCURRENCY: usize = 8;
 /// An index object naming fewer packs than this is merged with others.
 const SMALL_INDEX_PACKS: u64 = 16;
 /// Default `--max-unused`: repack a pack once more than this share of it
@@ -197,8 +194,13 @@ async fn prune_leased(repo: &Repo, options: &PruneOptions) -> Result<PruneSummar
         },
         marked: HashSet::new(),
     };
-    run.summary.waited_s = run.wait_for_older_prunes().await?;
-    repo.sync().await?;
+    let waited = run.wait_for_older_prunes().await?;
+    run.summary.waited_s = waited.as_secs_f64();
+    // The lease was taken before a sync (at open, or by take_lease); only
+    // another prune that ran while this one waited can have changed things.
+    if waited > lease.resolution() {
+        repo.sync().await?;
+    }
     repo.catalog().live_reset()?;
     run.mark().await?;
 
@@ -239,7 +241,7 @@ impl Run<'_> {
     /// storage's clock resolution go to the smaller lease id, and the first
     /// look is taken only after that resolution has passed, so two prunes
     /// starting together both see each other and agree which goes first.
-    async fn wait_for_older_prunes(&self) -> Result<f64> {
+    async fn wait_for_older_prunes(&self) -> Result<Duration> {
         let waited = Instant::now();
         let resolution = self.lease.resolution();
         tokio::time::sleep(resolution).await;
@@ -258,7 +260,7 @@ impl Run<'_> {
                 .cloned()
                 .collect();
             let Some(first) = older.first() else {
-                return Ok(waited.elapsed().as_secs_f64());
+                return Ok(waited.elapsed());
             };
             let what = format!("another prune: {}", self.lease.describe(first).await);
             if waited.elapsed() >= self.options.max_wait {
@@ -544,14 +546,7 @@ impl Run<'_> {
             .collect();
         report.packs_rescued = needed.len() as u64;
 
-        let backend = self.repo.backend();
-        let mut deletes = futures::stream::iter(doomed.iter())
-            .map(|id| async move { backend.delete(&pack_path(id)).await })
-            .buffer_unordered(DELETE_CONCURRENCY);
-        while let Some(result) = deletes.next().await {
-            result?;
-        }
-        drop(deletes);
+        delete_all(self.repo.backend(), doomed.iter().map(pack_path)).await?;
         self.summary.packs_deleted += doomed.len() as u64;
         self.summary.bytes_freed += doomed.iter().filter_map(|p| sizes.get(p)).sum::<u64>();
 
@@ -609,14 +604,7 @@ impl Run<'_> {
             self.repo.write_index(&next).await?;
             self.summary.indexes_written += 1;
         }
-        let backend = self.repo.backend();
-        let mut deletes = futures::stream::iter(replaced.iter())
-            .map(|id| async move { backend.delete(&index_path(id)).await })
-            .buffer_unordered(DELETE_CONCURRENCY);
-        while let Some(result) = deletes.next().await {
-            result?;
-        }
-        drop(deletes);
+        delete_all(self.repo.backend(), replaced.iter().map(index_path)).await?;
         self.summary.indexes_deleted += replaced.len() as u64;
         self.repo.catalog().drop_indexes(&replaced)?;
         Ok(())
