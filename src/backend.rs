@@ -21,7 +21,10 @@
 //!   `Created` when the stored bytes equal `data`; and packs, whose names
 //!   are the hash of their bytes, may be written without the atomic check
 //!   (S3 multipart), since any racer stores the same bytes.
-//! - **`get`** returns the whole object or [`Error::NotFound`].
+//! - **`get`** returns the whole object or [`Error::NotFound`]. An object
+//!   larger than the caller's `max_size` is [`Error::Corrupt`], found from
+//!   the object's metadata (file size, `Content-Length`) before its body is
+//!   read: hostile storage cannot make a reader allocate at will.
 //! - **`get_range`** returns exactly the bytes of `range`; a range that runs
 //!   past the end of the object is an error, never a short read.
 //! - **`list`** returns every object whose name starts with `prefix`, across
@@ -83,8 +86,8 @@ pub trait Backend: Send + Sync + Debug {
     /// Creates `name` with `data` unless it exists.
     async fn put_if_absent(&self, name: &str, data: Bytes) -> Result<Put>;
 
-    /// Reads a whole object.
-    async fn get(&self, name: &str) -> Result<Bytes>;
+    /// Reads a whole object of at most `max_size` bytes (see the contract).
+    async fn get(&self, name: &str, max_size: u64) -> Result<Bytes>;
 
     /// Reads `range` of an object.
     async fn get_range(&self, name: &str, range: Range<u64>) -> Result<Bytes>;
@@ -132,6 +135,14 @@ pub async fn delete_all(
         result?;
     }
     Ok(())
+}
+
+/// The error for an object larger than its kind allows.
+pub fn too_large(name: &str, size: u64, max_size: u64) -> Error {
+    Error::corrupt(
+        name,
+        format!("is {size} bytes, more than the {max_size} an object of its kind may have; not read"),
+    )
 }
 
 /// The top-level prefixes of a repository, in the order `init` creates them.

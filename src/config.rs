@@ -206,6 +206,9 @@ impl Config {
     }
 }
 
+/// Largest `config` object read (its sealed body opens to at most 1 MiB).
+pub const MAX_CONFIG_SIZE: u64 = (1 << 20) + 4096;
+
 /// The plaintext outer layer of the `config` object.
 #[derive(Clone, Debug, minicbor::Encode, minicbor::Decode)]
 #[cbor(map)]

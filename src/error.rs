@@ -21,6 +21,34 @@ pub enum Error {
         location: String,
     },
 
+    /// No intact key file opens with the passphrase, and some key files are
+    /// damaged (the passphrase may belong to one of them).
+    #[error(
+        "no intact key file in {location} opens with this passphrase, and {} key file(s) are damaged: {}",
+        .damaged.len(),
+        .damaged.join("; ")
+    )]
+    KeyFilesDamaged {
+        /// The repository that was being opened.
+        location: String,
+        /// Each damaged key file with what is wrong with it.
+        damaged: Vec<String>,
+    },
+
+    /// Trying every key file would take more key-derivation work than one
+    /// open may spend, and none of those tried opened.
+    #[error(
+        "no key file in {location} opened with this passphrase after trying {tried}; {untried} more were not tried because together they ask for more key-derivation work than one open may spend (delete key files no longer used from keys/)"
+    )]
+    TooManyKeyFiles {
+        /// The repository that was being opened.
+        location: String,
+        /// Key files tried.
+        tried: usize,
+        /// Key files left untried.
+        untried: usize,
+    },
+
     /// The location holds no repository (no `config` object).
     #[error(
         "{location} is not a larder repository (no config object); create one with `larder init`"

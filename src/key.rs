@@ -30,6 +30,11 @@ pub const KEY_FILE_VERSION: u32 = 1;
 const SEALING_CONTEXT: &str = "larder 2026-11-21 v1 sealing key";
 const BLOB_ID_CONTEXT: &str = "larder 2026-11-21 v1 blob id key";
 const KEY_FILE_AAD_DOMAIN: &[u8] = b"larder key file v1";
+const KEY_FILE_CHECKSUM_CONTEXT: &str = "larder 2026-12-02 key file checksum";
+
+/// Largest key file read: one is a few hundred bytes, so anything far
+/// larger is not one and is never read into memory.
+pub const MAX_KEY_FILE_SIZE: u64 = 64 << 10;
 
 /// Largest Argon2 memory cost a key file may ask for, in KiB (2 GiB).
 pub const MAX_KDF_MEMORY_KIB: u32 = 2 * 1024 * 1024;
@@ -195,6 +200,33 @@ struct KeyFileRaw {
     #[n(2)]
     #[cbor(with = "minicbor::bytes")]
     wrapped: Vec<u8>,
+    /// BLAKE3 (derived-key mode) of the three fields above, so damage is
+    /// told apart from a wrong passphrase without any key. Absent in key
+    /// files written before it existed.
+    #[n(3)]
+    checksum: Option<minicbor::bytes::ByteArray<32>>,
+}
+
+impl KeyFileRaw {
+    fn compute_checksum(&self) -> [u8; 32] {
+        let mut hasher = blake3::Hasher::new_derive_key(KEY_FILE_CHECKSUM_CONTEXT);
+        for field in [&self.header, &self.nonce, &self.wrapped] {
+            hasher.update(&(field.len() as u64).to_le_bytes());
+            hasher.update(field);
+        }
+        *hasher.finalize().as_bytes()
+    }
+}
+
+/// Whether a key file's bytes are as written, judged without any key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyFileIntegrity {
+    /// Its checksum matches.
+    Intact,
+    /// It predates checksums; only the passphrase can tell.
+    Unchecked,
+    /// Its checksum does not match: the file was damaged.
+    Damaged,
 }
 
 /// A parsed key file.
@@ -205,6 +237,8 @@ pub struct KeyFile {
     /// The authenticated header. Only trust it after [`KeyFile::unwrap`]
     /// succeeded.
     pub header: KeyFileHeader,
+    /// Whether its checksum matches.
+    pub integrity: KeyFileIntegrity,
     raw: KeyFileRaw,
 }
 
@@ -241,11 +275,13 @@ impl KeyFile {
             .encrypt_inout_detached(&XNonce::from(nonce), &aad, wrapped.as_mut_slice().into())
             .expect("32 bytes never exceed the AEAD length limit");
         wrapped.extend_from_slice(&tag);
-        let raw = KeyFileRaw {
+        let mut raw = KeyFileRaw {
             header: header_bytes,
             nonce: nonce.to_vec(),
             wrapped,
+            checksum: None,
         };
+        raw.checksum = Some(raw.compute_checksum().into());
         Ok((
             id,
             minicbor::to_vec(&raw).expect("encoding to a Vec cannot fail"),
@@ -269,7 +305,22 @@ impl KeyFile {
         if raw.nonce.len() != 24 || raw.wrapped.len() != 48 || header.salt.len() < 16 {
             return Err(Error::corrupt(object, "key file fields have wrong lengths"));
         }
-        Ok(KeyFile { id, header, raw })
+        let integrity = match &raw.checksum {
+            None => KeyFileIntegrity::Unchecked,
+            Some(sum) if **sum == raw.compute_checksum() => KeyFileIntegrity::Intact,
+            Some(_) => KeyFileIntegrity::Damaged,
+        };
+        Ok(KeyFile {
+            id,
+            header,
+            integrity,
+            raw,
+        })
+    }
+
+    /// The Argon2 work this key file asks for, in KiB times passes.
+    pub fn kdf_work(&self) -> u64 {
+        u64::from(self.header.kdf.memory_kib) * u64::from(self.header.kdf.passes)
     }
 
     /// Derives the key-encryption key from `passphrase` and unwraps the
@@ -342,6 +393,34 @@ mod tests {
         assert_eq!(opened.bytes, master.bytes);
         assert_eq!(*opened.sealing_key(), *master.sealing_key());
         assert_ne!(*opened.sealing_key(), *opened.blob_id_key());
+    }
+
+    #[test]
+    fn damage_is_told_apart_from_a_wrong_passphrase() {
+        let master = MasterKey::generate();
+        let (id, bytes) =
+            KeyFile::create(&master, RepoId([9; 32]), b"pw", FAST, 0, "h".into(), "u".into())
+                .unwrap();
+        assert_eq!(
+            KeyFile::parse(id, &bytes).unwrap().integrity,
+            KeyFileIntegrity::Intact
+        );
+        // Flip each byte of the wrapped key in turn: parsing still works,
+        // the checksum says damaged, and the passphrase no longer opens it.
+        let raw: KeyFileRaw = minicbor::decode(&bytes).unwrap();
+        for i in 0..raw.wrapped.len() {
+            let mut bad = raw.clone();
+            bad.wrapped[i] ^= 1;
+            let file = KeyFile::parse(id, &minicbor::to_vec(&bad).unwrap()).unwrap();
+            assert_eq!(file.integrity, KeyFileIntegrity::Damaged);
+            assert!(file.unwrap(b"pw").unwrap().is_none());
+        }
+        // A key file from before checksums parses as unchecked and opens.
+        let mut old = raw.clone();
+        old.checksum = None;
+        let file = KeyFile::parse(id, &minicbor::to_vec(&old).unwrap()).unwrap();
+        assert_eq!(file.integrity, KeyFileIntegrity::Unchecked);
+        assert!(file.unwrap(b"pw").unwrap().is_some());
     }
 
     #[test]

@@ -411,7 +411,7 @@ impl Inner {
 
     async fn read_body(&self, other: &LeaseInfo) -> Option<LeaseBody> {
         let (_, name, _) = other.objects.last()?;
-        let sealed = self.backend.get(name).await.ok()?;
+        let sealed = self.backend.get(name, MAX_LEASE_SIZE as u64).await.ok()?;
         let id = aad_id(&other.id)?;
         let plain = with_codec(self.level, |codec| {
             self.sealer

@@ -123,6 +123,12 @@ pub fn header_range(tail: &[u8], pack_len: u64, object: &str) -> Result<std::ops
         ));
     }
     let n = u32::from_le_bytes(tail[tail.len() - 4..].try_into().expect("4 bytes")) as u64;
+    if n > (MAX_HEADER_SIZE + crate::seal::SEAL_OVERHEAD) as u64 {
+        return Err(Error::corrupt(
+            object,
+            format!("header length {n} exceeds the largest header larder writes"),
+        ));
+    }
     if n + 4 > pack_len {
         return Err(Error::corrupt(
             object,

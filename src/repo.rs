@@ -37,8 +37,6 @@ use crate::snapshot::{Content, Node, NodeKind, Snapshot, Tree};
 
 /// Largest snapshot object plaintext accepted (16 MiB).
 pub const MAX_SNAPSHOT_SIZE: usize = 16 << 20;
-/// Most key files tried when opening (each costs one KDF run).
-pub const MAX_KEY_FILES: usize = 20;
 /// Concurrent requests when absorbing new objects.
 const SYNC_CONCURRENCY: usize = 8;
 
@@ -593,7 +591,10 @@ impl Repo {
         id: &[u8; 32],
         max_len: usize,
     ) -> Result<Vec<u8>> {
-        let sealed = self.backend.get(name).await?;
+        let sealed = self
+            .backend
+            .get(name, (max_len + crate::seal::SEAL_OVERHEAD) as u64)
+            .await?;
         let sealer = self.sealer.clone();
         let level = self.config.compression_level;
         let id = *id;
@@ -838,7 +839,7 @@ impl Repo {
         if record.kind != crate::pack::PackKind::Tree || record.size > MAX_CACHED_PACK {
             return Ok(None);
         }
-        let bytes = self.backend.get(&pack_path(pack)).await?;
+        let bytes = self.backend.get(&pack_path(pack), record.size).await?;
         if PackId::of_pack(&bytes) != *pack {
             // Damaged in storage: do not cache it; the blob itself may
             // still open from its range, and check will name the pack.
@@ -1043,7 +1044,7 @@ fn set_aside_and_open(path: &Path) -> Result<(Catalog, PathBuf)> {
 }
 
 async fn read_envelope(backend: &dyn Backend) -> Result<ConfigEnvelope> {
-    match backend.get("config").await {
+    match backend.get("config", crate::config::MAX_CONFIG_SIZE).await {
         Ok(bytes) => ConfigEnvelope::parse(&bytes),
         Err(Error::NotFound { .. }) => Err(Error::NotARepository {
             location: backend.location(),
@@ -1067,88 +1068,164 @@ pub async fn list_key_ids(backend: &dyn Backend) -> Result<Vec<KeyId>> {
         .collect())
 }
 
+/// Most key files `open` fetches; beyond this the repository is refused
+/// rather than read at a cost hostile storage chooses.
+pub const MAX_KEY_FILES: usize = 1000;
+
+/// Most Argon2 work (KiB times passes) one open spends trying key files:
+/// twice the most one key file may ask for, or about 85 key files at the
+/// default parameters.
+pub const MAX_OPEN_KDF_WORK: u64 = 2 * crate::key::MAX_KDF_WORK;
+
+/// Tries the passphrase on the key files: the one that opened the
+/// repository last time first (fetched by name, sparing a listing), then
+/// every other, cheapest first, until the KDF work budget is spent. Damaged
+/// key files are named in the error, so a damaged key is not mistaken for a
+/// wrong passphrase, and junk files cannot hide the real key.
 async fn unlock(
     backend: &dyn Backend,
     envelope: &ConfigEnvelope,
     passphrase: &[u8],
     cache_dir: &Path,
 ) -> Result<(MasterKey, KeyId)> {
-    // A key file is a few hundred bytes; anything far larger is not one and
-    // is not read (hostile storage cannot make open allocate at will).
-    const MAX_KEY_FILE_SIZE: usize = 64 << 10;
-    // Why no key opened, if not the passphrase: the most telling reason.
-    let mut refusal = None;
+    use crate::key::{KeyFileIntegrity, MAX_KEY_FILE_SIZE};
+    let try_key = |file: KeyFile| {
+        let passphrase = zeroize::Zeroizing::new(passphrase.to_vec());
+        async move {
+            tokio::task::spawn_blocking(move || file.unwrap(&passphrase))
+                .await
+                .expect("key derivation task panicked")
+        }
+    };
     let last = std::fs::read_to_string(cache_dir.join("last-key"))
         .ok()
         .and_then(|s| s.trim().parse::<KeyId>().ok());
-    // The key that opened the repository last time usually opens it again:
-    // fetched by name, it spares a listing of keys/ on every command.
+    let mut spent = 0u64;
+    // Whether the last key was tried, so the full pass skips it.
+    let mut last_tried = false;
     if let Some(last) = last {
-        match backend.get(&format!("keys/{last}")).await {
-            Ok(bytes) if bytes.len() <= MAX_KEY_FILE_SIZE => {
+        match backend.get(&key_path(&last), MAX_KEY_FILE_SIZE).await {
+            Ok(bytes) => {
                 if let Ok(file) = KeyFile::parse(last, &bytes)
                     && file.header.repo_id == envelope.repo_id
+                    && file.integrity != KeyFileIntegrity::Damaged
                 {
-                    let passphrase = zeroize::Zeroizing::new(passphrase.to_vec());
-                    let opened = tokio::task::spawn_blocking(move || file.unwrap(&passphrase))
-                        .await
-                        .expect("key derivation task panicked");
-                    match opened {
-                        Ok(Some(master)) => return Ok((master, last)),
-                        Ok(None) => {}
-                        Err(e @ Error::HostileKeyFile { .. }) => refusal = Some(e),
-                        Err(e) => return Err(e),
+                    spent += file.kdf_work();
+                    last_tried = true;
+                    if let Ok(Some(master)) = try_key(file).await {
+                        return Ok((master, last));
                     }
                 }
             }
-            Ok(_) | Err(Error::NotFound { .. }) => {}
+            // Whatever is wrong with it is found and named below.
+            Err(e) if e.is_damage() => {}
             Err(e) => return Err(e),
         }
     }
-    let ids: Vec<KeyId> = backend
-        .list("keys/")
-        .await?
-        .iter()
-        .filter(|o| o.size <= MAX_KEY_FILE_SIZE as u64)
-        .filter_map(|o| o.name.strip_prefix("keys/")?.parse().ok())
-        // The last key was tried above.
-        .filter(|id| Some(*id) != last)
-        .collect();
-    if ids.is_empty() && last.is_none() {
+
+    let listed = backend.list("keys/").await?;
+    if listed.len() > MAX_KEY_FILES {
+        return Err(Error::corrupt(
+            "keys/",
+            format!(
+                "holds {} objects; larder reads at most {MAX_KEY_FILES} key files",
+                listed.len()
+            ),
+        ));
+    }
+    let mut damaged: Vec<String> = Vec::new();
+    let mut refusal = None;
+    let mut ids = Vec::new();
+    for object in &listed {
+        match object.name.strip_prefix("keys/").map(str::parse::<KeyId>) {
+            Some(Ok(id)) if last_tried && Some(id) == last => {}
+            Some(Ok(id)) => ids.push(id),
+            _ => damaged.push(format!("{}: not a key file name", object.name)),
+        }
+    }
+    let fetched: Vec<(KeyId, Result<Bytes>)> = futures::stream::iter(ids)
+        .map(|id| async move { (id, backend.get(&key_path(&id), MAX_KEY_FILE_SIZE).await) })
+        .buffer_unordered(SYNC_CONCURRENCY)
+        .collect()
+        .await;
+    // Intact (or unchecked) key files first, then damaged ones as a last
+    // resort (only the checksum may be damaged); cheapest first within
+    // each, so expensive junk cannot use up the budget before the real key.
+    let mut candidates: Vec<KeyFile> = Vec::new();
+    for (id, bytes) in fetched {
+        let name = key_path(&id);
+        let bytes = match bytes {
+            Ok(bytes) => bytes,
+            // Deleted since the listing (`key remove`).
+            Err(Error::NotFound { .. }) => continue,
+            Err(e @ Error::Corrupt { .. }) => {
+                damaged.push(e.to_string());
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        match KeyFile::parse(id, &bytes) {
+            Ok(file) if file.header.repo_id != envelope.repo_id => {
+                damaged.push(format!("{name}: belongs to another repository"));
+            }
+            Ok(file) => {
+                if file.integrity == KeyFileIntegrity::Damaged {
+                    damaged.push(format!("{name}: checksum does not match"));
+                }
+                candidates.push(file);
+            }
+            Err(e @ Error::Unsupported { .. }) => refusal = Some(e),
+            Err(e) => damaged.push(e.to_string()),
+        }
+    }
+    candidates.sort_by_key(|f| {
+        (
+            f.integrity == KeyFileIntegrity::Damaged,
+            f.kdf_work(),
+            f.id,
+        )
+    });
+    let total = candidates.len();
+    let mut tried = 0;
+    for file in candidates {
+        if spent + file.kdf_work() > MAX_OPEN_KDF_WORK {
+            return Err(Error::TooManyKeyFiles {
+                location: backend.location(),
+                tried,
+                untried: total - tried,
+            });
+        }
+        spent += file.kdf_work();
+        tried += 1;
+        let id = file.id;
+        match try_key(file).await {
+            Ok(Some(master)) => return Ok((master, id)),
+            Ok(None) => {}
+            Err(e @ Error::HostileKeyFile { .. }) => damaged.push(e.to_string()),
+            Err(e) => return Err(e),
+        }
+    }
+    if let Some(e) = refusal {
+        return Err(e);
+    }
+    if !damaged.is_empty() {
+        return Err(Error::KeyFilesDamaged {
+            location: backend.location(),
+            damaged,
+        });
+    }
+    if tried == 0 && !last_tried {
         return Err(Error::corrupt(
             backend.location(),
             "repository has no key files",
         ));
     }
-    for id in ids.into_iter().take(MAX_KEY_FILES) {
-        let bytes = match backend.get(&format!("keys/{id}")).await {
-            Ok(b) => b,
-            Err(Error::NotFound { .. }) => continue,
-            Err(e) => return Err(e),
-        };
-        let file = match KeyFile::parse(id, &bytes) {
-            Ok(file) => file,
-            Err(e @ Error::Unsupported { .. }) => {
-                refusal = Some(e);
-                continue;
-            }
-            Err(_) => continue,
-        };
-        if file.header.repo_id != envelope.repo_id {
-            continue;
-        }
-        let passphrase = zeroize::Zeroizing::new(passphrase.to_vec());
-        let result = tokio::task::spawn_blocking(move || file.unwrap(&passphrase))
-            .await
-            .expect("key derivation task panicked");
-        match result {
-            Ok(Some(master)) => return Ok((master, id)),
-            Ok(None) => {}
-            Err(e @ Error::HostileKeyFile { .. }) => refusal = Some(e),
-            Err(e) => return Err(e),
-        }
-    }
-    Err(refusal.unwrap_or_else(|| Error::WrongPassphrase {
+    Err(Error::WrongPassphrase {
         location: backend.location(),
-    }))
+    })
+}
+
+/// The object name of a key file.
+pub fn key_path(id: &KeyId) -> String {
+    format!("keys/{id}")
 }

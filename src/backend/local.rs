@@ -123,13 +123,34 @@ impl Backend for LocalBackend {
         blocking(move || write_new(&root, &path, &data)).await
     }
 
-    async fn get(&self, name: &str) -> Result<Bytes> {
+    async fn get(&self, name: &str, max_size: u64) -> Result<Bytes> {
         let path = self.path(name)?;
         let name = name.to_string();
-        blocking(move || match fs::read(&path) {
-            Ok(bytes) => Ok(Bytes::from(bytes)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::NotFound { object: name }),
-            Err(e) => Err(Error::io("reading", path, e)),
+        blocking(move || {
+            let file = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(Error::NotFound { object: name });
+                }
+                Err(e) => return Err(Error::io("opening", path, e)),
+            };
+            let size = file
+                .metadata()
+                .map_err(|e| Error::io("reading", &path, e))?
+                .len();
+            if size > max_size {
+                return Err(super::too_large(&name, size, max_size));
+            }
+            // The file may grow after the size was read; never read more
+            // than the limit allows.
+            let mut bytes = Vec::with_capacity(size as usize);
+            file.take(max_size + 1)
+                .read_to_end(&mut bytes)
+                .map_err(|e| Error::io("reading", &path, e))?;
+            if bytes.len() as u64 > max_size {
+                return Err(super::too_large(&name, bytes.len() as u64, max_size));
+            }
+            Ok(Bytes::from(bytes))
         })
         .await
     }

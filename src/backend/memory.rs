@@ -247,16 +247,16 @@ impl Backend for MemoryBackend {
         Ok(Put::Created)
     }
 
-    async fn get(&self, name: &str) -> Result<Bytes> {
+    async fn get(&self, name: &str, max_size: u64) -> Result<Bytes> {
         self.admit(&Op::Get { name: name.into() })?;
         let state = self.state.lock().expect("memory backend lock");
-        state
-            .objects
-            .get(name)
-            .map(|(b, _)| b.clone())
-            .ok_or_else(|| Error::NotFound {
-                object: name.into(),
-            })
+        let (bytes, _) = state.objects.get(name).ok_or_else(|| Error::NotFound {
+            object: name.into(),
+        })?;
+        if bytes.len() as u64 > max_size {
+            return Err(super::too_large(name, bytes.len() as u64, max_size));
+        }
+        Ok(bytes.clone())
     }
 
     async fn get_range(&self, name: &str, range: Range<u64>) -> Result<Bytes> {

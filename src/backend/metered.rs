@@ -107,9 +107,9 @@ impl Backend for Metered {
         self.inner.put_if_absent(name, data).await
     }
 
-    async fn get(&self, name: &str) -> Result<Bytes> {
+    async fn get(&self, name: &str, max_size: u64) -> Result<Bytes> {
         self.counters.get.fetch_add(1, Ordering::Relaxed);
-        let bytes = self.inner.get(name).await?;
+        let bytes = self.inner.get(name, max_size).await?;
         self.counters
             .bytes_down
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);

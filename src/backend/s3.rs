@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use futures::future::try_join_all;
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, Checksum};
 use object_store::client::{HttpError, HttpErrorKind};
@@ -253,12 +253,11 @@ impl S3Backend {
                     // An earlier attempt, ours or the client's own retry
                     // after a 5xx, may have landed: the object is ours if it
                     // holds exactly our bytes.
-                    let stored = self.get(name).await?;
-                    return Ok(if stored == data {
-                        Put::Created
-                    } else {
-                        Put::Existed
-                    });
+                    return match self.get(name, data.len() as u64).await {
+                        Ok(stored) if stored == data => Ok(Put::Created),
+                        Ok(_) | Err(Error::Corrupt { .. }) => Ok(Put::Existed),
+                        Err(e) => Err(e),
+                    };
                 }
                 Err(e)
                     if in_transit(&e)
@@ -419,17 +418,32 @@ impl Backend for S3Backend {
         }
     }
 
-    async fn get(&self, name: &str) -> Result<Bytes> {
+    async fn get(&self, name: &str, max_size: u64) -> Result<Bytes> {
         let path = self.path(name)?;
         let result = self
             .store
             .get(&path)
             .await
             .map_err(|e| storage_error("get", name, e))?;
-        result
-            .bytes()
-            .await
-            .map_err(|e| storage_error("get", name, e))
+        // The size comes from the response headers, before any of the body
+        // is read; dropping the stream closes the connection.
+        if result.meta.size > max_size {
+            return Err(super::too_large(name, result.meta.size, max_size));
+        }
+        let mut bytes = Vec::with_capacity(result.meta.size as usize);
+        let mut body = result.into_stream();
+        while let Some(piece) = body.next().await {
+            let piece = piece.map_err(|e| storage_error("get", name, e))?;
+            if (bytes.len() + piece.len()) as u64 > max_size {
+                return Err(super::too_large(
+                    name,
+                    (bytes.len() + piece.len()) as u64,
+                    max_size,
+                ));
+            }
+            bytes.extend_from_slice(&piece);
+        }
+        Ok(Bytes::from(bytes))
     }
 
     async fn get_range(&self, name: &str, range: Range<u64>) -> Result<Bytes> {

@@ -242,17 +242,21 @@ async fn verify_packs(
     let mut results = futures::stream::iter(packs)
         .map(|pack| async move {
             let name = pack_path(&pack.id);
-            let bytes = match repo.backend().get(&name).await {
+            let bytes = match repo.backend().get(&name, pack.size).await {
                 Ok(bytes) => bytes,
-                Err(Error::NotFound { .. }) => {
+                Err(e) if e.is_damage() => {
                     let damaged: Vec<BlobId> = pack.blobs.iter().map(|b| b.id).collect();
+                    let problem = match e {
+                        Error::NotFound { .. } => "is missing".into(),
+                        e => format!("cannot be read whole: {e}"),
+                    };
                     return Ok((
                         pack.id,
                         0,
                         0,
                         vec![Problem {
                             object: name,
-                            problem: "is missing".into(),
+                            problem,
                         }],
                         damaged,
                     ));

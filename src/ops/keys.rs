@@ -38,7 +38,10 @@ pub struct KeyInfo {
 pub async fn list_keys(repo: &Repo) -> Result<Vec<KeyInfo>> {
     let mut out = Vec::new();
     for id in list_key_ids(repo.backend()).await? {
-        let bytes = repo.backend().get(&format!("keys/{id}")).await?;
+        let bytes = repo
+            .backend()
+            .get(&format!("keys/{id}"), crate::key::MAX_KEY_FILE_SIZE)
+            .await?;
         let file = KeyFile::parse(id, &bytes)?;
         out.push(KeyInfo {
             id,

@@ -395,7 +395,7 @@ impl Run<'_> {
         for usage in packs {
             let id = usage.pack.id;
             let name = pack_path(&id);
-            let bytes = self.repo.backend().get(&name).await?;
+            let bytes = self.repo.backend().get(&name, usage.pack.size).await?;
             if crate::hash::PackId::of_pack(&bytes) != id {
                 self.summary.warnings.push(format!(
                     "{name} does not match its name; not repacked (see `larder check --read-data`)"

@@ -24,18 +24,26 @@ pub(crate) async fn contract(backend: Arc<dyn Backend>) {
             .unwrap(),
         Put::Existed
     );
-    assert_eq!(&b.get("keys/aa").await.unwrap()[..], b"first");
+    assert_eq!(&b.get("keys/aa", u64::MAX).await.unwrap()[..], b"first");
 
     // Empty objects are objects.
     assert_eq!(
         b.put_if_absent("keys/empty", Bytes::new()).await.unwrap(),
         Put::Created
     );
-    assert_eq!(b.get("keys/empty").await.unwrap().len(), 0);
+    assert_eq!(b.get("keys/empty", u64::MAX).await.unwrap().len(), 0);
+
+    // get reads no object larger than the caller allows, and says so.
+    assert_eq!(&b.get("keys/aa", 5).await.unwrap()[..], b"first");
+    let err = b.get("keys/aa", 4).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Corrupt { object, .. } if object == "keys/aa"),
+        "{err}"
+    );
 
     // get of a missing object is NotFound, never empty bytes.
     assert!(matches!(
-        b.get("keys/missing").await,
+        b.get("keys/missing", u64::MAX).await,
         Err(Error::NotFound { .. })
     ));
 
@@ -85,7 +93,7 @@ pub(crate) async fn contract(backend: Arc<dyn Backend>) {
     // delete removes; deleting again succeeds.
     b.delete("keys/aa").await.unwrap();
     assert!(matches!(
-        b.get("keys/aa").await,
+        b.get("keys/aa", u64::MAX).await,
         Err(Error::NotFound { .. })
     ));
     b.delete("keys/aa").await.unwrap();
@@ -119,7 +127,7 @@ pub(crate) async fn contract(backend: Arc<dyn Backend>) {
     }
     assert_eq!(winners.len(), 1, "winners: {winners:?}");
     assert_eq!(
-        &b.get("locks/race").await.unwrap()[..],
+        &b.get("locks/race", u64::MAX).await.unwrap()[..],
         &vec![winners[0]; 1000][..]
     );
 
@@ -138,7 +146,7 @@ pub(crate) async fn contract(backend: Arc<dyn Backend>) {
                 .is_err(),
             "{bad:?}"
         );
-        assert!(b.get(bad).await.is_err(), "{bad:?}");
+        assert!(b.get(bad, u64::MAX).await.is_err(), "{bad:?}");
     }
 
     // Initialising storage that holds objects is refused.

@@ -55,7 +55,7 @@ async fn a_wrong_secret_is_refused_by_the_server() {
     );
     // Nothing was stored.
     assert!(matches!(
-        s3_backend(&url, s3.settings()).get("config").await,
+        s3_backend(&url, s3.settings()).get("config", u64::MAX).await,
         Err(Error::NotFound { .. })
     ));
 }
@@ -78,7 +78,7 @@ async fn large_packs_go_up_in_parts_and_other_objects_never_do() {
             .unwrap(),
         Put::Created
     );
-    assert_eq!(backend.get("packs/ab/ab01").await.unwrap(), body);
+    assert_eq!(backend.get("packs/ab/ab01", u64::MAX).await.unwrap(), body);
     assert_eq!(
         &backend
             .get_range("packs/ab/ab01", (6 << 20) - 10..(6 << 20) + 10)
@@ -110,7 +110,7 @@ async fn large_packs_go_up_in_parts_and_other_objects_never_do() {
             .unwrap(),
         Put::Existed
     );
-    assert_eq!(backend.get("index/big").await.unwrap(), body);
+    assert_eq!(backend.get("index/big", u64::MAX).await.unwrap(), body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -353,7 +353,7 @@ async fn a_stalled_response_is_abandoned_and_the_request_retried() {
 
     proxy.set_plan(Plan::Stall { n: 1 });
     let started = Instant::now();
-    assert_eq!(&backend.get("index/aa").await.unwrap()[..], b"hello");
+    assert_eq!(&backend.get("index/aa", u64::MAX).await.unwrap()[..], b"hello");
     assert!(started.elapsed() >= Duration::from_millis(400));
     assert!(started.elapsed() < Duration::from_secs(30));
 
@@ -393,7 +393,7 @@ async fn a_create_whose_answer_was_lost_is_recognised_as_ours() {
             .unwrap(),
         Put::Existed
     );
-    assert_eq!(&backend.get("snapshots/aa").await.unwrap()[..], b"mine");
+    assert_eq!(&backend.get("snapshots/aa", u64::MAX).await.unwrap()[..], b"mine");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -410,7 +410,7 @@ async fn an_upload_damaged_in_transit_is_refused_by_the_server() {
     assert_eq!(proxy.injected().corrupted, 1);
     let direct = s3_backend(&url, s3.settings());
     assert!(matches!(
-        direct.get("index/aa").await,
+        direct.get("index/aa", u64::MAX).await,
         Err(Error::NotFound { .. })
     ));
 }
