@@ -141,7 +141,9 @@ pub async fn delete_all(
 pub fn too_large(name: &str, size: u64, max_size: u64) -> Error {
     Error::corrupt(
         name,
-        format!("is {size} bytes, more than the {max_size} an object of its kind may have; not read"),
+        format!(
+            "is {size} bytes, more than the {max_size} an object of its kind may have; not read"
+        ),
     )
 }
 

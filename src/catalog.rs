@@ -141,6 +141,19 @@ pub struct PackUsage {
     pub live_bytes: u64,
 }
 
+/// What [`Catalog::verify_live`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LiveCheck {
+    /// Live blobs in no pack the catalog knows.
+    pub unlocated: u64,
+    /// Some of them.
+    pub unlocated_sample: Vec<BlobId>,
+    /// Live blobs found only in the packs about to be deleted.
+    pub only_in_doomed: u64,
+    /// Some of them.
+    pub only_in_doomed_sample: Vec<BlobId>,
+}
+
 /// Which snapshots a listing returns.
 #[derive(Clone, Debug, Default)]
 pub struct SnapshotFilter {
@@ -932,6 +945,71 @@ impl Catalog {
         Ok(out)
     }
 
+    /// Prune's last check before it deletes `doomed`: the live blobs no
+    /// pack outside `doomed` holds, split into those in no pack at all (no
+    /// absorbed index object locates them: damage, or an index object
+    /// missing) and those only in `doomed` (deleting would lose them).
+    pub fn verify_live(&mut self, doomed: &[PackId], sample: usize) -> Result<LiveCheck> {
+        let path = self.path.clone();
+        let err = |source| Error::Catalog {
+            op: "verifying live blobs",
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        tx.execute_batch(
+            "CREATE TEMP TABLE IF NOT EXISTS doomed (pack INTEGER PRIMARY KEY);
+             DELETE FROM temp.doomed;",
+        )
+        .map_err(err)?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO temp.doomed (pack) SELECT rowid FROM packs WHERE id = ?1",
+                )
+                .map_err(err)?;
+            for pack in doomed {
+                insert.execute([pack.as_bytes()]).map_err(err)?;
+            }
+        }
+        let mut check = LiveCheck::default();
+        let mut raw: [Vec<Vec<u8>>; 2] = [Vec::new(), Vec::new()];
+        {
+            let mut stmt = tx
+                .prepare(
+                    "SELECT l.id, EXISTS (SELECT 1 FROM blobs b WHERE b.id = l.id)
+                     FROM temp.live l
+                     WHERE NOT EXISTS (
+                       SELECT 1 FROM blobs b
+                       WHERE b.id = l.id AND b.pack NOT IN (SELECT pack FROM temp.doomed))",
+                )
+                .map_err(err)?;
+            let mut rows = stmt.query([]).map_err(err)?;
+            while let Some(row) = rows.next().map_err(err)? {
+                let in_doomed: bool = row.get(1).map_err(err)?;
+                let (count, ids) = if in_doomed {
+                    (&mut check.only_in_doomed, &mut raw[1])
+                } else {
+                    (&mut check.unlocated, &mut raw[0])
+                };
+                *count += 1;
+                if ids.len() < sample {
+                    ids.push(row.get(0).map_err(err)?);
+                }
+            }
+        }
+        tx.execute("DELETE FROM temp.doomed", []).map_err(err)?;
+        tx.commit().map_err(err)?;
+        let to_ids = |raw: &[Vec<u8>]| -> Result<Vec<BlobId>> {
+            raw.iter()
+                .map(|id| BlobId::from_slice(id).ok_or_else(|| self.damaged("blob id")))
+                .collect()
+        };
+        check.unlocated_sample = to_ids(&raw[0])?;
+        check.only_in_doomed_sample = to_ids(&raw[1])?;
+        Ok(check)
+    }
+
     /// Whether a usable pack other than `except` holds an intact copy of the blob.
     pub fn has_copy_elsewhere(&self, id: &BlobId, except: &PackId) -> Result<bool> {
         let mut stmt = self
@@ -1169,6 +1247,32 @@ mod tests {
         let loc = cat.locate(&BlobId([3; 32])).unwrap().unwrap();
         assert_eq!(loc.pack, PackId([11; 32]));
         assert_eq!(cat.blob_count().unwrap(), 2);
+    }
+
+    #[test]
+    fn verify_live_finds_blobs_in_no_pack_and_blobs_only_in_doomed_packs() {
+        let mut cat = Catalog::open_in_memory().unwrap();
+        cat.absorb_index(IndexId([1; 32]), &index_with(10, &[1, 2]))
+            .unwrap();
+        cat.absorb_index(IndexId([2; 32]), &index_with(11, &[2, 3]))
+            .unwrap();
+        cat.live_reset().unwrap();
+        cat.live_insert(&[BlobId([1; 32]), BlobId([2; 32]), BlobId([9; 32])])
+            .unwrap();
+        // Nothing doomed: only blob 9 (in no pack) is missing.
+        let check = cat.verify_live(&[], 10).unwrap();
+        assert_eq!((check.unlocated, check.only_in_doomed), (1, 0));
+        assert_eq!(check.unlocated_sample, vec![BlobId([9; 32])]);
+        // Pack 10 doomed: blob 1 would be lost, blob 2 has a copy in 11.
+        let check = cat.verify_live(&[PackId([10; 32])], 10).unwrap();
+        assert_eq!((check.unlocated, check.only_in_doomed), (1, 1));
+        assert_eq!(check.only_in_doomed_sample, vec![BlobId([1; 32])]);
+        // Both doomed: blobs 1 and 2 would be lost; the sample is bounded.
+        let check = cat
+            .verify_live(&[PackId([10; 32]), PackId([11; 32])], 1)
+            .unwrap();
+        assert_eq!(check.only_in_doomed, 2);
+        assert_eq!(check.only_in_doomed_sample.len(), 1);
     }
 
     #[test]

@@ -201,6 +201,17 @@ pub enum Error {
         what: String,
     },
 
+    /// Prune refused to delete anything because some of the repository's
+    /// metadata cannot be read, so what the snapshots need is unknown.
+    #[error(
+        "prune deleted nothing: it cannot see everything the snapshots need ({}); run `larder check`, and restore or remove the damaged objects",
+        .damage.join("; ")
+    )]
+    PruneRefused {
+        /// Each damaged or unreadable object, with what is wrong.
+        damage: Vec<String>,
+    },
+
     /// An operation was stopped because another part of it failed first; the
     /// first failure is reported instead of this.
     #[error("operation cancelled")]

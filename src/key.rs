@@ -398,9 +398,16 @@ mod tests {
     #[test]
     fn damage_is_told_apart_from_a_wrong_passphrase() {
         let master = MasterKey::generate();
-        let (id, bytes) =
-            KeyFile::create(&master, RepoId([9; 32]), b"pw", FAST, 0, "h".into(), "u".into())
-                .unwrap();
+        let (id, bytes) = KeyFile::create(
+            &master,
+            RepoId([9; 32]),
+            b"pw",
+            FAST,
+            0,
+            "h".into(),
+            "u".into(),
+        )
+        .unwrap();
         assert_eq!(
             KeyFile::parse(id, &bytes).unwrap().integrity,
             KeyFileIntegrity::Intact

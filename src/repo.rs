@@ -31,7 +31,7 @@ use crate::index::{
 };
 use crate::key::{KdfParams, KeyFile, MasterKey};
 use crate::lease::{Lease, LeaseKind};
-use crate::pack::pack_path;
+use crate::pack::{PackEntry, header_range, open_header, pack_path};
 use crate::seal::{ObjectKind, Sealer, with_codec};
 use crate::snapshot::{Content, Node, NodeKind, Snapshot, Tree};
 
@@ -110,6 +110,47 @@ pub struct SyncReport {
     pub indexes_removed: usize,
     /// Objects that could not be read, with the reason. They were skipped.
     pub warnings: Vec<String>,
+    /// The snapshot, index and pending objects among them that are damaged
+    /// (as opposed to deleted between the listing and the read).
+    pub damaged: Vec<DamagedObject>,
+}
+
+/// A listed object that could not be read or opened.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DamagedObject {
+    /// Its name, such as `snapshots/<id>`.
+    pub name: String,
+    /// What is wrong with it.
+    pub reason: String,
+    /// Its storage modification time (nanoseconds since the epoch), if the
+    /// listing gave one.
+    pub stored_ns: Option<i64>,
+}
+
+impl std::fmt::Display for DamagedObject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.name, self.reason)
+    }
+}
+
+impl SyncReport {
+    /// Records `error` about `name` as damage, unless the object merely
+    /// vanished between the listing and the read (deleted by another
+    /// process, which is no damage).
+    fn note_damage(&mut self, name: &str, error: &Error, stored_ns: Option<i64>) {
+        if matches!(error, Error::NotFound { .. }) {
+            return;
+        }
+        let reason = match error {
+            Error::Corrupt { object, reason } if object == name => reason.clone(),
+            e => e.to_string(),
+        };
+        self.damaged.push(DamagedObject {
+            name: name.into(),
+            reason,
+            stored_ns,
+        });
+    }
 }
 
 /// An opened repository. Cloning is cheap and shares everything, so
@@ -125,6 +166,9 @@ pub struct Repo {
     catalog: Arc<Mutex<Catalog>>,
     cache_dir: PathBuf,
     sync_report: SyncReport,
+    /// What the latest sync found damaged (every sync reads damaged objects
+    /// again, since they are never absorbed, so this is the whole set).
+    damaged: Arc<Mutex<Vec<DamagedObject>>>,
     lease: Arc<Mutex<Option<Arc<Lease>>>>,
 }
 
@@ -273,6 +317,7 @@ impl Repo {
             catalog: Arc::new(Mutex::new(catalog)),
             cache_dir,
             sync_report: SyncReport::default(),
+            damaged: Arc::default(),
             lease: Arc::default(),
         };
         // The lease comes before the sync: everything a pending generation
@@ -421,6 +466,12 @@ impl Repo {
         }
     }
 
+    /// Snapshot, index and pending objects the latest sync could not read
+    /// or open. Every sync reads them again, so this is the current set.
+    pub fn damaged_objects(&self) -> Vec<DamagedObject> {
+        self.damaged.lock().expect("damage lock").clone()
+    }
+
     /// What the sync at open found (warnings about unreadable objects).
     pub fn open_report(&self) -> &SyncReport {
         &self.sync_report
@@ -441,20 +492,31 @@ impl Repo {
         // What the catalog knows is read before listing: anything another
         // process absorbs in between is then neither "gone" nor lost.
         let known = self.catalog().snapshot_ids()?;
-        let listed: HashSet<SnapshotId> = self
+        let listed: HashMap<SnapshotId, Option<i64>> = self
             .backend
             .list("snapshots/")
             .await?
             .iter()
-            .filter_map(|o| o.name.strip_prefix("snapshots/")?.parse().ok())
+            .filter_map(|o| {
+                let id = o.name.strip_prefix("snapshots/")?.parse().ok()?;
+                Some((id, o.modified.map(|t| generation_time(Some(t)))))
+            })
             .collect();
-        let gone: Vec<SnapshotId> = known.difference(&listed).copied().collect();
+        let gone: Vec<SnapshotId> = known
+            .iter()
+            .filter(|id| !listed.contains_key(id))
+            .copied()
+            .collect();
         report.snapshots_removed = gone.len();
         self.catalog
             .lock()
             .expect("catalog lock")
             .remove_snapshots(&gone)?;
-        let new: Vec<SnapshotId> = listed.difference(&known).copied().collect();
+        let new: Vec<SnapshotId> = listed
+            .keys()
+            .filter(|id| !known.contains(id))
+            .copied()
+            .collect();
         let loaded: Vec<(SnapshotId, Result<Snapshot>)> = futures::stream::iter(new)
             .map(|id| async move { (id, self.load_snapshot(&id).await) })
             .buffer_unordered(SYNC_CONCURRENCY)
@@ -466,9 +528,12 @@ impl Repo {
                     self.catalog().insert_snapshot(&id, &snapshot)?;
                     report.snapshots_added += 1;
                 }
-                Err(e) if e.is_damage() => report
-                    .warnings
-                    .push(format!("skipped snapshot {}: {e}", id.short())),
+                Err(e) if e.is_damage() => {
+                    report
+                        .warnings
+                        .push(format!("skipped snapshot {}: {e}", id.short()));
+                    report.note_damage(&snapshot_path(&id), &e, listed[&id]);
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -510,9 +575,12 @@ impl Repo {
                 )?,
                 // A pending generation that cannot be read protects
                 // nothing and deletes nothing: prune will not sweep it.
-                Err(e) if e.is_damage() => report
-                    .warnings
-                    .push(format!("skipped pending generation {}: {e}", id.short())),
+                Err(e) if e.is_damage() => {
+                    report
+                        .warnings
+                        .push(format!("skipped pending generation {}: {e}", id.short()));
+                    report.note_damage(&pending_path(id), &e, Some(*time));
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -548,12 +616,16 @@ impl Repo {
                         .absorb_index(id, &index)?;
                     report.indexes_added += 1;
                 }
-                Err(e) if e.is_damage() => report
-                    .warnings
-                    .push(format!("skipped index object {}: {e}", id.short())),
+                Err(e) if e.is_damage() => {
+                    report
+                        .warnings
+                        .push(format!("skipped index object {}: {e}", id.short()));
+                    report.note_damage(&index_path(&id), &e, None);
+                }
                 Err(e) => return Err(e),
             }
         }
+        *self.damaged.lock().expect("damage lock") = report.damaged.clone();
         Ok(report)
     }
 
@@ -716,10 +788,33 @@ impl Repo {
         filter: &SnapshotFilter,
     ) -> Result<(SnapshotId, Snapshot)> {
         if spec == "latest" {
-            return self
-                .snapshots(filter)?
-                .pop()
-                .ok_or_else(|| Error::SnapshotNotFound(describe_filter(spec, filter)));
+            let newest = self.snapshots(filter)?.pop();
+            // A damaged snapshot's source and time are unknown: if it may be
+            // newer than the newest readable one, `latest` must not quietly
+            // mean an older snapshot. Its storage time bounds its own time
+            // (backup refuses times more than the allowed skew ahead).
+            let skew = crate::snapshot::CLOCK_SKEW_ALLOWANCE.as_nanos() as i64;
+            for damaged in self.damaged_objects() {
+                if !damaged.name.starts_with("snapshots/") {
+                    continue;
+                }
+                let may_be_newer = match (&newest, damaged.stored_ns) {
+                    (Some((_, snapshot)), Some(stored)) => {
+                        stored.saturating_add(skew) >= snapshot.time_ns
+                    }
+                    _ => true,
+                };
+                if may_be_newer {
+                    return Err(Error::corrupt(
+                        damaged.name,
+                        format!(
+                            "{}; it may be the latest snapshot, so `latest` does not fall back to an older one: name a snapshot by id, or remove the damaged object",
+                            damaged.reason
+                        ),
+                    ));
+                }
+            }
+            return newest.ok_or_else(|| Error::SnapshotNotFound(describe_filter(spec, filter)));
         }
         if spec.len() < 4 || !spec.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(Error::InvalidArgument(format!(
@@ -806,6 +901,31 @@ impl Repo {
             None => self.backend.get_range(&name, range).await?,
         };
         open(sealed).await
+    }
+
+    /// Reads a pack's header from its tail, for a pack no index object
+    /// names; `size` is its size from a listing. Bounded: the header length
+    /// field is checked against the largest header larder writes before
+    /// anything more is read.
+    pub async fn read_pack_header(&self, name: &str, size: u64) -> Result<Vec<PackEntry>> {
+        // Bytes read from a pack's end in the first request; most headers fit.
+        const TAIL_GUESS: u64 = 256 << 10;
+        let guess = size.min(TAIL_GUESS);
+        let tail = self.backend.get_range(name, size - guess..size).await?;
+        let range = header_range(&tail, size, name)?;
+        let sealed = if range.start >= size - guess {
+            let at = (range.start - (size - guess)) as usize;
+            tail.slice(at..at + (range.end - range.start) as usize)
+        } else {
+            self.backend.get_range(name, range.clone()).await?
+        };
+        let header = with_codec(1, |codec| {
+            open_header(&self.sealer, codec, &sealed, range.start, name)
+        })?;
+        if header.entries.is_empty() {
+            return Err(Error::corrupt(name, "pack header lists no blobs"));
+        }
+        Ok(header.entries)
     }
 
     /// Directory of locally cached tree packs.
@@ -1178,13 +1298,7 @@ async fn unlock(
             Err(e) => damaged.push(e.to_string()),
         }
     }
-    candidates.sort_by_key(|f| {
-        (
-            f.integrity == KeyFileIntegrity::Damaged,
-            f.kdf_work(),
-            f.id,
-        )
-    });
+    candidates.sort_by_key(|f| (f.integrity == KeyFileIntegrity::Damaged, f.kdf_work(), f.id));
     let total = candidates.len();
     let mut tried = 0;
     for file in candidates {

@@ -6,16 +6,24 @@
 //! snapshot it meets in each new period until it has kept N (so "the newest
 //! snapshot in each of the last N periods that have snapshots"; weeks are
 //! ISO weeks). One snapshot may satisfy several rules. `--keep-within`
-//! keeps everything within that span of the newest snapshot (not of `now`,
-//! so a source that stopped backing up keeps its last snapshots), and
-//! `--keep-tag` keeps tagged snapshots. Periods are calendar periods in the
-//! given time zone: across a daylight-saving change a day is still one day,
-//! and the repeated hour of a fall-back counts as one hour.
+//! keeps everything within that span of `now`, and `--keep-tag` keeps
+//! tagged snapshots. Periods are calendar periods in the given time zone:
+//! across a daylight-saving change a day is still one day, and the repeated
+//! hour of a fall-back counts as one hour.
+//!
+//! Time is judged against `now`, never against the newest snapshot: a
+//! snapshot dated more than [`CLOCK_SKEW_ALLOWANCE`] after `now` (a clock
+//! far ahead, or a snapshot planted by someone holding the passphrase) is
+//! kept, marked suspicious, and takes no part in any rule, so planted
+//! future snapshots can never use up the keep slots of real ones. (restic
+//! measures `--keep-within` from the newest snapshot, which such snapshots
+//! would move arbitrarily far.)
 
 use jiff::tz::TimeZone;
 use jiff::{Span, Timestamp, Zoned};
 
 use crate::error::{Error, Result};
+pub use crate::snapshot::CLOCK_SKEW_ALLOWANCE;
 
 /// A retention policy. Rules left at `None` do not apply.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -32,7 +40,7 @@ pub struct Policy {
     pub monthly: Option<u32>,
     /// … years.
     pub yearly: Option<u32>,
-    /// Keep every snapshot within this span of the newest one.
+    /// Keep every snapshot within this span of now.
     pub within: Option<Within>,
     /// Keep every snapshot carrying one of these tags.
     pub tags: Vec<String>,
@@ -185,28 +193,45 @@ pub struct Decision {
     pub keep: bool,
     /// The rules that kept it, such as `daily 3/7`, `within 30d`, `tag keep`.
     pub reasons: Vec<String>,
+    /// Dated after `now` by more than the clock-skew allowance: kept, but
+    /// counted toward no rule.
+    pub suspicious: bool,
 }
 
 /// Applies `policy` to one group of snapshots. Returns one decision per
-/// item, in the items' order. Snapshots newer than `now` (a clock ahead, or
-/// a backdated import gone wrong) are always kept.
+/// item, in the items' order. Snapshots dated after `now` by more than
+/// [`CLOCK_SKEW_ALLOWANCE`] are kept as suspicious and skipped by every rule
+/// (see the module docs).
 pub fn apply(items: &[Item<'_>], policy: &Policy, now: Timestamp, tz: &TimeZone) -> Vec<Decision> {
     let mut decisions = vec![
         Decision {
             keep: false,
             reasons: Vec::new(),
+            suspicious: false,
         };
         items.len()
     ];
-    let mut order: Vec<usize> = (0..items.len()).collect();
+    let horizon = now
+        .checked_add(
+            jiff::SignedDuration::try_from(CLOCK_SKEW_ALLOWANCE).expect("a few minutes fit"),
+        )
+        .unwrap_or(Timestamp::MAX);
+    let mut order: Vec<usize> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        if item.time > horizon {
+            decisions[i] = Decision {
+                keep: true,
+                reasons: vec!["newer than now (suspicious)".into()],
+                suspicious: true,
+            };
+        } else {
+            order.push(i);
+        }
+    }
     // Newest first; equal times keep their input order.
     order.sort_by(|&a, &b| items[b].time.cmp(&items[a].time).then(a.cmp(&b)));
-    let Some(&newest) = order.first() else {
-        return decisions;
-    };
     let within_start = policy.within.as_ref().map(|w| {
-        let newest = items[newest].time.to_zoned(tz.clone());
-        newest
+        now.to_zoned(tz.clone())
             .checked_sub(w.span)
             .map(|z| z.timestamp())
             .unwrap_or(Timestamp::MIN)
@@ -463,12 +488,13 @@ mod tests {
                 keep: &["2026-01-01T00:00:02Z", "2026-01-01T00:00:01Z"],
             },
             Case {
-                name: "within is measured from the newest snapshot, not from now",
+                name: "within is measured from now, not from the newest snapshot",
                 times: &[
-                    "2026-01-01T00:00:00Z",
-                    "2026-01-05T00:00:00Z",
-                    "2026-01-07T00:00:00Z",
-                    "2026-01-08T00:00:00Z",
+                    "2029-12-25T00:00:00Z",
+                    "2029-12-28T23:00:00Z",
+                    "2029-12-29T00:00:00Z",
+                    "2029-12-31T00:00:00Z",
+                    "2029-12-31T12:00:00Z",
                 ],
                 policy: Policy {
                     within: Some("3d".parse().unwrap()),
@@ -476,9 +502,9 @@ mod tests {
                 },
                 tz: "UTC",
                 keep: &[
-                    "2026-01-08T00:00:00Z",
-                    "2026-01-07T00:00:00Z",
-                    "2026-01-05T00:00:00Z",
+                    "2029-12-31T12:00:00Z",
+                    "2029-12-31T00:00:00Z",
+                    "2029-12-29T00:00:00Z",
                 ],
             },
         ];
@@ -597,7 +623,60 @@ mod tests {
         let d = apply(&items, &policy, ts("2030-01-01T00:00:00Z"), &TimeZone::UTC);
         assert_eq!(d[0].reasons, vec!["tag keep".to_string()]);
         assert!(!d[1].keep);
-        assert_eq!(d[2].reasons, vec!["newer than now".to_string()]);
+        assert_eq!(
+            d[2].reasons,
+            vec!["newer than now (suspicious)".to_string()]
+        );
+        assert!(d[2].suspicious);
+    }
+
+    #[test]
+    fn planted_future_snapshots_take_no_keep_slot_from_real_ones() {
+        // Ten real nightly snapshots up to now, and a dozen planted ones
+        // dated far ahead, the way a holder of the passphrase could.
+        let none: Vec<String> = vec![];
+        let now = ts("2026-12-02T12:00:00Z");
+        let real: Vec<Timestamp> = (0..10)
+            .map(|d| ts("2026-11-23T02:00:00Z") + jiff::SignedDuration::from_hours(24 * d))
+            .collect();
+        let planted: Vec<Timestamp> = (0..12)
+            .map(|m| ts("2099-01-15T00:00:00Z") + jiff::SignedDuration::from_hours(24 * 31 * m))
+            .collect();
+        let items: Vec<Item> = planted
+            .iter()
+            .chain(&real)
+            .map(|&time| Item { time, tags: &none })
+            .collect();
+        let policy = Policy {
+            daily: Some(7),
+            weekly: Some(4),
+            monthly: Some(12),
+            within: Some("30d".parse().unwrap()),
+            ..Policy::default()
+        };
+        let d = apply(&items, &policy, now, &TimeZone::UTC);
+        // Every planted one is kept and flagged; every real one is kept
+        // (all are within 30 days of now), with its own daily slot.
+        for (decision, item) in d.iter().zip(&items).take(planted.len()) {
+            assert!(decision.keep && decision.suspicious, "{item:?}");
+        }
+        for (decision, item) in d.iter().zip(&items).skip(planted.len()) {
+            assert!(decision.keep && !decision.suspicious, "{item:?}");
+            assert!(decision.reasons.contains(&"within 30d".to_string()));
+        }
+        assert!(
+            d[planted.len() + 9]
+                .reasons
+                .contains(&"daily 1/7".to_string())
+        );
+        // Within the allowance (a clock a little ahead) a snapshot counts.
+        let near = [Item {
+            time: now + jiff::SignedDuration::from_secs(60),
+            tags: &none,
+        }];
+        let d = apply(&near, &policy, now, &TimeZone::UTC);
+        assert!(!d[0].suspicious);
+        assert!(d[0].reasons.contains(&"daily 1/7".to_string()));
     }
 
     #[test]

@@ -10,6 +10,11 @@
 
 use minicbor::bytes::ByteVec;
 
+/// How far ahead of the local clock a snapshot's time may be: clocks drift
+/// and storage clocks differ. `backup --time` refuses later times, and
+/// retention treats snapshots beyond it as suspicious.
+pub const CLOCK_SKEW_ALLOWANCE: std::time::Duration = std::time::Duration::from_secs(300);
+
 use crate::error::{Error, Result};
 use crate::hash::{BlobHasher, BlobId, SnapshotId};
 

@@ -18,7 +18,8 @@ use super::{GlobalArgs, Outcome, open, open_leased, render};
 #[derive(Args, Debug)]
 #[command(
     after_help = "Each --keep-* rule keeps the newest snapshot in each of the last N hours/days/ISO weeks/months/years that have snapshots; \
-one snapshot may satisfy several rules. Periods are in local time unless --utc. Groups are source + host unless --group-by says otherwise.\n\
+one snapshot may satisfy several rules. Periods are in local time unless --utc. Groups are source + host unless --group-by says otherwise. \
+Snapshots dated more than 5 minutes after now are kept, reported, and counted toward no rule.\n\
 Example (grandfather-father-son): larder forget --keep-daily 7 --keep-weekly 4 --keep-monthly 12 --prune"
 )]
 pub struct ForgetArgs {
@@ -49,7 +50,7 @@ pub struct ForgetArgs {
     /// Keep the newest snapshot of each of the last N years that have one
     #[arg(long, value_name = "N")]
     keep_yearly: Option<u32>,
-    /// Keep every snapshot within this span of the group's newest (such as 7d, 2w, 1y6m, 36h)
+    /// Keep every snapshot within this span of now (such as 7d, 2w, 1y6m, 36h)
     #[arg(long, value_name = "DURATION")]
     keep_within: Option<Within>,
     /// Keep every snapshot carrying this tag (repeatable)
@@ -73,6 +74,9 @@ pub struct ForgetArgs {
     /// With --prune: repack packs more than this percent unused
     #[arg(long, value_name = "PCT", default_value_t = DEFAULT_MAX_UNUSED_PERCENT)]
     max_unused: f64,
+    /// With --prune: go on although some snapshot, index, tree or list objects cannot be read, deleting what only they reference (it is named first)
+    #[arg(long)]
+    force_damaged: bool,
 }
 
 #[derive(Args, Debug)]
@@ -90,6 +94,9 @@ pub struct PruneArgs {
     /// Give up after waiting this many seconds for another prune
     #[arg(long, value_name = "SECONDS", default_value_t = 1800)]
     max_wait: u64,
+    /// Go on although some snapshot, index, tree or list objects cannot be read, deleting what only they reference (it is named first)
+    #[arg(long)]
+    force_damaged: bool,
 }
 
 pub async fn forget(global: &GlobalArgs, args: ForgetArgs) -> Result<Outcome> {
@@ -131,8 +138,13 @@ pub async fn forget(global: &GlobalArgs, args: ForgetArgs) -> Result<Outcome> {
             args.dry_run,
             args.max_unused,
             DEFAULT_MAX_WAIT.as_secs(),
+            args.force_damaged,
         )?;
-        Some(larder::ops::prune::prune(&repo, &options).await?)
+        Some(
+            larder::ops::prune::prune(&repo, &options)
+                .await
+                .map_err(with_force_hint)?,
+        )
     } else {
         None
     };
@@ -150,13 +162,25 @@ pub async fn forget(global: &GlobalArgs, args: ForgetArgs) -> Result<Outcome> {
             print_prune(pruned);
         }
     }
-    Ok(outcome(pruned.as_ref()))
+    render::warn_all(&summary.warnings);
+    Ok(match outcome(pruned.as_ref()) {
+        Outcome::Success if !summary.warnings.is_empty() => Outcome::Warnings,
+        outcome => outcome,
+    })
 }
 
 pub async fn prune(global: &GlobalArgs, args: PruneArgs) -> Result<Outcome> {
     let repo = open_leased(global, LeaseKind::Prune).await?;
-    let options = prune_options(global, args.dry_run, args.max_unused, args.max_wait)?;
-    let summary = larder::ops::prune::prune(&repo, &options).await?;
+    let options = prune_options(
+        global,
+        args.dry_run,
+        args.max_unused,
+        args.max_wait,
+        args.force_damaged,
+    )?;
+    let summary = larder::ops::prune::prune(&repo, &options)
+        .await
+        .map_err(with_force_hint)?;
     if global.json {
         render::print_json(&summary)?;
     } else if !global.quiet {
@@ -165,11 +189,25 @@ pub async fn prune(global: &GlobalArgs, args: PruneArgs) -> Result<Outcome> {
     Ok(outcome(Some(&summary)))
 }
 
+/// Names the flag that overrides a refusal to prune a damaged repository.
+fn with_force_hint(error: larder::Error) -> anyhow::Error {
+    let refused = matches!(error, larder::Error::PruneRefused { .. });
+    let error = anyhow::Error::new(error);
+    if refused {
+        error.context(
+            "pruning (after repairing what can be repaired, --force-damaged deletes what only the damaged objects reference)",
+        )
+    } else {
+        error
+    }
+}
+
 fn prune_options(
     global: &GlobalArgs,
     dry_run: bool,
     max_unused: f64,
     max_wait: u64,
+    force_damaged: bool,
 ) -> Result<PruneOptions> {
     if !(0.0..=100.0).contains(&max_unused) {
         anyhow::bail!("--max-unused {max_unused}: give a percentage from 0 to 100");
@@ -184,6 +222,7 @@ fn prune_options(
                 eprintln!("{message}");
             }
         })),
+        force_damaged,
     })
 }
 

@@ -202,11 +202,22 @@ pub async fn backup(repo: &Repo, options: BackupOptions) -> Result<BackupSummary
             "the source name must not be empty".into(),
         ));
     }
+    let now = now_ns();
     let time_ns = match options.time {
         Some(t) => i64::try_from(t.as_nanosecond())
             .map_err(|_| Error::InvalidArgument("time out of range".into()))?,
-        None => now_ns(),
+        None => now,
     };
+    // A future time would outlive every real snapshot under retention, and
+    // make `latest` mean it for as long as it stays.
+    let skew = crate::snapshot::CLOCK_SKEW_ALLOWANCE;
+    if time_ns > now.saturating_add(skew.as_nanos() as i64) {
+        return Err(Error::InvalidArgument(format!(
+            "the snapshot time {} is in the future (more than {} s after now); only past times may be given",
+            crate::ops::format_time(time_ns),
+            skew.as_secs()
+        )));
+    }
     let parent = match options.parent {
         Some(id) => Some((
             id,

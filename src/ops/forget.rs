@@ -105,6 +105,9 @@ pub struct ForgetEntry {
     pub keep: bool,
     /// The rules that kept it.
     pub reasons: Vec<String>,
+    /// Dated after now by more than the clock-skew allowance: kept, but
+    /// counted toward no rule.
+    pub suspicious: bool,
     /// Its group, as `source=… host=…`.
     #[serde(skip)]
     pub group: String,
@@ -121,6 +124,8 @@ pub struct ForgetSummary {
     pub removed: u64,
     /// Nothing was deleted.
     pub dry_run: bool,
+    /// Snapshots dated in the future, and other things worth knowing.
+    pub warnings: Vec<String>,
     /// Wall time.
     pub duration_s: f64,
     /// Storage requests made.
@@ -178,6 +183,13 @@ pub async fn forget(repo: &Repo, options: &ForgetOptions) -> Result<ForgetSummar
             if !decision.keep {
                 doomed.push(*id);
             }
+            if decision.suspicious {
+                summary.warnings.push(format!(
+                    "snapshot {} ({group}) is dated {}, after now: kept, but counted toward no rule (a clock far ahead, or a snapshot planted by someone holding the passphrase)",
+                    id.short(),
+                    crate::ops::format_time(snapshot.time_ns)
+                ));
+            }
             summary.snapshots.push(ForgetEntry {
                 id: id.to_hex(),
                 time: crate::ops::format_time(snapshot.time_ns),
@@ -186,6 +198,7 @@ pub async fn forget(repo: &Repo, options: &ForgetOptions) -> Result<ForgetSummar
                 tags: snapshot.tags.clone(),
                 keep: decision.keep,
                 reasons: decision.reasons,
+                suspicious: decision.suspicious,
                 group: group.clone(),
             });
         }

@@ -31,18 +31,21 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use jiff::Timestamp;
 
 use crate::backend::{Backend, RequestCounts, delete_all};
 use crate::catalog::{PackState, PackUsage, SnapshotFilter};
 use crate::error::{Error, Result};
 use crate::hash::{BlobId, GenerationId, IndexId, PackId, SnapshotId};
-use crate::index::{INDEX_FLUSH_BLOBS, IndexObject, PendingObject, index_path, pending_path};
+use crate::index::{
+    INDEX_FLUSH_BLOBS, IndexObject, IndexedPack, PendingObject, index_path, pending_path,
+};
 use crate::lease::{self, Lease, LeaseInfo, LeaseKind, LeaseView};
 use crate::ops::backup::writer::upload;
 use crate::pack::{PackKind, PackWriter, pack_path, parse_pack_path, read_header};
 use crate::repo::Repo;
-use crate::seal::with_codec;
+use crate::seal::{ObjectKind, with_codec};
 use crate::snapshot::{Content, NodeKind};
 
 /// An index object naming fewer packs than this is merged with others.
@@ -65,8 +68,13 @@ pub struct PruneOptions {
     pub max_unused_percent: f64,
     /// How long to wait for another prune before giving up.
     pub max_wait: Duration,
-    /// Called with each "waiting for …" message.
+    /// Called with each "waiting for …" message, and with each piece of
+    /// damage prune goes on despite (with `force_damaged`), before it acts.
     pub notify: Option<Notify>,
+    /// Go on when snapshot, index, tree or list objects cannot be read:
+    /// whatever only they reference is then deleted. Without it such damage
+    /// makes prune delete nothing ([`Error::PruneRefused`]).
+    pub force_damaged: bool,
 }
 
 impl Default for PruneOptions {
@@ -76,6 +84,7 @@ impl Default for PruneOptions {
             max_unused_percent: DEFAULT_MAX_UNUSED_PERCENT,
             max_wait: DEFAULT_MAX_WAIT,
             notify: None,
+            force_damaged: false,
         }
     }
 }
@@ -86,6 +95,7 @@ impl std::fmt::Debug for PruneOptions {
             .field("dry_run", &self.dry_run)
             .field("max_unused_percent", &self.max_unused_percent)
             .field("max_wait", &self.max_wait)
+            .field("force_damaged", &self.force_damaged)
             .finish_non_exhaustive()
     }
 }
@@ -136,6 +146,11 @@ pub struct PruneSummary {
     pub packs_unindexed: u64,
     /// Their bytes.
     pub bytes_unindexed: u64,
+    /// Of those, packs whose headers were read and named in a new index
+    /// object, so that they are deleted only if no snapshot needs them.
+    pub packs_reindexed: u64,
+    /// Their bytes.
+    pub bytes_reindexed: u64,
     /// The generation this run recorded (or would record).
     pub new_generation: Option<String>,
     /// Packs in it and their bytes.
@@ -193,6 +208,9 @@ async fn prune_leased(repo: &Repo, options: &PruneOptions) -> Result<PruneSummar
             ..PruneSummary::default()
         },
         marked: HashSet::new(),
+        mark_damage: Vec::new(),
+        told: HashSet::new(),
+        unreadable: Vec::new(),
     };
     let waited = run.wait_for_older_prunes().await?;
     run.summary.waited_s = waited.as_secs_f64();
@@ -201,8 +219,12 @@ async fn prune_leased(repo: &Repo, options: &PruneOptions) -> Result<PruneSummar
     if waited > lease.resolution() {
         repo.sync().await?;
     }
+    run.reindex_unindexed().await?;
     repo.catalog().live_reset()?;
     run.mark().await?;
+    // Before anything is deleted: what cannot be read makes what the
+    // snapshots need unknown.
+    run.check_damage(Vec::new())?;
 
     // Generations recorded earlier: sweep what may be swept.
     let earlier = repo.catalog().pending_generations()?;
@@ -228,6 +250,12 @@ struct Run<'a> {
     options: &'a PruneOptions,
     summary: PruneSummary,
     marked: HashSet<SnapshotId>,
+    /// Trees and lists marking could not read.
+    mark_damage: Vec<String>,
+    /// Damage already reported, so each piece is told once.
+    told: HashSet<String>,
+    /// Packs in no index object whose header cannot be read.
+    unreadable: Vec<(PackId, u64)>,
 }
 
 impl Run<'_> {
@@ -274,20 +302,55 @@ impl Run<'_> {
         }
     }
 
-    /// Marks every snapshot not marked yet.
+    /// Marks every snapshot not marked yet. Trees and lists that cannot be
+    /// read are recorded as damage, and marking goes on past them.
     async fn mark(&mut self) -> Result<()> {
         for (id, snapshot) in self.repo.snapshots(&SnapshotFilter::default())? {
             if !self.marked.insert(id) {
                 continue;
             }
-            mark_tree(self.repo, snapshot.root).await.map_err(|e| {
-                Error::InvalidArgument(format!(
-                    "snapshot {} cannot be walked ({e}); prune cannot tell what it needs, so it deletes nothing (run `larder check`)",
-                    id.short()
-                ))
-            })?;
+            for e in mark_tree(self.repo, snapshot.root).await? {
+                self.mark_damage
+                    .push(format!("snapshot {}: {e}", id.short()));
+            }
         }
         self.summary.snapshots = self.marked.len() as u64;
+        Ok(())
+    }
+
+    /// Refuses to go on while some snapshot, index, tree or list object
+    /// cannot be read (what it references is then unknown), or while `more`
+    /// holds other reasons; with `force_damaged`, reports each piece once,
+    /// before acting, and goes on.
+    fn check_damage(&mut self, more: Vec<String>) -> Result<()> {
+        let mut damage = Vec::new();
+        for object in self.repo.damaged_objects() {
+            if object.name.starts_with("pending/") {
+                // An unreadable generation protects and deletes nothing.
+                let warning = format!("{object}; it is ignored");
+                if self.told.insert(warning.clone()) {
+                    self.summary.warnings.push(warning);
+                }
+            } else {
+                damage.push(object.to_string());
+            }
+        }
+        damage.extend(self.mark_damage.iter().cloned());
+        damage.extend(more);
+        if damage.is_empty() {
+            return Ok(());
+        }
+        if !self.options.force_damaged {
+            return Err(Error::PruneRefused { damage });
+        }
+        for piece in damage {
+            if self.told.insert(piece.clone()) {
+                let warning =
+                    format!("going on despite damage: {piece}; data only it references is deleted");
+                self.notify(&warning);
+                self.summary.warnings.push(warning);
+            }
+        }
         Ok(())
     }
 
@@ -295,8 +358,6 @@ impl Run<'_> {
     /// if nothing older is running.
     async fn plan_and_record(&mut self) -> Result<()> {
         let usage = self.repo.catalog().pack_usage()?;
-        let known: HashSet<PackId> = usage.iter().map(|u| u.pack.id).collect();
-        let pending = self.repo.catalog().pending_pack_ids()?;
         let max_unused = self.options.max_unused_percent / 100.0;
 
         let mut unused: Vec<&PackUsage> = Vec::new();
@@ -319,22 +380,18 @@ impl Run<'_> {
                 }
             }
         }
-        let mut unindexed: Vec<(PackId, u64)> = Vec::new();
-        for object in self.repo.backend().list("packs/").await? {
-            if let Some(id) = parse_pack_path(&object.name)
-                && !known.contains(&id)
-                && !pending.contains(&id)
-            {
-                unindexed.push((id, object.size));
-            }
-        }
+        // Packs in no index whose header cannot be read: what they hold is
+        // unknown, so they stay unless prune was told to go on despite damage.
+        let unindexed: Vec<(PackId, u64)> = if self.options.force_damaged {
+            std::mem::take(&mut self.unreadable)
+        } else {
+            Vec::new()
+        };
         self.summary.packs_unused = unused.len() as u64;
         self.summary.bytes_unused = unused.iter().map(|u| u.pack.size).sum();
         self.summary.packs_repacked = repack.len() as u64;
         self.summary.bytes_repacked = repack.iter().map(|u| u.pack.size).sum();
         self.summary.bytes_rewritten = repack.iter().map(|u| u.live_bytes).sum();
-        self.summary.packs_unindexed = unindexed.len() as u64;
-        self.summary.bytes_unindexed = unindexed.iter().map(|p| p.1).sum();
 
         let mut doomed: Vec<PackId> = unused.iter().map(|u| u.pack.id).collect();
         doomed.extend(unindexed.iter().map(|p| p.0));
@@ -380,6 +437,108 @@ impl Run<'_> {
             .await?;
         self.summary.new_generation = Some(generation.to_hex());
         self.sweep(generation, time).await
+    }
+
+    /// Reads the headers of the packs no index object names (left by
+    /// interrupted backups, or named by an index object that is damaged or
+    /// hidden from the listing) and names them in a new index object, so
+    /// that marking finds what they hold and they are deleted only if no
+    /// snapshot needs it. In a dry run they are only absorbed into the
+    /// catalog, which the next sync corrects. A pack whose header cannot be
+    /// read is left alone (and remembered for a forced run).
+    async fn reindex_unindexed(&mut self) -> Result<()> {
+        let known: HashSet<PackId> = self.repo.catalog().packs()?.iter().map(|p| p.id).collect();
+        let pending = self.repo.catalog().pending_pack_ids()?;
+        let mut unindexed: Vec<(PackId, u64)> = Vec::new();
+        for object in self.repo.backend().list("packs/").await? {
+            if let Some(id) = parse_pack_path(&object.name)
+                && !known.contains(&id)
+                && !pending.contains(&id)
+            {
+                unindexed.push((id, object.size));
+            }
+        }
+        self.summary.packs_unindexed = unindexed.len() as u64;
+        self.summary.bytes_unindexed = unindexed.iter().map(|p| p.1).sum();
+        let repo = self.repo;
+        let mut headers = futures::stream::iter(unindexed)
+            .map(|(id, size)| async move {
+                (id, size, repo.read_pack_header(&pack_path(&id), size).await)
+            })
+            .buffer_unordered(8);
+        let mut repair = IndexObject::default();
+        while let Some((id, size, header)) = headers.next().await {
+            let entries = match header {
+                Ok(entries) => entries,
+                Err(e) if e.is_damage() => {
+                    self.summary.warnings.push(format!(
+                        "{e}; it is in no index object and what it holds cannot be read, so it is left alone"
+                    ));
+                    self.unreadable.push((id, size));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let kind = match entries.first().and_then(|e| e.object_kind()) {
+                Some(ObjectKind::DataBlob) | None => PackKind::Data,
+                Some(_) => PackKind::Tree,
+            };
+            self.summary.packs_reindexed += 1;
+            self.summary.bytes_reindexed += size;
+            repair.packs.push(IndexedPack {
+                id,
+                kind: kind.code(),
+                size,
+                blobs: entries,
+            });
+            if repair.blob_count() >= INDEX_FLUSH_BLOBS {
+                self.store_repair_index(std::mem::take(&mut repair)).await?;
+            }
+        }
+        if !repair.packs.is_empty() {
+            self.store_repair_index(repair).await?;
+        }
+        Ok(())
+    }
+
+    async fn store_repair_index(&mut self, index: IndexObject) -> Result<()> {
+        if self.options.dry_run {
+            self.repo.catalog().absorb_index(IndexId::random(), &index)
+        } else {
+            self.repo.write_index(&index).await.map(|_| ())
+        }
+    }
+
+    /// The last check before packs are deleted: every blob a snapshot needs
+    /// must be stored in a pack that stays. Blobs in no pack at all are
+    /// damage (prune refuses unless forced); blobs only in `doomed` are
+    /// never deleted, forced or not.
+    fn verify_before_delete(&mut self, doomed: &[PackId]) -> Result<()> {
+        let check = self.repo.catalog().verify_live(doomed, 3)?;
+        let ids = |sample: &[BlobId]| {
+            sample
+                .iter()
+                .map(BlobId::short)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if check.only_in_doomed > 0 {
+            return Err(Error::PruneRefused {
+                damage: vec![format!(
+                    "{} blob(s) snapshots need are stored only in packs about to be deleted (such as {}); this is a bug in prune's plan, please report it",
+                    check.only_in_doomed,
+                    ids(&check.only_in_doomed_sample)
+                )],
+            });
+        }
+        if check.unlocated > 0 {
+            self.check_damage(vec![format!(
+                "{} blob(s) snapshots need are in no pack any index object names (such as {}); an index object may be missing, damaged or hidden",
+                check.unlocated,
+                ids(&check.unlocated_sample)
+            )])?;
+        }
+        Ok(())
     }
 
     /// Copies the live blobs of `packs` into new packs, verified, and writes
@@ -530,9 +689,11 @@ impl Run<'_> {
             return Ok(());
         }
 
-        // The re-check: everything committed up to now is marked.
+        // The re-check: everything committed up to now is marked, and
+        // nothing that cannot be read has appeared since.
         self.repo.sync().await?;
         self.mark().await?;
+        self.check_damage(Vec::new())?;
         let needed: HashSet<PackId> = self
             .repo
             .catalog()
@@ -545,6 +706,7 @@ impl Run<'_> {
             .copied()
             .collect();
         report.packs_rescued = needed.len() as u64;
+        self.verify_before_delete(&doomed)?;
 
         delete_all(self.repo.backend(), doomed.iter().map(pack_path)).await?;
         self.summary.packs_deleted += doomed.len() as u64;
@@ -656,14 +818,23 @@ fn goes_first(other: &LeaseInfo, me: &LeaseInfo, resolution: Duration) -> bool {
     }
 }
 
-/// Marks a tree and everything below it live.
-async fn mark_tree(repo: &Repo, root: BlobId) -> Result<()> {
+/// Marks a tree and everything below it live. A tree or list that cannot
+/// be read is returned as damage, and marking goes on with the rest.
+async fn mark_tree(repo: &Repo, root: BlobId) -> Result<Vec<Error>> {
+    let mut damage = Vec::new();
     let mut stack = vec![root];
     while let Some(id) = stack.pop() {
         if !repo.catalog().live_insert(&[id])?[0] {
             continue;
         }
-        let tree = repo.load_tree(&id).await?;
+        let tree = match repo.load_tree(&id).await {
+            Ok(tree) => tree,
+            Err(e) if e.is_damage() => {
+                damage.push(e);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         for node in &tree.entries {
             match node.kind {
                 NodeKind::Dir => {
@@ -673,24 +844,27 @@ async fn mark_tree(repo: &Repo, root: BlobId) -> Result<()> {
                 }
                 NodeKind::File => {
                     if let Some(content) = &node.content {
-                        mark_content(repo, content).await?;
+                        mark_content(repo, content, &mut damage).await?;
                     }
                 }
                 NodeKind::Symlink => {}
             }
         }
     }
-    Ok(())
+    Ok(damage)
 }
 
 /// Marks a content list's chunks, and its list blobs and what they name.
-async fn mark_content(repo: &Repo, content: &Content) -> Result<()> {
+async fn mark_content(repo: &Repo, content: &Content, damage: &mut Vec<Error>) -> Result<()> {
     // List blobs newly marked, still to be read.
     let mut stack: Vec<(BlobId, u8)> = Vec::new();
     mark_entries(repo, content, &mut stack)?;
     while let Some((id, depth)) = stack.pop() {
-        let list = repo.load_list(&id, depth).await?;
-        mark_entries(repo, &list, &mut stack)?;
+        match repo.load_list(&id, depth).await {
+            Ok(list) => mark_entries(repo, &list, &mut stack)?,
+            Err(e) if e.is_damage() => damage.push(e),
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
 }

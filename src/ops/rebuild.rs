@@ -11,14 +11,11 @@ use crate::backend::Backend;
 use std::time::Instant;
 
 use crate::backend::RequestCounts;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::index::{IndexObject, IndexedPack};
-use crate::pack::{PackKind, header_range, open_header, parse_pack_path};
+use crate::pack::{PackKind, parse_pack_path};
 use crate::repo::Repo;
-use crate::seal::{ObjectKind, with_codec};
-
-/// Bytes read from a pack's end in the first request; most headers fit.
-const TAIL_GUESS: u64 = 256 << 10;
+use crate::seal::ObjectKind;
 
 /// What the rebuild did.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -61,7 +58,7 @@ pub async fn rebuild_catalog(repo: &Repo) -> Result<RebuildSummary> {
         if known.contains(&id) {
             continue;
         }
-        match read_pack_header(repo, &object.name, object.size).await {
+        match repo.read_pack_header(&object.name, object.size).await {
             Ok(entries) => {
                 let kind = match entries.first().and_then(|e| e.object_kind()) {
                     Some(ObjectKind::DataBlob) | None => PackKind::Data,
@@ -89,27 +86,4 @@ pub async fn rebuild_catalog(repo: &Repo) -> Result<RebuildSummary> {
     summary.duration_s = started.elapsed().as_secs_f64();
     summary.requests = repo.counts();
     Ok(summary)
-}
-
-async fn read_pack_header(
-    repo: &Repo,
-    name: &str,
-    size: u64,
-) -> Result<Vec<crate::pack::PackEntry>> {
-    let guess = size.min(TAIL_GUESS);
-    let tail = repo.backend().get_range(name, size - guess..size).await?;
-    let range = header_range(&tail, size, name)?;
-    let sealed = if range.start >= size - guess {
-        let at = (range.start - (size - guess)) as usize;
-        tail.slice(at..at + (range.end - range.start) as usize)
-    } else {
-        repo.backend().get_range(name, range.clone()).await?
-    };
-    let header = with_codec(1, |codec| {
-        open_header(repo.sealer(), codec, &sealed, range.start, name)
-    })?;
-    if header.entries.is_empty() {
-        return Err(Error::corrupt(name, "pack header lists no blobs"));
-    }
-    Ok(header.entries)
 }

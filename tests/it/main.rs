@@ -14,6 +14,8 @@
 //!   fault-injecting proxy (`fault_proxy`).
 //! - `prune`: forget, prune and leases: space comes back and nothing a
 //!   surviving snapshot needs is lost, under concurrency, crashes and faults.
+//! - `safety`: prune and retention on damaged or tampered repositories
+//!   delete nothing a kept snapshot needs.
 //! - `regressions`: one test per fixed bug, named after it.
 
 mod support;
@@ -31,4 +33,5 @@ mod prune;
 mod regressions;
 mod round_trip;
 mod s3;
+mod safety;
 mod trees;

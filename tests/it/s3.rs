@@ -55,7 +55,9 @@ async fn a_wrong_secret_is_refused_by_the_server() {
     );
     // Nothing was stored.
     assert!(matches!(
-        s3_backend(&url, s3.settings()).get("config", u64::MAX).await,
+        s3_backend(&url, s3.settings())
+            .get("config", u64::MAX)
+            .await,
         Err(Error::NotFound { .. })
     ));
 }
@@ -353,7 +355,10 @@ async fn a_stalled_response_is_abandoned_and_the_request_retried() {
 
     proxy.set_plan(Plan::Stall { n: 1 });
     let started = Instant::now();
-    assert_eq!(&backend.get("index/aa", u64::MAX).await.unwrap()[..], b"hello");
+    assert_eq!(
+        &backend.get("index/aa", u64::MAX).await.unwrap()[..],
+        b"hello"
+    );
     assert!(started.elapsed() >= Duration::from_millis(400));
     assert!(started.elapsed() < Duration::from_secs(30));
 
@@ -393,7 +398,10 @@ async fn a_create_whose_answer_was_lost_is_recognised_as_ours() {
             .unwrap(),
         Put::Existed
     );
-    assert_eq!(&backend.get("snapshots/aa", u64::MAX).await.unwrap()[..], b"mine");
+    assert_eq!(
+        &backend.get("snapshots/aa", u64::MAX).await.unwrap()[..],
+        b"mine"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -200,6 +200,20 @@ impl CliRepo {
         self.cmd(args).stdin(Stdio::null()).output().unwrap()
     }
 
+    /// Runs with another cache directory, as another machine would.
+    pub fn run_with_cache(&self, cache: &Path, args: &[&str]) -> Output {
+        let mut cmd = larder_cmd();
+        cmd.arg("--repo")
+            .arg(&self.repo)
+            .arg("--cache-dir")
+            .arg(cache)
+            .env("LARDER_PASSWORD", PASSWORD)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
     /// Runs with `input` on standard input.
     pub fn run_with_input(&self, args: &[&str], input: &[u8]) -> Output {
         run_with_stdin(self.cmd(args), input)
