@@ -22,8 +22,17 @@
 //! and [`Lease::confirm`] refuses to let it commit. An expired lease is
 //! ignored by everyone and removed by prune, so no state ever needs a
 //! manual unlock.
+//!
+//! Storage is not trusted to say who holds a lease: every object's body is
+//! opened with the repository key and must repeat the kind, lifetime and
+//! sequence number its name claims, so an object planted without the key
+//! (`locks/<id>.backup.99999999999.0`) is ignored and reported, never
+//! waited for. Lifetimes above [`MAX_TTL`] are refused outright. A lease
+//! whose holder is a process of this machine that no longer runs (same host
+//! name, boot and pid namespace; its pid gone or reused) is dead at once,
+//! whatever its expiry says.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +50,9 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(600);
 
 /// Environment variable overriding the lease lifetime, in seconds.
 pub const TTL_ENV: &str = "LARDER_LEASE_SECONDS";
+
+/// The longest lease lifetime accepted, from the environment or in a name.
+pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Largest lease object accepted.
 const MAX_LEASE_SIZE: usize = 64 << 10;
@@ -70,18 +82,99 @@ impl LeaseKind {
     }
 }
 
-/// Who holds a lease, for messages about waiting.
-#[derive(Clone, Debug, minicbor::Encode, minicbor::Decode)]
+/// Who holds a lease, and what its object's name must say. The optional
+/// fields are absent in leases written before they existed; such a lease
+/// is honoured (its body still opens with the key), just never found dead.
+#[derive(Clone, Debug, PartialEq, Eq, minicbor::Encode, minicbor::Decode)]
 #[cbor(map)]
-struct LeaseBody {
+pub struct LeaseBody {
+    /// User name of the holder.
     #[n(0)]
-    user: String,
+    pub user: String,
+    /// Host name of the holder.
     #[n(1)]
-    host: String,
+    pub host: String,
+    /// Process id of the holder.
     #[n(2)]
-    pid: u32,
+    pub pid: u32,
+    /// Lease kind, as in the object's name.
     #[n(3)]
-    kind: String,
+    pub kind: String,
+    /// Lifetime in seconds, as in the object's name.
+    #[n(4)]
+    pub ttl_s: Option<u64>,
+    /// Sequence number, as in the object's name.
+    #[n(5)]
+    pub seq: Option<u64>,
+    /// The holder's kernel boot id (`/proc/sys/kernel/random/boot_id`).
+    #[n(6)]
+    pub boot_id: Option<String>,
+    /// The holder's pid namespace (inode of `/proc/self/ns/pid`).
+    #[n(7)]
+    pub pid_ns: Option<u64>,
+    /// The holder's start time in clock ticks after boot (`/proc/PID/stat`),
+    /// so a reused pid is not taken for the holder.
+    #[n(8)]
+    pub start_ticks: Option<u64>,
+}
+
+impl LeaseBody {
+    /// Whether the holder is a process of this machine (same host name,
+    /// boot and pid namespace) that no longer runs. `false` whenever that
+    /// cannot be told for sure.
+    pub fn is_dead_here(&self) -> bool {
+        let here = Holder::current();
+        let (Some(boot_id), Some(pid_ns), Some(start)) =
+            (&self.boot_id, self.pid_ns, self.start_ticks)
+        else {
+            return false;
+        };
+        if self.host != here.host
+            || here.boot_id.as_ref() != Some(boot_id)
+            || here.pid_ns != Some(pid_ns)
+        {
+            return false;
+        }
+        // Gone, or the pid now belongs to a process started at another time.
+        process_start_ticks(self.pid) != Some(start)
+    }
+}
+
+/// This process as a lease records it.
+struct Holder {
+    host: String,
+    boot_id: Option<String>,
+    pid_ns: Option<u64>,
+}
+
+impl Holder {
+    fn current() -> Holder {
+        Holder {
+            host: crate::repo::current_host(),
+            boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty()),
+            pid_ns: std::fs::read_link("/proc/self/ns/pid").ok().and_then(|l| {
+                l.to_str()?
+                    .strip_prefix("pid:[")?
+                    .strip_suffix(']')?
+                    .parse()
+                    .ok()
+            }),
+        }
+    }
+}
+
+/// A process's start time in clock ticks after boot, or `None` if it does
+/// not exist (or `/proc` cannot tell).
+fn process_start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces:
+    // fields after its closing parenthesis start with field 3 (state);
+    // the start time is field 22.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// One lease as a listing shows it.
@@ -100,6 +193,9 @@ pub struct LeaseInfo {
     pub refreshed: Timestamp,
     /// Its objects, oldest first, with their storage times.
     pub objects: Vec<(u64, String, Timestamp)>,
+    /// Who holds it, from its newest object that opened (`None` when that
+    /// could not be read just now; the lease is then honoured as live).
+    pub holder: Option<LeaseBody>,
 }
 
 impl LeaseInfo {
@@ -109,9 +205,15 @@ impl LeaseInfo {
     }
 
     /// Whether it is live at storage time `now`: it is, until its expiry
-    /// plus the storage's clock resolution has passed.
+    /// plus the storage's clock resolution has passed, unless its holder is
+    /// a process of this machine that no longer runs.
     pub fn is_live(&self, now: Timestamp, resolution: Duration) -> bool {
-        now <= add(self.expires(), resolution)
+        now <= add(self.expires(), resolution) && !self.is_dead_here()
+    }
+
+    /// Whether its holder is a process of this machine that no longer runs.
+    pub fn is_dead_here(&self) -> bool {
+        self.holder.as_ref().is_some_and(LeaseBody::is_dead_here)
     }
 }
 
@@ -122,8 +224,14 @@ pub struct LeaseView {
     pub now: Timestamp,
     /// The refreshing lease's id.
     pub mine: String,
-    /// Every lease in the repository, the refreshing one included.
+    /// Every lease in the repository, the refreshing one included, whose
+    /// objects opened with the repository key (or could not be read just
+    /// now, and are honoured).
     pub leases: Vec<LeaseInfo>,
+    /// Objects under `locks/` that are not leases of this repository: they
+    /// do not open with its key, or their body contradicts their name.
+    /// Ignored, never waited for.
+    pub ignored: Vec<String>,
 }
 
 impl LeaseView {
@@ -178,47 +286,109 @@ fn parse_name(name: &str) -> Option<(String, String, Duration, u64)> {
     let kind = parts.next()?;
     let ttl: u64 = parts.next()?.parse().ok()?;
     let seq: u64 = parts.next()?.parse().ok()?;
-    if parts.next().is_some() || id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if parts.next().is_some()
+        || id.len() != 32
+        || !id.bytes().all(|b| b.is_ascii_hexdigit())
+        || ttl == 0
+        || ttl > MAX_TTL.as_secs()
+    {
         return None;
     }
     Some((id.into(), kind.into(), Duration::from_secs(ttl), seq))
 }
 
-/// Every lease in the repository, from one listing of `locks/`. Objects
-/// that are not lease objects, or carry no modification time, are ignored.
-pub async fn list_leases(backend: &dyn Backend) -> Result<Vec<LeaseInfo>> {
-    let mut by_id: BTreeMap<String, LeaseInfo> = BTreeMap::new();
-    for object in backend.list("locks/").await? {
-        let (Some((id, kind, ttl, seq)), Some(time)) = (parse_name(&object.name), object.modified)
-        else {
-            continue;
-        };
-        let info = by_id.entry(id.clone()).or_insert_with(|| LeaseInfo {
-            id,
-            kind,
-            ttl,
-            start: time,
-            refreshed: time,
-            objects: Vec::new(),
-        });
-        info.objects.push((seq, object.name, time));
+/// One object under `locks/` as a listing shows it.
+#[derive(Clone, Debug)]
+struct LeaseObject {
+    id: String,
+    kind: String,
+    ttl: Duration,
+    seq: u64,
+    name: String,
+    time: Timestamp,
+}
+
+/// The lease objects of one listing of `locks/`, and the names of objects
+/// there that are not lease objects (or carry no modification time).
+fn parse_listing(listing: Vec<crate::backend::ObjectInfo>) -> (Vec<LeaseObject>, Vec<String>) {
+    let mut objects = Vec::new();
+    let mut strangers = Vec::new();
+    for object in listing {
+        match (parse_name(&object.name), object.modified) {
+            (Some((id, kind, ttl, seq)), Some(time)) => objects.push(LeaseObject {
+                id,
+                kind,
+                ttl,
+                seq,
+                name: object.name,
+                time,
+            }),
+            _ => strangers.push(object.name),
+        }
     }
-    let mut leases: Vec<LeaseInfo> = by_id.into_values().collect();
-    for lease in &mut leases {
-        lease.objects.sort_by_key(|(seq, _, _)| *seq);
-        lease.start = lease.objects.iter().map(|o| o.2).min().expect("non-empty");
-        lease.refreshed = lease.objects.iter().map(|o| o.2).max().expect("non-empty");
+    (objects, strangers)
+}
+
+/// Groups lease objects into leases. Kind and lifetime come from the
+/// newest object; the start is the oldest object's time.
+fn group(objects: Vec<(LeaseObject, Option<LeaseBody>)>) -> Vec<LeaseInfo> {
+    let mut by_id: BTreeMap<String, Vec<(LeaseObject, Option<LeaseBody>)>> = BTreeMap::new();
+    for (object, body) in objects {
+        by_id
+            .entry(object.id.clone())
+            .or_default()
+            .push((object, body));
     }
-    Ok(leases)
+    by_id
+        .into_values()
+        .map(|mut objects| {
+            objects.sort_by_key(|(o, _)| o.seq);
+            let (newest, _) = objects.last().expect("non-empty");
+            LeaseInfo {
+                id: newest.id.clone(),
+                kind: newest.kind.clone(),
+                ttl: newest.ttl,
+                start: objects
+                    .iter()
+                    .map(|(o, _)| o.time)
+                    .min()
+                    .expect("non-empty"),
+                refreshed: objects
+                    .iter()
+                    .map(|(o, _)| o.time)
+                    .max()
+                    .expect("non-empty"),
+                holder: objects.iter().rev().find_map(|(_, b)| b.clone()),
+                objects: objects
+                    .into_iter()
+                    .map(|(o, _)| (o.seq, o.name, o.time))
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+/// What reading one lease object showed.
+#[derive(Clone, Debug)]
+enum Verdict {
+    /// It opened with the repository key and agrees with its name.
+    Valid(LeaseBody),
+    /// It is no lease of this repository: why.
+    Forged(String),
+    /// Deleted since the listing (its holder renewed or released it).
+    Gone,
+    /// It could not be read just now: honoured, asked again next time.
+    Unknown,
 }
 
 /// The lease lifetime: `LARDER_LEASE_SECONDS` or [`DEFAULT_TTL`].
 pub fn configured_ttl() -> Result<Duration> {
     match std::env::var(TTL_ENV) {
         Ok(v) => match v.trim().parse::<u64>() {
-            Ok(s) if s >= 1 => Ok(Duration::from_secs(s)),
+            Ok(s) if (1..=MAX_TTL.as_secs()).contains(&s) => Ok(Duration::from_secs(s)),
             _ => Err(Error::InvalidArgument(format!(
-                "{TTL_ENV}={v:?} is not a whole number of seconds of at least 1"
+                "{TTL_ENV}={v:?} is not a whole number of seconds from 1 to {}",
+                MAX_TTL.as_secs()
             ))),
         },
         Err(_) => Ok(DEFAULT_TTL),
@@ -247,7 +417,10 @@ struct Inner {
     kind: LeaseKind,
     ttl: Duration,
     resolution: Duration,
-    body: Vec<u8>,
+    body: LeaseBody,
+    /// What reading each other lease object showed, by name; forgotten
+    /// once the object leaves the listing.
+    verdicts: std::sync::Mutex<HashMap<String, Verdict>>,
     state: tokio::sync::Mutex<State>,
 }
 
@@ -276,11 +449,17 @@ impl Lease {
         kind: LeaseKind,
     ) -> Result<Lease> {
         let ttl = configured_ttl()?;
+        let here = Holder::current();
         let body = LeaseBody {
             user: crate::repo::current_user(),
-            host: crate::repo::current_host(),
+            host: here.host,
             pid: std::process::id(),
             kind: kind.name().into(),
+            ttl_s: Some(ttl.as_secs()),
+            seq: None,
+            boot_id: here.boot_id,
+            pid_ns: here.pid_ns,
+            start_ticks: process_start_ticks(std::process::id()),
         };
         let inner = Arc::new(Inner {
             backend: backend.clone(),
@@ -290,7 +469,8 @@ impl Lease {
             kind,
             ttl,
             resolution: backend.clock_resolution(),
-            body: minicbor::to_vec(&body).expect("encoding to a Vec cannot fail"),
+            body,
+            verdicts: std::sync::Mutex::default(),
             state: tokio::sync::Mutex::new(State::default()),
         });
         inner.put(0).await?;
@@ -339,8 +519,8 @@ impl Lease {
     }
 
     /// Describes another lease for a message: its kind, holder and expiry.
-    pub async fn describe(&self, other: &LeaseInfo) -> String {
-        let holder = match self.inner.read_body(other).await {
+    pub fn describe(&self, other: &LeaseInfo) -> String {
+        let holder = match &other.holder {
             Some(body) => format!(" by {}@{} (pid {})", body.user, body.host, body.pid),
             None => String::new(),
         };
@@ -351,6 +531,29 @@ impl Lease {
             format_storage_time(other.start),
             format_storage_time(other.expires()),
         )
+    }
+
+    /// Renews the lease and deletes the objects of every other lease that
+    /// is no longer live: expired, or held by a process of this machine
+    /// that no longer runs. Returns a description of each removed.
+    pub async fn remove_dead(&self) -> Result<Vec<String>> {
+        let view = self.refresh().await?;
+        let mut removed = Vec::new();
+        for other in &view.leases {
+            if other.id == view.mine || other.is_live(view.now, self.inner.resolution) {
+                continue;
+            }
+            for (_, name, _) in &other.objects {
+                self.inner.backend.delete(name).await?;
+            }
+            let why = if other.is_dead_here() {
+                "its process no longer runs"
+            } else {
+                "expired"
+            };
+            removed.push(format!("{} ({why})", self.describe(other)));
+        }
+        Ok(removed)
     }
 
     /// Ends the lease: stops refreshing and deletes its objects. Failures
@@ -392,9 +595,14 @@ impl Inner {
     async fn put(&self, seq: u64) -> Result<()> {
         let name = self.name(seq);
         let id = aad_id(&self.id).expect("this lease's id is 16 random bytes in hex");
+        let body = LeaseBody {
+            seq: Some(seq),
+            ..self.body.clone()
+        };
+        let plain = minicbor::to_vec(&body).expect("encoding to a Vec cannot fail");
         let sealed = with_codec(self.level, |codec| {
             self.sealer
-                .seal(codec, ObjectKind::Lease, &id, &self.body, true)
+                .seal(codec, ObjectKind::Lease, &id, &plain, true)
         });
         match self
             .backend
@@ -409,16 +617,50 @@ impl Inner {
         }
     }
 
-    async fn read_body(&self, other: &LeaseInfo) -> Option<LeaseBody> {
-        let (_, name, _) = other.objects.last()?;
-        let sealed = self.backend.get(name, MAX_LEASE_SIZE as u64).await.ok()?;
-        let id = aad_id(&other.id)?;
-        let plain = with_codec(self.level, |codec| {
+    /// Reads and judges another lease's object (see [`Verdict`]).
+    async fn verify(&self, object: &LeaseObject) -> Verdict {
+        if let Some(verdict) = self
+            .verdicts
+            .lock()
+            .expect("verdict lock")
+            .get(&object.name)
+        {
+            return verdict.clone();
+        }
+        let verdict = match self.backend.get(&object.name, MAX_LEASE_SIZE as u64).await {
+            Ok(sealed) => self.judge(object, &sealed),
+            Err(Error::NotFound { .. }) => Verdict::Gone,
+            Err(e @ Error::Corrupt { .. }) => Verdict::Forged(e.to_string()),
+            Err(_) => return Verdict::Unknown,
+        };
+        self.verdicts
+            .lock()
+            .expect("verdict lock")
+            .insert(object.name.clone(), verdict.clone());
+        verdict
+    }
+
+    fn judge(&self, object: &LeaseObject, sealed: &[u8]) -> Verdict {
+        let Some(id) = aad_id(&object.id) else {
+            return Verdict::Forged("not a lease id".into());
+        };
+        let opened = with_codec(self.level, |codec| {
             self.sealer
-                .open(codec, ObjectKind::Lease, &id, &sealed, MAX_LEASE_SIZE)
-        })
-        .ok()?;
-        minicbor::decode(&plain).ok()
+                .open(codec, ObjectKind::Lease, &id, sealed, MAX_LEASE_SIZE)
+        });
+        let Ok(plain) = opened else {
+            return Verdict::Forged("does not open with the repository key".into());
+        };
+        let Ok(body) = minicbor::decode::<LeaseBody>(&plain) else {
+            return Verdict::Forged("its body does not parse".into());
+        };
+        if body.kind != object.kind
+            || body.ttl_s.is_some_and(|t| t != object.ttl.as_secs())
+            || body.seq.is_some_and(|s| s != object.seq)
+        {
+            return Verdict::Forged("its body contradicts its name".into());
+        }
+        Verdict::Valid(body)
     }
 
     async fn refresh(&self) -> Result<LeaseView> {
@@ -432,7 +674,31 @@ impl Inner {
         self.put(seq).await?;
         let previous = state.seq;
         state.seq = seq;
-        let leases = list_leases(&self.backend).await?;
+        let (objects, strangers) = parse_listing(self.backend.list("locks/").await?);
+        let listed: std::collections::HashSet<String> =
+            objects.iter().map(|o| o.name.clone()).collect();
+        let mut ignored: Vec<String> = strangers
+            .into_iter()
+            .map(|name| format!("{name}: not a lease object name"))
+            .collect();
+        let mut checked = Vec::with_capacity(objects.len());
+        for object in objects {
+            if object.id == self.id {
+                checked.push((object, Some(self.body.clone())));
+                continue;
+            }
+            match self.verify(&object).await {
+                Verdict::Valid(body) => checked.push((object, Some(body))),
+                Verdict::Unknown => checked.push((object, None)),
+                Verdict::Gone => {}
+                Verdict::Forged(why) => ignored.push(format!("{}: {why}", object.name)),
+            }
+        }
+        self.verdicts
+            .lock()
+            .expect("verdict lock")
+            .retain(|name, _| listed.contains(name));
+        let leases = group(checked);
         let mine = leases.iter().find(|l| l.id == self.id);
         let time_of = |s: u64| {
             mine.and_then(|l| l.objects.iter().find(|o| o.0 == s))
@@ -473,6 +739,7 @@ impl Inner {
             now,
             mine: self.id.clone(),
             leases,
+            ignored,
         })
     }
 }

@@ -21,6 +21,24 @@ pub mod rebuild;
 pub mod restore;
 pub mod stats;
 
+use crate::error::Result;
+use crate::lease::LeaseKind;
+use crate::repo::Repo;
+
+/// Runs `op` holding a lease of `kind` on `repo` ([`Repo::hold_lease`]):
+/// every verb that reads or writes packs runs this way, so no prune can
+/// sweep what it relies on, whoever calls it.
+pub(crate) async fn leased<T>(
+    repo: &Repo,
+    kind: LeaseKind,
+    op: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let guard = repo.hold_lease(kind).await?;
+    let result = op.await;
+    guard.finish().await;
+    result
+}
+
 /// `larder <version>`, recorded in snapshots.
 pub fn program_version() -> String {
     format!("larder {}", env!("CARGO_PKG_VERSION"))

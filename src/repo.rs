@@ -169,7 +169,67 @@ pub struct Repo {
     /// What the latest sync found damaged (every sync reads damaged objects
     /// again, since they are never absorbed, so this is the whole set).
     damaged: Arc<Mutex<Vec<DamagedObject>>>,
-    lease: Arc<Mutex<Option<Arc<Lease>>>>,
+    lease: Arc<Mutex<LeaseSlot>>,
+}
+
+/// The lease a handle (and its clones) holds, and how many holds are on it.
+#[derive(Debug, Default)]
+struct LeaseSlot {
+    lease: Option<Arc<Lease>>,
+    /// Open holds: one for a lease taken at open (ended by
+    /// [`Repo::release_lease`]), one per live [`LeaseGuard`].
+    holds: usize,
+}
+
+/// One operation's hold on the handle's lease, from [`Repo::hold_lease`].
+/// The lease is released when the last hold ends; end a hold with
+/// [`LeaseGuard::finish`] (a guard dropped without it releases the lease in
+/// the background, or leaves it to expire when no runtime is left).
+#[derive(Debug)]
+#[must_use = "the lease is held until the guard is finished or dropped"]
+pub struct LeaseGuard {
+    slot: Arc<Mutex<LeaseSlot>>,
+    lease: Arc<Lease>,
+    finished: bool,
+}
+
+impl LeaseGuard {
+    /// The lease held.
+    pub fn lease(&self) -> &Arc<Lease> {
+        &self.lease
+    }
+
+    /// Ends this hold, releasing the lease if it was the last one.
+    pub async fn finish(mut self) {
+        self.finished = true;
+        if let Some(lease) = unhold(&self.slot) {
+            lease.release().await;
+        }
+    }
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        if let Some(lease) = unhold(&self.slot)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move { lease.release().await });
+        }
+    }
+}
+
+/// Ends one hold; returns the lease when that was the last.
+fn unhold(slot: &Mutex<LeaseSlot>) -> Option<Arc<Lease>> {
+    let mut slot = slot.lock().expect("lease lock");
+    slot.holds = slot.holds.saturating_sub(1);
+    if slot.holds == 0 {
+        slot.lease.take()
+    } else {
+        None
+    }
 }
 
 impl Repo {
@@ -429,40 +489,97 @@ impl Repo {
             )
             .await?,
         );
-        *self.lease.lock().expect("lease lock") = Some(Arc::clone(&lease));
+        let mut slot = self.lease.lock().expect("lease lock");
+        if let Some(held) = &slot.lease {
+            // Another task took one meanwhile: join it, drop ours.
+            let held = Arc::clone(held);
+            slot.holds += 1;
+            drop(slot);
+            lease.release().await;
+            return Ok(held);
+        }
+        slot.lease = Some(Arc::clone(&lease));
+        slot.holds = 1;
         Ok(lease)
     }
 
-    /// Takes a lease on an already open repository and brings the catalog
-    /// in step again (what it absorbed before the lease is not covered).
-    pub async fn take_lease(&self, kind: LeaseKind) -> Result<Arc<Lease>> {
-        if let Some(lease) = self.lease() {
-            return Ok(lease);
+    /// Holds a lease for one operation that reads or writes packs, so that
+    /// no prune sweeps what it relies on: the handle's lease if it has one
+    /// (taken at open, or by another operation still running), else a new
+    /// lease of `kind`, after which the catalog is brought in step again
+    /// (what it absorbed before the lease is not covered). Prune needs a
+    /// prune lease; every other operation takes any.
+    pub async fn hold_lease(&self, kind: LeaseKind) -> Result<LeaseGuard> {
+        let held = {
+            let mut slot = self.lease.lock().expect("lease lock");
+            match &slot.lease {
+                Some(lease) => {
+                    let lease = Arc::clone(lease);
+                    slot.holds += 1;
+                    Some(lease)
+                }
+                None => None,
+            }
+        };
+        let lease = match held {
+            Some(lease) => lease,
+            None => {
+                let lease = self.acquire_lease(kind).await?;
+                let guard = LeaseGuard {
+                    slot: Arc::clone(&self.lease),
+                    lease,
+                    finished: false,
+                };
+                if let Err(e) = self.sync().await {
+                    guard.finish().await;
+                    return Err(e);
+                }
+                return Ok(guard);
+            }
+        };
+        let guard = LeaseGuard {
+            slot: Arc::clone(&self.lease),
+            lease,
+            finished: false,
+        };
+        if kind == LeaseKind::Prune && guard.lease.kind() != LeaseKind::Prune {
+            let held = guard.lease.kind();
+            guard.finish().await;
+            return Err(Error::InvalidArgument(format!(
+                "prune needs a prune lease, but this handle holds a {} lease",
+                held.name()
+            )));
         }
-        let lease = self.acquire_lease(kind).await?;
-        self.sync().await?;
-        Ok(lease)
+        Ok(guard)
     }
 
     /// The lease this handle holds, if any.
     pub fn lease(&self) -> Option<Arc<Lease>> {
-        self.lease.lock().expect("lease lock").clone()
+        self.lease.lock().expect("lease lock").lease.clone()
     }
 
-    /// Ends the lease, if one is held.
+    /// Ends the lease, if one is held, whatever holds remain (the end of a
+    /// process that opened the repository with one).
     pub async fn release_lease(&self) {
-        let lease = self.lease.lock().expect("lease lock").take();
+        let lease = {
+            let mut slot = self.lease.lock().expect("lease lock");
+            slot.holds = 0;
+            slot.lease.take()
+        };
         if let Some(lease) = lease {
             lease.release().await;
         }
     }
 
     /// Before a commit: fails if this handle's lease ever lapsed (see
-    /// [`Lease::confirm`]). Without a lease there is nothing to check.
+    /// [`Lease::confirm`]), or if it holds none (a commit without a lease
+    /// could rely on packs a prune is sweeping).
     pub async fn confirm_lease(&self) -> Result<()> {
         match self.lease() {
             Some(lease) => lease.confirm().await.map(|_| ()),
-            None => Ok(()),
+            None => Err(Error::InvalidArgument(
+                "a snapshot is committed only under a lease (see Repo::hold_lease)".into(),
+            )),
         }
     }
 
@@ -1287,6 +1404,16 @@ async fn unlock(
         match KeyFile::parse(id, &bytes) {
             Ok(file) if file.header.repo_id != envelope.repo_id => {
                 damaged.push(format!("{name}: belongs to another repository"));
+            }
+            Ok(file) if file.header.kdf.validate().is_err() => {
+                let reason = file.header.kdf.validate().unwrap_err();
+                damaged.push(
+                    Error::HostileKeyFile {
+                        key: id.short(),
+                        reason,
+                    }
+                    .to_string(),
+                );
             }
             Ok(file) => {
                 if file.integrity == KeyFileIntegrity::Damaged {

@@ -144,7 +144,7 @@ impl Backend for LocalBackend {
             // The file may grow after the size was read; never read more
             // than the limit allows.
             let mut bytes = Vec::with_capacity(size as usize);
-            file.take(max_size + 1)
+            file.take(max_size.saturating_add(1))
                 .read_to_end(&mut bytes)
                 .map_err(|e| Error::io("reading", &path, e))?;
             if bytes.len() as u64 > max_size {

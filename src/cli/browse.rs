@@ -9,7 +9,7 @@ use larder::ops::ls::Entry;
 
 use larder::lease::LeaseKind;
 
-use super::{GlobalArgs, Outcome, open, open_leased, render};
+use super::{GlobalArgs, Outcome, open_leased, render};
 
 #[derive(Args, Debug)]
 pub struct LsArgs {
@@ -101,7 +101,7 @@ fn mode_string(mode: u32) -> String {
 }
 
 pub async fn ls(global: &GlobalArgs, args: LsArgs) -> Result<Outcome> {
-    let repo = open(global).await?;
+    let repo = open_leased(global, LeaseKind::Read).await?;
     let filter = SnapshotFilter {
         source: args.source,
         ..SnapshotFilter::default()
@@ -126,7 +126,7 @@ pub async fn ls(global: &GlobalArgs, args: LsArgs) -> Result<Outcome> {
 }
 
 pub async fn find(global: &GlobalArgs, args: FindArgs) -> Result<Outcome> {
-    let repo = open(global).await?;
+    let repo = open_leased(global, LeaseKind::Read).await?;
     let filter = SnapshotFilter {
         source: args.source,
         host: args.host,
@@ -185,7 +185,7 @@ pub async fn diff(global: &GlobalArgs, args: DiffArgs) -> Result<Outcome> {
 }
 
 pub async fn log(global: &GlobalArgs, args: LogArgs) -> Result<Outcome> {
-    let repo = open(global).await?;
+    let repo = open_leased(global, LeaseKind::Read).await?;
     let filter = SnapshotFilter {
         source: args.source,
         host: args.host,

@@ -34,6 +34,7 @@ use crate::chunker::Chunker;
 use crate::config::STREAM_PROFILE;
 use crate::error::{Error, Result};
 use crate::hash::{BlobId, SnapshotId};
+use crate::lease::LeaseKind;
 use crate::progress::Progress;
 use crate::repo::{Repo, current_user, now_ns};
 use crate::seal::ObjectKind;
@@ -196,6 +197,7 @@ pub struct BackupSummary {
 
 /// Backs up a stream or file trees as one snapshot.
 pub async fn backup(repo: &Repo, options: BackupOptions) -> Result<BackupSummary> {
+    crate::ops::leased(repo, LeaseKind::Backup, async move {
     let started = Instant::now();
     if options.source.is_empty() {
         return Err(Error::InvalidArgument(
@@ -354,6 +356,8 @@ pub async fn backup(repo: &Repo, options: BackupOptions) -> Result<BackupSummary
         requests: repo.counts(),
         warnings,
     })
+})
+    .await
 }
 
 /// What every stage of one backup shares.

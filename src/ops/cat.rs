@@ -8,6 +8,7 @@ use std::time::Instant;
 use crate::backend::RequestCounts;
 use crate::error::{Error, Result};
 use crate::hash::SnapshotId;
+use crate::lease::LeaseKind;
 use crate::read::read_content;
 use crate::repo::Repo;
 use crate::snapshot::{Node, NodeKind, Snapshot};
@@ -75,20 +76,23 @@ pub async fn cat(
     path: Option<&[u8]>,
     out: &mut (dyn Write + Send),
 ) -> Result<CatSummary> {
-    let started = Instant::now();
-    let (path, node) = find_file(repo, id, snapshot, path).await?;
-    let content = node.content.unwrap_or_default();
-    let bytes = read_content(repo, &content, &mut |piece| {
-        out.write_all(piece)
-            .map_err(|e| Error::io("writing", "standard output", e))
+    crate::ops::leased(repo, LeaseKind::Read, async move {
+        let started = Instant::now();
+        let (path, node) = find_file(repo, id, snapshot, path).await?;
+        let content = node.content.unwrap_or_default();
+        let bytes = read_content(repo, &content, &mut |piece| {
+            out.write_all(piece)
+                .map_err(|e| Error::io("writing", "standard output", e))
+        })
+        .await?;
+        out.flush()
+            .map_err(|e| Error::io("writing", "standard output", e))?;
+        Ok(CatSummary {
+            path,
+            bytes,
+            duration_s: started.elapsed().as_secs_f64(),
+            requests: repo.counts(),
+        })
     })
-    .await?;
-    out.flush()
-        .map_err(|e| Error::io("writing", "standard output", e))?;
-    Ok(CatSummary {
-        path,
-        bytes,
-        duration_s: started.elapsed().as_secs_f64(),
-        requests: repo.counts(),
-    })
+    .await
 }

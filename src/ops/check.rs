@@ -14,6 +14,7 @@
 //! against it, which heals every snapshot that needs it.
 
 use crate::backend::Backend;
+use crate::lease::LeaseKind;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
@@ -102,6 +103,7 @@ impl CheckSummary {
 
 /// Checks the repository.
 pub async fn check(repo: &Repo, options: &CheckOptions) -> Result<CheckSummary> {
+    crate::ops::leased(repo, LeaseKind::Read, async move {
     let started = Instant::now();
     let mut summary = CheckSummary::default();
     let sync = repo.sync().await?;
@@ -231,6 +233,8 @@ pub async fn check(repo: &Repo, options: &CheckOptions) -> Result<CheckSummary> 
     summary.duration_s = started.elapsed().as_secs_f64();
     summary.requests = repo.counts();
     Ok(summary)
+})
+    .await
 }
 
 async fn verify_packs(

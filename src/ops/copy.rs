@@ -32,6 +32,7 @@ use crate::catalog::SnapshotFilter;
 use crate::config::MAX_BLOB_SIZE;
 use crate::error::{Error, Result};
 use crate::hash::{BlobId, SnapshotId};
+use crate::lease::LeaseKind;
 use crate::ops::backup::Abort;
 use crate::ops::backup::writer::BlobWriter;
 use crate::progress::Progress;
@@ -94,58 +95,66 @@ pub async fn copy(
     ids: &[SnapshotId],
     progress: Arc<Progress>,
 ) -> Result<CopySummary> {
-    if tokio::runtime::Handle::current().runtime_flavor()
-        == tokio::runtime::RuntimeFlavor::CurrentThread
-    {
-        return Err(Error::InvalidArgument(
-            "copy needs the multi-threaded runtime".into(),
-        ));
-    }
-    if src.id() == dst.id() {
-        return Err(Error::InvalidArgument(
-            "the source and destination are the same repository".into(),
-        ));
-    }
-    let started = Instant::now();
-    let mut wanted = Vec::new();
-    for id in ids {
-        let snapshot = src
-            .catalog()
-            .snapshot(id)?
-            .ok_or_else(|| Error::SnapshotNotFound(id.to_hex()))?;
-        wanted.push((*id, snapshot));
-    }
-    wanted.sort_by_key(|(id, s)| (s.time_ns, *id.as_bytes()));
-    wanted.dedup_by_key(|(id, _)| *id);
+    crate::ops::leased(
+        src,
+        LeaseKind::Read,
+        crate::ops::leased(dst, LeaseKind::Copy, async move {
+            if tokio::runtime::Handle::current().runtime_flavor()
+                == tokio::runtime::RuntimeFlavor::CurrentThread
+            {
+                return Err(Error::InvalidArgument(
+                    "copy needs the multi-threaded runtime".into(),
+                ));
+            }
+            if src.id() == dst.id() {
+                return Err(Error::InvalidArgument(
+                    "the source and destination are the same repository".into(),
+                ));
+            }
+            let started = Instant::now();
+            let mut wanted = Vec::new();
+            for id in ids {
+                let snapshot = src
+                    .catalog()
+                    .snapshot(id)?
+                    .ok_or_else(|| Error::SnapshotNotFound(id.to_hex()))?;
+                wanted.push((*id, snapshot));
+            }
+            wanted.sort_by_key(|(id, s)| (s.time_ns, *id.as_bytes()));
+            wanted.dedup_by_key(|(id, _)| *id);
 
-    let mut summary = CopySummary::default();
-    for (id, snapshot) in wanted {
-        let time = crate::ops::format_time(snapshot.time_ns);
-        let existing = counterpart(dst, &snapshot)?;
-        let to = match existing {
-            Some(existing) => {
-                summary.skipped += 1;
-                existing
+            let mut summary = CopySummary::default();
+            for (id, snapshot) in wanted {
+                let time = crate::ops::format_time(snapshot.time_ns);
+                let existing = counterpart(dst, &snapshot)?;
+                let to = match existing {
+                    Some(existing) => {
+                        summary.skipped += 1;
+                        existing
+                    }
+                    None => {
+                        let copied =
+                            copy_one(src, dst, id, &snapshot, &progress, &mut summary).await?;
+                        summary.copied += 1;
+                        copied
+                    }
+                };
+                summary.snapshots.push(CopiedSnapshot {
+                    from: id.to_hex(),
+                    to: to.to_hex(),
+                    time,
+                    source: snapshot.source.clone(),
+                    host: snapshot.host.clone(),
+                    skipped: existing.is_some(),
+                });
             }
-            None => {
-                let copied = copy_one(src, dst, id, &snapshot, &progress, &mut summary).await?;
-                summary.copied += 1;
-                copied
-            }
-        };
-        summary.snapshots.push(CopiedSnapshot {
-            from: id.to_hex(),
-            to: to.to_hex(),
-            time,
-            source: snapshot.source.clone(),
-            host: snapshot.host.clone(),
-            skipped: existing.is_some(),
-        });
-    }
-    summary.duration_s = started.elapsed().as_secs_f64();
-    summary.requests_from = src.counts();
-    summary.requests = dst.counts();
-    Ok(summary)
+            summary.duration_s = started.elapsed().as_secs_f64();
+            summary.requests_from = src.counts();
+            summary.requests = dst.counts();
+            Ok(summary)
+        }),
+    )
+    .await
 }
 
 /// The destination's copy of `snapshot`, if it has one: same time, source

@@ -9,6 +9,7 @@ use std::time::Instant;
 use crate::backend::RequestCounts;
 use crate::error::Result;
 use crate::hash::BlobId;
+use crate::lease::LeaseKind;
 use crate::read::read_content;
 use crate::repo::Repo;
 use crate::snapshot::{Node, NodeKind, Snapshot, Tree};
@@ -51,20 +52,23 @@ pub struct DiffSummary {
 
 /// Compares snapshot `a` (older) with `b` (newer).
 pub async fn diff(repo: &Repo, a: &Snapshot, b: &Snapshot, content: bool) -> Result<DiffSummary> {
-    let started = Instant::now();
-    let mut summary = DiffSummary::default();
-    compare(
-        repo,
-        Some(a.root),
-        Some(b.root),
-        Vec::new(),
-        content,
-        &mut summary,
-    )
-    .await?;
-    summary.duration_s = started.elapsed().as_secs_f64();
-    summary.requests = repo.counts();
-    Ok(summary)
+    crate::ops::leased(repo, LeaseKind::Read, async move {
+        let started = Instant::now();
+        let mut summary = DiffSummary::default();
+        compare(
+            repo,
+            Some(a.root),
+            Some(b.root),
+            Vec::new(),
+            content,
+            &mut summary,
+        )
+        .await?;
+        summary.duration_s = started.elapsed().as_secs_f64();
+        summary.requests = repo.counts();
+        Ok(summary)
+    })
+    .await
 }
 
 fn compare<'a>(

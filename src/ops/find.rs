@@ -10,6 +10,7 @@ use crate::backend::RequestCounts;
 use crate::catalog::SnapshotFilter;
 use crate::error::Result;
 use crate::hash::BlobId;
+use crate::lease::LeaseKind;
 use crate::ops::ls::Entry;
 use crate::repo::Repo;
 use crate::snapshot::NodeKind;
@@ -45,28 +46,31 @@ pub struct FindSummary {
 /// Finds entries whose path (pattern with `/`) or name (without) matches
 /// `pattern` in every snapshot matching `filter`.
 pub async fn find(repo: &Repo, pattern: &str, filter: &SnapshotFilter) -> Result<FindSummary> {
-    let started = Instant::now();
-    let glob = PathGlob::new(pattern)?;
-    let mut snapshots = repo.snapshots(filter)?;
-    snapshots.reverse();
-    let mut memo: HashMap<(BlobId, Vec<u8>), Vec<Entry>> = HashMap::new();
-    let mut matches = Vec::new();
-    for (id, snapshot) in &snapshots {
-        for entry in search(repo, &glob, snapshot.root, Vec::new(), &mut memo).await? {
-            matches.push(Match {
-                snapshot: id.to_hex(),
-                time: crate::ops::format_time(snapshot.time_ns),
-                source: snapshot.source.clone(),
-                entry,
-            });
+    crate::ops::leased(repo, LeaseKind::Read, async move {
+        let started = Instant::now();
+        let glob = PathGlob::new(pattern)?;
+        let mut snapshots = repo.snapshots(filter)?;
+        snapshots.reverse();
+        let mut memo: HashMap<(BlobId, Vec<u8>), Vec<Entry>> = HashMap::new();
+        let mut matches = Vec::new();
+        for (id, snapshot) in &snapshots {
+            for entry in search(repo, &glob, snapshot.root, Vec::new(), &mut memo).await? {
+                matches.push(Match {
+                    snapshot: id.to_hex(),
+                    time: crate::ops::format_time(snapshot.time_ns),
+                    source: snapshot.source.clone(),
+                    entry,
+                });
+            }
         }
-    }
-    Ok(FindSummary {
-        matches,
-        snapshots: snapshots.len() as u64,
-        duration_s: started.elapsed().as_secs_f64(),
-        requests: repo.counts(),
+        Ok(FindSummary {
+            matches,
+            snapshots: snapshots.len() as u64,
+            duration_s: started.elapsed().as_secs_f64(),
+            requests: repo.counts(),
+        })
     })
+    .await
 }
 
 fn search<'a>(

@@ -6,6 +6,7 @@ use std::time::Instant;
 use crate::backend::RequestCounts;
 use crate::catalog::SnapshotFilter;
 use crate::error::Result;
+use crate::lease::LeaseKind;
 use crate::repo::Repo;
 use crate::snapshot::Content;
 
@@ -41,45 +42,48 @@ pub struct LogSummary {
 
 /// The history of `path` in the snapshots matching `filter`.
 pub async fn log(repo: &Repo, path: &[u8], filter: &SnapshotFilter) -> Result<LogSummary> {
-    let started = Instant::now();
-    let mut versions = Vec::new();
-    // Per source and host: the content last seen, if the file was present.
-    let mut last: HashMap<(String, String), Option<Content>> = HashMap::new();
-    for (id, snapshot) in repo.snapshots(filter)? {
-        let group = last
-            .entry((snapshot.source.clone(), snapshot.host.clone()))
-            .or_default();
-        let node = repo.lookup(&snapshot.root, path).await?;
-        let version = |change, size, mtime| Version {
-            snapshot: id.to_hex(),
-            time: crate::ops::format_time(snapshot.time_ns),
-            source: snapshot.source.clone(),
-            change,
-            size,
-            mtime,
-        };
-        match (node, group.take()) {
-            (Some(node), before) => {
-                let content = node.content.clone().unwrap_or_default();
-                let change = match before {
-                    Some(before) if before == content => "unchanged",
-                    Some(_) => "modified",
-                    None => "added",
-                };
-                versions.push(version(
-                    change,
-                    node.size,
-                    Some(crate::ops::format_time(node.mtime_ns)),
-                ));
-                *group = Some(content);
+    crate::ops::leased(repo, LeaseKind::Read, async move {
+        let started = Instant::now();
+        let mut versions = Vec::new();
+        // Per source and host: the content last seen, if the file was present.
+        let mut last: HashMap<(String, String), Option<Content>> = HashMap::new();
+        for (id, snapshot) in repo.snapshots(filter)? {
+            let group = last
+                .entry((snapshot.source.clone(), snapshot.host.clone()))
+                .or_default();
+            let node = repo.lookup(&snapshot.root, path).await?;
+            let version = |change, size, mtime| Version {
+                snapshot: id.to_hex(),
+                time: crate::ops::format_time(snapshot.time_ns),
+                source: snapshot.source.clone(),
+                change,
+                size,
+                mtime,
+            };
+            match (node, group.take()) {
+                (Some(node), before) => {
+                    let content = node.content.clone().unwrap_or_default();
+                    let change = match before {
+                        Some(before) if before == content => "unchanged",
+                        Some(_) => "modified",
+                        None => "added",
+                    };
+                    versions.push(version(
+                        change,
+                        node.size,
+                        Some(crate::ops::format_time(node.mtime_ns)),
+                    ));
+                    *group = Some(content);
+                }
+                (None, Some(_)) => versions.push(version("removed", 0, None)),
+                (None, None) => {}
             }
-            (None, Some(_)) => versions.push(version("removed", 0, None)),
-            (None, None) => {}
         }
-    }
-    Ok(LogSummary {
-        versions,
-        duration_s: started.elapsed().as_secs_f64(),
-        requests: repo.counts(),
+        Ok(LogSummary {
+            versions,
+            duration_s: started.elapsed().as_secs_f64(),
+            requests: repo.counts(),
+        })
     })
+    .await
 }

@@ -5,6 +5,7 @@ use std::time::Instant;
 use crate::backend::RequestCounts;
 use crate::error::{Error, Result};
 use crate::hash::SnapshotId;
+use crate::lease::LeaseKind;
 use crate::repo::Repo;
 use crate::snapshot::{Node, NodeKind, Snapshot};
 
@@ -83,52 +84,54 @@ pub async fn ls(
     path: Option<&[u8]>,
     recursive: bool,
 ) -> Result<LsSummary> {
-    let started = Instant::now();
-    let mut base: Vec<u8> = path.map(<[u8]>::to_vec).unwrap_or_default();
-    while base.last() == Some(&b'/') {
-        base.pop();
-    }
-    let tree_id = if base.is_empty() {
-        snapshot.root
-    } else {
-        let node =
-            repo.lookup(&snapshot.root, &base)
-                .await?
-                .ok_or_else(|| Error::PathNotInSnapshot {
+    crate::ops::leased(repo, LeaseKind::Read, async move {
+        let started = Instant::now();
+        let mut base: Vec<u8> = path.map(<[u8]>::to_vec).unwrap_or_default();
+        while base.last() == Some(&b'/') {
+            base.pop();
+        }
+        let tree_id = if base.is_empty() {
+            snapshot.root
+        } else {
+            let node = repo.lookup(&snapshot.root, &base).await?.ok_or_else(|| {
+                Error::PathNotInSnapshot {
                     path: String::from_utf8_lossy(path.unwrap_or(b"/")).into_owned(),
                     snapshot: id.short(),
-                })?;
-        match (node.kind, node.subtree) {
-            (NodeKind::Dir, Some(subtree)) => subtree,
-            _ => {
-                return Ok(LsSummary {
-                    entries: vec![Entry::new(&base, &node)],
-                    duration_s: started.elapsed().as_secs_f64(),
-                    requests: repo.counts(),
-                });
+                }
+            })?;
+            match (node.kind, node.subtree) {
+                (NodeKind::Dir, Some(subtree)) => subtree,
+                _ => {
+                    return Ok(LsSummary {
+                        entries: vec![Entry::new(&base, &node)],
+                        duration_s: started.elapsed().as_secs_f64(),
+                        requests: repo.counts(),
+                    });
+                }
             }
-        }
-    };
-    let mut entries = Vec::new();
-    let mut stack = vec![(tree_id, base)];
-    while let Some((tree_id, dir)) = stack.pop() {
-        let tree = repo.load_tree(&tree_id).await?;
-        let mut subdirs = Vec::new();
-        for node in &tree.entries {
-            let mut child = dir.clone();
-            child.push(b'/');
-            child.extend_from_slice(&node.name);
-            entries.push(Entry::new(&child, node));
-            if recursive && let (NodeKind::Dir, Some(sub)) = (node.kind, node.subtree) {
-                subdirs.push((sub, child));
+        };
+        let mut entries = Vec::new();
+        let mut stack = vec![(tree_id, base)];
+        while let Some((tree_id, dir)) = stack.pop() {
+            let tree = repo.load_tree(&tree_id).await?;
+            let mut subdirs = Vec::new();
+            for node in &tree.entries {
+                let mut child = dir.clone();
+                child.push(b'/');
+                child.extend_from_slice(&node.name);
+                entries.push(Entry::new(&child, node));
+                if recursive && let (NodeKind::Dir, Some(sub)) = (node.kind, node.subtree) {
+                    subdirs.push((sub, child));
+                }
             }
+            stack.extend(subdirs.into_iter().rev());
         }
-        stack.extend(subdirs.into_iter().rev());
-    }
-    entries.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(LsSummary {
-        entries,
-        duration_s: started.elapsed().as_secs_f64(),
-        requests: repo.counts(),
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(LsSummary {
+            entries,
+            duration_s: started.elapsed().as_secs_f64(),
+            requests: repo.counts(),
+        })
     })
+    .await
 }

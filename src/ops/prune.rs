@@ -182,26 +182,17 @@ pub struct PruneSummary {
 /// Runs prune; see the module docs. Uses the prune lease `repo` holds, or
 /// takes one for the run and releases it at the end.
 pub async fn prune(repo: &Repo, options: &PruneOptions) -> Result<PruneSummary> {
-    let owned = repo.lease().is_none();
-    let result = prune_leased(repo, options).await;
-    if owned {
-        repo.release_lease().await;
-    }
+    let guard = repo.hold_lease(LeaseKind::Prune).await?;
+    let result = prune_leased(repo, guard.lease(), options).await;
+    guard.finish().await;
     result
 }
 
-async fn prune_leased(repo: &Repo, options: &PruneOptions) -> Result<PruneSummary> {
+async fn prune_leased(repo: &Repo, lease: &Lease, options: &PruneOptions) -> Result<PruneSummary> {
     let started = Instant::now();
-    let lease = repo.take_lease(LeaseKind::Prune).await?;
-    if lease.kind() != LeaseKind::Prune {
-        return Err(Error::InvalidArgument(format!(
-            "prune needs a prune lease, but this handle holds a {} lease",
-            lease.kind().name()
-        )));
-    }
     let mut run = Run {
         repo,
-        lease: &lease,
+        lease,
         options,
         summary: PruneSummary {
             dry_run: options.dry_run,
@@ -290,7 +281,7 @@ impl Run<'_> {
             let Some(first) = older.first() else {
                 return Ok(waited.elapsed());
             };
-            let what = format!("another prune: {}", self.lease.describe(first).await);
+            let what = format!("another prune: {}", self.lease.describe(first));
             if waited.elapsed() >= self.options.max_wait {
                 return Err(Error::Busy {
                     waited_s: waited.elapsed().as_secs(),
@@ -415,7 +406,7 @@ impl Run<'_> {
         self.summary.pending_bytes = doomed.iter().filter_map(|p| sizes.get(p)).sum();
         if self.options.dry_run {
             let view = self.lease.refresh().await?;
-            let waits = self.blockers(&view, view.now).await;
+            let waits = self.blockers(&view, view.now);
             self.summary.generations.push(GenerationReport {
                 id: "(new)".into(),
                 time: lease::format_storage_time(view.now),
@@ -639,12 +630,20 @@ impl Run<'_> {
 
     /// The live leases, other than ours, that began before `time` (within
     /// the clock resolution), described.
-    async fn blockers(&self, view: &LeaseView, time: Timestamp) -> Vec<String> {
+    /// Objects under `locks/` that are not leases of this repository are
+    /// reported (once) and never waited for.
+    fn blockers(&mut self, view: &LeaseView, time: Timestamp) -> Vec<String> {
+        for stranger in &view.ignored {
+            let warning = format!("ignored {stranger}");
+            if self.told.insert(warning.clone()) {
+                self.summary.warnings.push(warning);
+            }
+        }
         let resolution = self.lease.resolution();
         let mut out = Vec::new();
         for other in view.others_live(resolution) {
             if other.start <= lease::add(time, resolution) {
-                out.push(self.lease.describe(other).await);
+                out.push(self.lease.describe(other));
             }
         }
         out
@@ -663,7 +662,7 @@ impl Run<'_> {
             .collect();
         let bytes: u64 = packs.iter().filter_map(|p| sizes.get(p)).sum();
         let view = self.lease.refresh().await?;
-        let waits = self.blockers(&view, time).await;
+        let waits = self.blockers(&view, time);
         let mut report = GenerationReport {
             id: generation.to_hex(),
             time: lease::format_storage_time(time),
@@ -789,19 +788,10 @@ impl Run<'_> {
         self.rewrite_indexes(small, &HashSet::new()).await
     }
 
-    /// Deletes the objects of leases that expired (their holders died).
+    /// Deletes the objects of leases that expired, or whose holder is a
+    /// process of this machine that no longer runs.
     async fn remove_expired_leases(&mut self) -> Result<()> {
-        let view = self.lease.refresh().await?;
-        let resolution = self.lease.resolution();
-        for other in &view.leases {
-            if other.id == view.mine || other.is_live(view.now, resolution) {
-                continue;
-            }
-            for (_, name, _) in &other.objects {
-                self.repo.backend().delete(name).await?;
-            }
-            self.summary.leases_removed += 1;
-        }
+        self.summary.leases_removed = self.lease.remove_dead().await?.len() as u64;
         Ok(())
     }
 }

@@ -8,6 +8,7 @@
 //! any other.
 
 use crate::backend::Backend;
+use crate::lease::LeaseKind;
 use std::time::Instant;
 
 use crate::backend::RequestCounts;
@@ -40,50 +41,53 @@ pub struct RebuildSummary {
 
 /// Rebuilds the catalog of `repo`.
 pub async fn rebuild_catalog(repo: &Repo) -> Result<RebuildSummary> {
-    let started = Instant::now();
-    let sync = repo.reset_catalog().await?;
-    let mut summary = RebuildSummary {
-        snapshots: sync.snapshots_added,
-        index_objects: sync.indexes_added,
-        warnings: sync.warnings,
-        ..RebuildSummary::default()
-    };
-    let known: std::collections::HashSet<_> =
-        repo.catalog().packs()?.into_iter().map(|p| p.id).collect();
-    let mut repair = IndexObject::default();
-    for object in repo.backend().list("packs/").await? {
-        let Some(id) = parse_pack_path(&object.name) else {
-            continue;
+    crate::ops::leased(repo, LeaseKind::Read, async move {
+        let started = Instant::now();
+        let sync = repo.reset_catalog().await?;
+        let mut summary = RebuildSummary {
+            snapshots: sync.snapshots_added,
+            index_objects: sync.indexes_added,
+            warnings: sync.warnings,
+            ..RebuildSummary::default()
         };
-        if known.contains(&id) {
-            continue;
-        }
-        match repo.read_pack_header(&object.name, object.size).await {
-            Ok(entries) => {
-                let kind = match entries.first().and_then(|e| e.object_kind()) {
-                    Some(ObjectKind::DataBlob) | None => PackKind::Data,
-                    Some(_) => PackKind::Tree,
-                };
-                repair.packs.push(IndexedPack {
-                    id,
-                    kind: kind.code(),
-                    size: object.size,
-                    blobs: entries,
-                });
+        let known: std::collections::HashSet<_> =
+            repo.catalog().packs()?.into_iter().map(|p| p.id).collect();
+        let mut repair = IndexObject::default();
+        for object in repo.backend().list("packs/").await? {
+            let Some(id) = parse_pack_path(&object.name) else {
+                continue;
+            };
+            if known.contains(&id) {
+                continue;
             }
-            Err(e) if e.is_damage() => summary
-                .warnings
-                .push(format!("skipped {}: {e}", object.name)),
-            Err(e) => return Err(e),
+            match repo.read_pack_header(&object.name, object.size).await {
+                Ok(entries) => {
+                    let kind = match entries.first().and_then(|e| e.object_kind()) {
+                        Some(ObjectKind::DataBlob) | None => PackKind::Data,
+                        Some(_) => PackKind::Tree,
+                    };
+                    repair.packs.push(IndexedPack {
+                        id,
+                        kind: kind.code(),
+                        size: object.size,
+                        blobs: entries,
+                    });
+                }
+                Err(e) if e.is_damage() => summary
+                    .warnings
+                    .push(format!("skipped {}: {e}", object.name)),
+                Err(e) => return Err(e),
+            }
         }
-    }
-    summary.packs_from_headers = repair.packs.len();
-    if !repair.packs.is_empty() {
-        let (id, _) = repo.write_index(&repair).await?;
-        summary.repair_index = Some(id.to_hex());
-    }
-    summary.blobs = repo.catalog().blob_count()?;
-    summary.duration_s = started.elapsed().as_secs_f64();
-    summary.requests = repo.counts();
-    Ok(summary)
+        summary.packs_from_headers = repair.packs.len();
+        if !repair.packs.is_empty() {
+            let (id, _) = repo.write_index(&repair).await?;
+            summary.repair_index = Some(id.to_hex());
+        }
+        summary.blobs = repo.catalog().blob_count()?;
+        summary.duration_s = started.elapsed().as_secs_f64();
+        summary.requests = repo.counts();
+        Ok(summary)
+    })
+    .await
 }

@@ -34,6 +34,7 @@ use rustix::io::Errno;
 use crate::backend::RequestCounts;
 use crate::error::{Error, Result};
 use crate::hash::SnapshotId;
+use crate::lease::LeaseKind;
 use crate::ops::backup::{BackupInput, BackupOptions, TreeInput};
 use crate::ops::is_single_component;
 use crate::progress::Progress;
@@ -197,137 +198,142 @@ pub async fn restore(
     snapshot: &Snapshot,
     options: &RestoreOptions,
 ) -> Result<RestoreSummary> {
-    let started = Instant::now();
-    let selection = Selection::new(options)?;
-    let mut summary = RestoreSummary::default();
-    std::fs::create_dir_all(&options.target)
-        .map_err(|e| Error::io("creating", &options.target, e))?;
-    let target = absolute(&options.target)?;
+    crate::ops::leased(repo, LeaseKind::Read, async move {
+        let started = Instant::now();
+        let selection = Selection::new(options)?;
+        let mut summary = RestoreSummary::default();
+        std::fs::create_dir_all(&options.target)
+            .map_err(|e| Error::io("creating", &options.target, e))?;
+        let target = absolute(&options.target)?;
 
-    // Plan first: find what would be replaced, so that nothing is written
-    // when replacing is refused, and so the safety snapshot comes first.
-    let existing = existing_files(repo, snapshot, &selection, &target).await?;
-    if !existing.is_empty() {
-        match options.overwrite {
-            Overwrite::Never => {
-                let listed: Vec<String> = existing
-                    .iter()
-                    .take(5)
-                    .map(|p| p.display().to_string())
-                    .collect();
-                return Err(Error::InvalidArgument(format!(
-                    "{} file(s) already exist in the target ({}{}); refusing to overwrite them \
+        // Plan first: find what would be replaced, so that nothing is written
+        // when replacing is refused, and so the safety snapshot comes first.
+        let existing = existing_files(repo, snapshot, &selection, &target).await?;
+        if !existing.is_empty() {
+            match options.overwrite {
+                Overwrite::Never => {
+                    let listed: Vec<String> = existing
+                        .iter()
+                        .take(5)
+                        .map(|p| p.display().to_string())
+                        .collect();
+                    return Err(Error::InvalidArgument(format!(
+                        "{} file(s) already exist in the target ({}{}); refusing to overwrite them \
                      (pass --overwrite always to replace them after a safety snapshot)",
-                    existing.len(),
-                    listed.join(", "),
-                    if existing.len() > 5 { ", …" } else { "" }
-                )));
-            }
-            Overwrite::Always => {
-                let safety = safety_snapshot(repo, snapshot, existing).await?;
-                summary.safety_snapshot = Some(safety.to_hex());
+                        existing.len(),
+                        listed.join(", "),
+                        if existing.len() > 5 { ", …" } else { "" }
+                    )));
+                }
+                Overwrite::Always => {
+                    let safety = safety_snapshot(repo, snapshot, existing).await?;
+                    summary.safety_snapshot = Some(safety.to_hex());
+                }
             }
         }
-    }
 
-    let is_root = rustix::process::geteuid().is_root();
-    let target_dir =
-        open_dir(rustix::fs::CWD, &target).map_err(|e| Error::io("opening", &target, e.into()))?;
-    let mut stack = vec![Frame {
-        tree: repo.load_tree(&snapshot.root).await?,
-        path: Vec::new(),
-        dir: Some(target_dir),
-        set_metadata: false,
-        node: None,
-        included: selection.include.is_empty(),
-        files_done: false,
-        pos: 0,
-    }];
-    while !stack.is_empty() {
-        let top = stack.len() - 1;
-        if !stack[top].files_done {
-            stack[top].files_done = true;
-            restore_files(repo, &mut stack, &selection, options, is_root, &mut summary).await?;
-            continue;
-        }
-        let Some(node) = stack[top].next_entry() else {
-            let frame = stack.pop().expect("not empty");
-            if let (Some(dir), Some(node), true) = (&frame.dir, &frame.node, frame.set_metadata) {
-                apply_metadata(dir, node, is_root).map_err(|e| {
-                    Error::io("setting metadata of", display(&frame.path), e.into())
-                })?;
+        let is_root = rustix::process::geteuid().is_root();
+        let target_dir = open_dir(rustix::fs::CWD, &target)
+            .map_err(|e| Error::io("opening", &target, e.into()))?;
+        let mut stack = vec![Frame {
+            tree: repo.load_tree(&snapshot.root).await?,
+            path: Vec::new(),
+            dir: Some(target_dir),
+            set_metadata: false,
+            node: None,
+            included: selection.include.is_empty(),
+            files_done: false,
+            pos: 0,
+        }];
+        while !stack.is_empty() {
+            let top = stack.len() - 1;
+            if !stack[top].files_done {
+                stack[top].files_done = true;
+                restore_files(repo, &mut stack, &selection, options, is_root, &mut summary).await?;
+                continue;
             }
-            continue;
-        };
-        let mut path = stack[top].path.clone();
-        path.push(b'/');
-        path.extend_from_slice(&node.name);
-        if !is_single_component(&node.name) {
-            summary.skipped.push(format!(
-                "{:?}: stored name is not a single path component",
-                display(&path)
-            ));
-            continue;
-        }
-        if selection.excluded(&path) {
-            continue;
-        }
-        let included = selection.included(&path, stack[top].included);
-        match node.kind {
-            NodeKind::Dir if !included && !selection.may_contain(&path) => {}
-            NodeKind::Dir => {
-                let Some(subtree) = node.subtree else {
-                    summary
-                        .skipped
-                        .push(format!("{}: directory without a tree", display(&path)));
-                    continue;
-                };
-                // One unreadable directory costs that directory, not the
-                // whole restore.
-                let tree = match repo.load_tree(&subtree).await {
-                    Ok(tree) => tree,
-                    Err(e) if e.is_damage() => {
+            let Some(node) = stack[top].next_entry() else {
+                let frame = stack.pop().expect("not empty");
+                if let (Some(dir), Some(node), true) = (&frame.dir, &frame.node, frame.set_metadata)
+                {
+                    apply_metadata(dir, node, is_root).map_err(|e| {
+                        Error::io("setting metadata of", display(&frame.path), e.into())
+                    })?;
+                }
+                continue;
+            };
+            let mut path = stack[top].path.clone();
+            path.push(b'/');
+            path.extend_from_slice(&node.name);
+            if !is_single_component(&node.name) {
+                summary.skipped.push(format!(
+                    "{:?}: stored name is not a single path component",
+                    display(&path)
+                ));
+                continue;
+            }
+            if selection.excluded(&path) {
+                continue;
+            }
+            let included = selection.included(&path, stack[top].included);
+            match node.kind {
+                NodeKind::Dir if !included && !selection.may_contain(&path) => {}
+                NodeKind::Dir => {
+                    let Some(subtree) = node.subtree else {
                         summary
                             .skipped
-                            .push(format!("{}: not restored: {e}", display(&path)));
+                            .push(format!("{}: directory without a tree", display(&path)));
                         continue;
+                    };
+                    // One unreadable directory costs that directory, not the
+                    // whole restore.
+                    let tree = match repo.load_tree(&subtree).await {
+                        Ok(tree) => tree,
+                        Err(e) if e.is_damage() => {
+                            summary
+                                .skipped
+                                .push(format!("{}: not restored: {e}", display(&path)));
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    stack.push(Frame {
+                        tree,
+                        path: path.clone(),
+                        dir: None,
+                        set_metadata: false,
+                        node: Some(node),
+                        included,
+                        files_done: false,
+                        pos: 0,
+                    });
+                    if included {
+                        // An included directory is restored even if empty.
+                        if let Err(reason) = ensure_dir(&mut stack, &mut summary, options.overwrite)
+                        {
+                            summary.skipped.push(reason);
+                            stack.pop();
+                        }
                     }
-                    Err(e) => return Err(e),
-                };
-                stack.push(Frame {
-                    tree,
-                    path: path.clone(),
-                    dir: None,
-                    set_metadata: false,
-                    node: Some(node),
-                    included,
-                    files_done: false,
-                    pos: 0,
-                });
-                if included {
-                    // An included directory is restored even if empty.
+                }
+                NodeKind::Symlink if included => {
                     if let Err(reason) = ensure_dir(&mut stack, &mut summary, options.overwrite) {
                         summary.skipped.push(reason);
-                        stack.pop();
+                        continue;
                     }
+                    let dir = stack[top].dir.as_ref().expect("ensured above");
+                    let replace = options.overwrite == Overwrite::Always;
+                    let outcome = restore_symlink(dir, &node, &path, replace, is_root);
+                    record(&mut summary, NodeKind::Symlink, outcome)?;
                 }
+                _ => {}
             }
-            NodeKind::Symlink if included => {
-                if let Err(reason) = ensure_dir(&mut stack, &mut summary, options.overwrite) {
-                    summary.skipped.push(reason);
-                    continue;
-                }
-                let dir = stack[top].dir.as_ref().expect("ensured above");
-                let replace = options.overwrite == Overwrite::Always;
-                let outcome = restore_symlink(dir, &node, &path, replace, is_root);
-                record(&mut summary, NodeKind::Symlink, outcome)?;
-            }
-            _ => {}
         }
-    }
-    summary.duration_s = started.elapsed().as_secs_f64();
-    summary.requests = repo.counts();
-    Ok(summary)
+        summary.duration_s = started.elapsed().as_secs_f64();
+        summary.requests = repo.counts();
+        Ok(summary)
+    })
+    .await
 }
 
 /// The directories before a pattern's first wildcard: `/opt/kb/*.yaml` ->

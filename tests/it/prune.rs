@@ -349,7 +349,6 @@ async fn run_step(
 ) -> larder::Result<Option<(SnapshotId, u64)>> {
     match step {
         Step::Backup(seed) => {
-            repo.take_lease(LeaseKind::Backup).await?;
             let data = content(*seed);
             let mut options = stream_options(
                 "db",
@@ -357,7 +356,6 @@ async fn run_step(
             );
             options.time = Some(jiff::Timestamp::from_nanosecond(i128::from(time)).unwrap());
             let s = larder::ops::backup::backup(repo, options).await?;
-            repo.release_lease().await;
             Ok(Some((s.snapshot_id, *seed)))
         }
         // forget refuses an empty repository (no selector matches).

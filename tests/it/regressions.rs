@@ -18,6 +18,8 @@ use larder::seal::ObjectKind;
 use larder::snapshot::{Content, ContentRef, Node, Snapshot, SnapshotSummary, Tree};
 use larder::source::StreamInput;
 
+use larder::lease::LeaseKind;
+
 use crate::support::*;
 
 #[test]
@@ -180,7 +182,10 @@ async fn snapshot_with_content(
         user: "test".into(),
         copied_from: None,
     };
-    repo.repo.write_snapshot(&snapshot).await.unwrap().0
+    let lease = repo.repo.hold_lease(LeaseKind::Backup).await.unwrap();
+    let id = repo.repo.write_snapshot(&snapshot).await.unwrap().0;
+    lease.finish().await;
+    id
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -267,7 +272,7 @@ async fn review_i5_helpers_started_by_a_failed_dump_are_killed_too() {
         pid_file.display()
     );
     memory.set_faults(|_, op| match op {
-        Op::Put { .. } => Fault::Fail,
+        Op::Put { name, .. } if name.starts_with("packs/") => Fault::Fail,
         _ => Fault::Proceed,
     });
     let err = backup(

@@ -281,9 +281,9 @@ async fn planted_future_snapshots_never_cause_a_real_one_to_be_removed() {
                 },
             )
             .unwrap();
-        let lease = lib
+        let guard = lib
             .repo
-            .take_lease(larder::lease::LeaseKind::Backup)
+            .hold_lease(larder::lease::LeaseKind::Backup)
             .await
             .unwrap();
         for m in 0..12i64 {
@@ -291,8 +291,7 @@ async fn planted_future_snapshots_never_cause_a_real_one_to_be_removed() {
             planted.time_ns = 4_070_908_800_000_000_000 + m * 31 * 86_400_000_000_000;
             lib.repo.write_snapshot(&planted).await.unwrap();
         }
-        drop(lease);
-        lib.repo.release_lease().await;
+        guard.finish().await;
     }
     let options = ForgetOptions {
         policy: Policy {

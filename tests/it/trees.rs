@@ -1755,7 +1755,13 @@ impl Crafter {
             user: "test".into(),
             copied_from: None,
         };
+        let lease = self
+            .repo
+            .hold_lease(larder::lease::LeaseKind::Backup)
+            .await
+            .unwrap();
         self.repo.write_snapshot(&snapshot).await.unwrap();
+        lease.finish().await;
         snapshot
     }
 }
