@@ -1,6 +1,34 @@
 //! Command-line interface: the clap definitions and dispatch. Each command
 //! lives in `cli/<command>.rs`, parses its flags into the library's options,
 //! calls one library verb, and renders the result as text or `--json`.
+//!
+//! Output goes through `outln!` (a closed pipe ends the command quietly,
+//! never a panic) and `errln!` (errors writing to standard error are
+//! ignored), never `println!`.
+
+/// Writes a line to standard output; evaluates to `anyhow::Result<()>`.
+macro_rules! outln {
+    () => {
+        $crate::cli::render::out(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::render::out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// Writes to standard output without a newline.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::render::out(format_args!($($arg)*))
+    };
+}
+
+/// Writes a line to standard error, ignoring failure.
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::cli::render::err(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
 
 mod backup;
 mod browse;
@@ -83,6 +111,10 @@ pub struct GlobalArgs {
     /// (however it ends).
     #[arg(skip)]
     leased: Arc<Mutex<Vec<Repo>>>,
+    /// The progress of the running operation, whose interrupt a signal
+    /// raises.
+    #[arg(skip)]
+    watched: Arc<Mutex<Vec<Arc<larder::progress::Progress>>>>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -129,15 +161,117 @@ enum CatalogCommand {
     Rebuild,
 }
 
-/// Runs one parsed command line, then releases any lease it took.
+/// How long an interrupted operation that stops itself (a backup) may take
+/// to wind down before the process ends anyway.
+const INTERRUPT_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A command ended by a signal, after stopping cleanly where it could.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted by {}: {command} stopped{}", larder::error::signal_name(*.signal), if *.committed_nothing { "; nothing was committed" } else { "" })]
+pub struct Interrupted {
+    /// The signal number.
+    pub signal: i32,
+    /// The subcommand.
+    pub command: &'static str,
+    /// Whether the command is one that commits (a backup), and did not.
+    pub committed_nothing: bool,
+}
+
+/// Runs one parsed command line, then releases any lease it took, however
+/// it ended: done, failed, interrupted by SIGINT, SIGTERM or SIGHUP, or cut
+/// off by a closed standard output.
 pub async fn run(cli: Cli) -> Result<Outcome> {
+    use tokio::signal::unix::{SignalKind, signal};
     let global = cli.global;
-    let outcome = dispatch(&global, cli.command).await;
+    let name = cli.command.name();
+    let mut signals = Vec::new();
+    for kind in [
+        SignalKind::interrupt(),
+        SignalKind::terminate(),
+        SignalKind::hangup(),
+    ] {
+        signals.push((
+            kind.as_raw_value(),
+            signal(kind).context("installing signal handlers")?,
+        ));
+    }
+    let work = dispatch(&global, cli.command);
+    tokio::pin!(work);
+    let outcome = tokio::select! {
+        outcome = &mut work => outcome,
+        signal = next_signal(&mut signals) => {
+            // An operation that can stop cleanly (a backup kills its dump,
+            // indexes what landed and commits nothing) is given a moment;
+            // others are dropped here, which is as safe as a crash. A
+            // second signal ends the wait.
+            let watched = global.interrupt(signal);
+            let mut result = None;
+            if watched {
+                tokio::select! {
+                    outcome = &mut work => result = Some(outcome),
+                    _ = next_signal(&mut signals) => {}
+                    _ = tokio::time::sleep(INTERRUPT_GRACE) => {}
+                }
+            }
+            match result {
+                // Done before the interrupt could stop it.
+                Some(Ok(outcome)) => Ok(outcome),
+                _ => Err(anyhow::Error::new(Interrupted {
+                    signal,
+                    command: name,
+                    committed_nothing: watched,
+                })),
+            }
+        }
+    };
     let leased = std::mem::take(&mut *global.leased.lock().expect("lease list lock"));
     for repo in leased {
-        repo.release_lease().await;
+        // Bounded: a process asked to stop must not hang on storage.
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(10), repo.release_lease()).await;
     }
-    outcome
+    match outcome {
+        // A listing cut short by its reader (`larder ls | head`) did what
+        // was asked. (`cat` reports a closed pipe as a failure: its bytes
+        // did not all arrive.)
+        Err(e) if e.downcast_ref::<render::StdoutClosed>().is_some() => Ok(Outcome::Success),
+        outcome => outcome,
+    }
+}
+
+/// The next of the signals to arrive.
+async fn next_signal(signals: &mut [(i32, tokio::signal::unix::Signal)]) -> i32 {
+    let waits = signals.iter_mut().map(|(number, stream)| {
+        Box::pin(async move {
+            stream.recv().await;
+            *number
+        })
+    });
+    futures::future::select_all(waits).await.0
+}
+
+impl Command {
+    /// The subcommand's name, for messages.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Init(_) => "init",
+            Command::Backup(_) => "backup",
+            Command::Snapshots(_) => "snapshots",
+            Command::Ls(_) => "ls",
+            Command::Find(_) => "find",
+            Command::Cat(_) => "cat",
+            Command::Diff(_) => "diff",
+            Command::Log(_) => "log",
+            Command::Restore(_) => "restore",
+            Command::Check(_) => "check",
+            Command::Forget(_) => "forget",
+            Command::Prune(_) => "prune",
+            Command::Stats => "stats",
+            Command::Copy(_) => "copy",
+            Command::Key(_) => "key",
+            Command::Catalog(_) => "catalog",
+        }
+    }
 }
 
 async fn dispatch(global: &GlobalArgs, command: Command) -> Result<Outcome> {
@@ -164,15 +298,15 @@ async fn dispatch(global: &GlobalArgs, command: Command) -> Result<Outcome> {
             if global.json {
                 render::print_json(&summary)?;
             } else if !global.quiet {
-                println!(
+                outln!(
                     "catalog rebuilt: {} snapshots, {} index objects, {} blob locations; {} packs read from their headers",
                     summary.snapshots,
                     summary.index_objects,
                     summary.blobs,
                     summary.packs_from_headers
-                );
+                )?;
                 if let Some(id) = &summary.repair_index {
-                    println!("wrote index object {} for them", &id[..8]);
+                    outln!("wrote index object {} for them", &id[..8])?;
                 }
             }
             render::warn_all(&summary.warnings);
@@ -216,6 +350,25 @@ impl GlobalArgs {
                 .expect("lease list lock")
                 .push(repo.clone());
         }
+    }
+
+    /// Notes the progress of an operation that a signal should interrupt.
+    fn watch(&self, progress: &Arc<larder::progress::Progress>) {
+        self.watched
+            .lock()
+            .expect("watch list lock")
+            .push(Arc::clone(progress));
+    }
+
+    /// Raises the interrupt of every watched operation; whether any of them
+    /// listens (and so stops by itself).
+    fn interrupt(&self, signal: i32) -> bool {
+        let watched = self.watched.lock().expect("watch list lock").clone();
+        let mut listening = false;
+        for progress in watched {
+            listening |= progress.interrupt.raise(signal);
+        }
+        listening
     }
 
     fn shows_progress(&self) -> bool {

@@ -212,10 +212,30 @@ pub enum Error {
         damage: Vec<String>,
     },
 
+    /// The operation was interrupted (by a signal) and stopped cleanly:
+    /// nothing was committed.
+    #[error("interrupted by {}; nothing was committed", signal_name(*.signal))]
+    Interrupted {
+        /// The signal number.
+        signal: i32,
+    },
+
     /// An operation was stopped because another part of it failed first; the
     /// first failure is reported instead of this.
     #[error("operation cancelled")]
     Cancelled,
+}
+
+/// The usual name of a signal number, for messages.
+pub fn signal_name(signal: i32) -> String {
+    match signal {
+        libc::SIGHUP => "SIGHUP".into(),
+        libc::SIGINT => "SIGINT".into(),
+        libc::SIGTERM => "SIGTERM".into(),
+        libc::SIGKILL => "SIGKILL".into(),
+        libc::SIGPIPE => "SIGPIPE".into(),
+        other => format!("signal {other}"),
+    }
 }
 
 fn stderr_block(tail: &str) -> String {

@@ -1,13 +1,16 @@
 //! The `larder` binary: parses the command line, runs one library verb on a
 //! tokio runtime, and turns the outcome into an exit code.
 //!
-//! Exit codes: 0 success, 1 failure, 3 finished with warnings. Errors are
+//! Exit codes: 0 success, 1 failure, 3 finished with warnings, 128 + N
+//! when interrupted by signal N (130 SIGINT, 143 SIGTERM, 129 SIGHUP). Errors are
 //! printed as one line (plus a command's stderr tail where there is one),
 //! never as a backtrace.
 
 mod cli;
 
 use std::process::ExitCode;
+
+use std::io::Write;
 
 use clap::Parser;
 
@@ -23,7 +26,11 @@ fn main() -> ExitCode {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 8 << 20);
     }
     std::panic::set_hook(Box::new(|info| {
-        eprintln!("larder: internal error: {info}; this is a bug, please report it");
+        // Never panics itself, even with standard error closed.
+        let _ = writeln!(
+            std::io::stderr(),
+            "larder: internal error: {info}; this is a bug, please report it"
+        );
     }));
     let args = cli::Cli::parse();
     let workers = std::thread::available_parallelism()
@@ -36,16 +43,38 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("larder: error: cannot start the async runtime: {e}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "larder: error: cannot start the async runtime: {e}"
+            );
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(cli::run(args)) {
+    let outcome = runtime.block_on(cli::run(args));
+    // Blocking tasks of an operation dropped by an interrupt may still run;
+    // the process ends without waiting for them.
+    runtime.shutdown_background();
+    match outcome {
         Ok(cli::Outcome::Success) => ExitCode::SUCCESS,
         Ok(cli::Outcome::Warnings) => ExitCode::from(3),
         Err(e) => {
-            eprintln!("larder: error: {e:#}");
-            ExitCode::from(1)
+            let _ = writeln!(std::io::stderr(), "larder: error: {e:#}");
+            ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// 128 + the signal for an interrupted command (as shells report a process
+/// killed by it), 1 for every other failure.
+fn exit_code(error: &anyhow::Error) -> u8 {
+    let signal = error.chain().find_map(|cause| {
+        if let Some(interrupted) = cause.downcast_ref::<cli::Interrupted>() {
+            Some(interrupted.signal)
+        } else if let Some(larder::Error::Interrupted { signal }) = cause.downcast_ref() {
+            Some(*signal)
+        } else {
+            None
+        }
+    });
+    signal.map_or(1, |s| u8::try_from(128 + s).unwrap_or(1))
 }

@@ -1,7 +1,10 @@
-//! `Progress`: counters that operations increment and a front end polls.
-//! No terminal code here; the CLI draws bars from these numbers.
+//! `Progress`: counters that operations increment and a front end polls,
+//! and the [`Interrupt`] a front end raises to stop an operation cleanly.
+//! No terminal or signal code here; the CLI draws bars from these numbers
+//! and turns signals into interrupts.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 /// Live counters of a running operation. All relaxed atomics: readers want
 /// a recent value, not a consistent cut.
@@ -17,6 +20,54 @@ pub struct Progress {
     pub items_done: AtomicU64,
     /// Items expected in total, when known (0 if not).
     pub items_total: AtomicU64,
+    /// Raised to ask the operation to stop.
+    pub interrupt: Interrupt,
+}
+
+/// A request from outside an operation that it stop (a signal such as
+/// SIGINT): an operation that can stop cleanly (a backup: kill the dump,
+/// index what landed, commit nothing) registers a hook.
+#[derive(Default)]
+pub struct Interrupt {
+    /// The signal number raised, or 0.
+    signal: AtomicI32,
+    hooks: Mutex<Vec<Box<dyn Fn(i32) + Send + Sync>>>,
+}
+
+impl std::fmt::Debug for Interrupt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Interrupt({:?})", self.raised())
+    }
+}
+
+impl Interrupt {
+    /// Asks the operation to stop because of `signal`. Returns whether an
+    /// operation was listening (else the caller must stop it some other way).
+    pub fn raise(&self, signal: i32) -> bool {
+        self.signal.store(signal, Ordering::SeqCst);
+        let hooks = self.hooks.lock().expect("interrupt lock");
+        for hook in hooks.iter() {
+            hook(signal);
+        }
+        !hooks.is_empty()
+    }
+
+    /// The signal raised, if any.
+    pub fn raised(&self) -> Option<i32> {
+        match self.signal.load(Ordering::SeqCst) {
+            0 => None,
+            signal => Some(signal),
+        }
+    }
+
+    /// Calls `hook` when the interrupt is raised (at once if it was).
+    pub fn on_raise(&self, hook: impl Fn(i32) + Send + Sync + 'static) {
+        let mut hooks = self.hooks.lock().expect("interrupt lock");
+        if let Some(signal) = self.raised() {
+            hook(signal);
+        }
+        hooks.push(Box::new(hook));
+    }
 }
 
 impl Progress {

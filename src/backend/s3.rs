@@ -474,12 +474,24 @@ impl Backend for S3Backend {
         let dir = prefix.trim_end_matches('/');
         validate_name(dir)?;
         let path = self.full(dir)?;
-        let metas: Vec<_> = self
-            .store
-            .list(Some(&path))
-            .try_collect()
-            .await
-            .map_err(|e| storage_error("list", prefix, e))?;
+        // object_store retries a failed request, but not a page whose body
+        // broke off mid-way; a listing is idempotent, so start it again.
+        let started = Instant::now();
+        let mut attempt = 0;
+        let metas: Vec<_> = loop {
+            match self.store.list(Some(&path)).try_collect().await {
+                Ok(metas) => break metas,
+                Err(e)
+                    if in_transit(&e)
+                        && attempt < 5
+                        && started.elapsed() < self.settings.retry_timeout =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                }
+                Err(e) => return Err(storage_error("list", prefix, e)),
+            }
+        };
         let mut out = Vec::with_capacity(metas.len());
         for meta in metas {
             let key = meta.location.as_ref();

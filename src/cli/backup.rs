@@ -123,6 +123,7 @@ pub async fn run(global: &GlobalArgs, args: BackupArgs) -> Result<Outcome> {
         None => None,
     };
     let progress = Arc::new(Progress::default());
+    global.watch(&progress);
     let bar = Bar::start(global.shows_progress(), "backing up", Arc::clone(&progress));
     let summary = backup(
         &repo,
@@ -153,7 +154,7 @@ pub async fn run(global: &GlobalArgs, args: BackupArgs) -> Result<Outcome> {
         } else {
             String::new()
         };
-        println!(
+        outln!(
             "snapshot {} saved: read {}, added {} ({} new blobs, {} reused){files} in {:.1} s",
             summary.snapshot_id.short(),
             render::size(summary.bytes_read),
@@ -161,7 +162,7 @@ pub async fn run(global: &GlobalArgs, args: BackupArgs) -> Result<Outcome> {
             summary.blobs_new,
             summary.blobs_reused,
             summary.duration_s
-        );
+        )?;
     }
     render::warn_all(&summary.warnings);
     Ok(if summary.warnings.is_empty() {

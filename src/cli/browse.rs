@@ -63,10 +63,9 @@ pub struct LogArgs {
     host: Option<String>,
 }
 
-fn print_entry(entry: &Entry, long: bool) {
+fn print_entry(entry: &Entry, long: bool) -> Result<()> {
     if !long {
-        println!("{}", entry.path);
-        return;
+        return outln!("{}", entry.path);
     }
     let kind = match entry.kind {
         "dir" => 'd',
@@ -80,13 +79,13 @@ fn print_entry(entry: &Entry, long: bool) {
         .as_ref()
         .map(|t| format!(" -> {t}"))
         .unwrap_or_default();
-    println!(
+    outln!(
         "{kind}{} {owner:>8} {group:>8} {:>10} {} {}{target}",
         mode_string(entry.mode),
         entry.size,
         &entry.mtime[..entry.mtime.len().min(19)],
         entry.path
-    );
+    )
 }
 
 fn mode_string(mode: u32) -> String {
@@ -119,7 +118,7 @@ pub async fn ls(global: &GlobalArgs, args: LsArgs) -> Result<Outcome> {
         render::print_json(&summary)?;
     } else {
         for entry in &summary.entries {
-            print_entry(entry, args.long);
+            print_entry(entry, args.long)?;
         }
     }
     Ok(Outcome::Success)
@@ -137,16 +136,16 @@ pub async fn find(global: &GlobalArgs, args: FindArgs) -> Result<Outcome> {
         render::print_json(&summary)?;
     } else {
         for m in &summary.matches {
-            println!(
+            outln!(
                 "{}  {}  {:>10}  {}",
                 &m.snapshot[..8],
                 &m.time[..m.time.len().min(19)],
                 m.entry.size,
                 m.entry.path
-            );
+            )?;
         }
         if !global.quiet {
-            eprintln!(
+            errln!(
                 "{} matches in {} snapshots",
                 summary.matches.len(),
                 summary.snapshots
@@ -167,17 +166,20 @@ pub async fn diff(global: &GlobalArgs, args: DiffArgs) -> Result<Outcome> {
     } else {
         for change in &summary.changes {
             match &change.details {
-                Some(details) => println!("{}  {}  ({details})", change.change, change.path),
-                None => println!("{}  {}", change.change, change.path),
+                Some(details) => outln!("{}  {}  ({details})", change.change, change.path)?,
+                None => outln!("{}  {}", change.change, change.path)?,
             }
             if let Some(unified) = &change.unified {
-                print!("{unified}");
+                out!("{unified}")?;
             }
         }
         if !global.quiet {
-            eprintln!(
+            errln!(
                 "{} added, {} removed, {} modified, {} metadata only",
-                summary.added, summary.removed, summary.modified, summary.metadata_only
+                summary.added,
+                summary.removed,
+                summary.modified,
+                summary.metadata_only
             );
         }
     }
@@ -196,17 +198,17 @@ pub async fn log(global: &GlobalArgs, args: LogArgs) -> Result<Outcome> {
         render::print_json(&summary)?;
     } else {
         for v in &summary.versions {
-            println!(
+            outln!(
                 "{}  {}  {:<9}  {:>10}  {}",
                 &v.snapshot[..8],
                 &v.time[..v.time.len().min(19)],
                 v.change,
                 v.size,
                 v.source
-            );
+            )?;
         }
         if summary.versions.is_empty() && !global.quiet {
-            eprintln!("{} is in no snapshot", args.path.to_string_lossy());
+            errln!("{} is in no snapshot", args.path.to_string_lossy());
         }
     }
     Ok(Outcome::Success)

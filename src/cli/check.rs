@@ -39,24 +39,24 @@ pub async fn run(global: &GlobalArgs, args: CheckArgs) -> Result<Outcome> {
         render::print_json(&summary)?;
     } else {
         for p in &summary.problems {
-            eprintln!("damaged: {}: {}", p.object, p.problem);
+            errln!("damaged: {}: {}", p.object, p.problem);
         }
         for s in &summary.affected_snapshots {
-            eprintln!(
+            errln!(
                 "affected: snapshot {} ({} {}):",
                 &s.id[..8],
                 s.source,
                 s.time
             );
             for r in &s.reasons {
-                eprintln!("  {r}");
+                errln!("  {r}");
             }
         }
         if !global.quiet {
             for n in &summary.notes {
-                println!("note: {n}");
+                outln!("note: {n}")?;
             }
-            println!(
+            outln!(
                 "checked {} snapshots, {} packs{}",
                 summary.snapshots_checked,
                 summary.packs,
@@ -70,7 +70,7 @@ pub async fn run(global: &GlobalArgs, args: CheckArgs) -> Result<Outcome> {
                 } else {
                     String::new()
                 }
-            );
+            )?;
         }
     }
     if !summary.is_ok() {
@@ -81,7 +81,7 @@ pub async fn run(global: &GlobalArgs, args: CheckArgs) -> Result<Outcome> {
         );
     }
     if !global.quiet && !global.json {
-        println!("no problems found");
+        outln!("no problems found")?;
     }
     Ok(Outcome::Success)
 }

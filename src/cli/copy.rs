@@ -76,16 +76,16 @@ pub async fn run(global: &GlobalArgs, args: CopyArgs) -> Result<Outcome> {
     if !global.quiet {
         for s in &summary.snapshots {
             let verb = if s.skipped { "already there" } else { "copied" };
-            println!(
+            outln!(
                 "{} {}  {:<16} {}  -> {}  {verb}",
                 &s.from[..8],
                 s.time,
                 s.source,
                 s.host,
                 &s.to[..8]
-            );
+            )?;
         }
-        println!(
+        outln!(
             "{} copied, {} already there; {} read, {} added ({} new blobs, {} reused) in {:.1}s",
             summary.copied,
             summary.skipped,
@@ -94,7 +94,7 @@ pub async fn run(global: &GlobalArgs, args: CopyArgs) -> Result<Outcome> {
             summary.blobs_new,
             summary.blobs_reused,
             summary.duration_s
-        );
+        )?;
     }
     Ok(Outcome::Success)
 }

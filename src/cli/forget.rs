@@ -157,9 +157,9 @@ pub async fn forget(global: &GlobalArgs, args: ForgetArgs) -> Result<Outcome> {
             }))?,
         }
     } else if !global.quiet {
-        print_forget(&summary);
+        print_forget(&summary)?;
         if let Some(pruned) = &pruned {
-            print_prune(pruned);
+            print_prune(pruned)?;
         }
     }
     render::warn_all(&summary.warnings);
@@ -184,7 +184,7 @@ pub async fn prune(global: &GlobalArgs, args: PruneArgs) -> Result<Outcome> {
     if global.json {
         render::print_json(&summary)?;
     } else if !global.quiet {
-        print_prune(&summary);
+        print_prune(&summary)?;
     }
     Ok(outcome(Some(&summary)))
 }
@@ -219,7 +219,7 @@ fn prune_options(
         max_wait: Duration::from_secs(max_wait),
         notify: Some(Arc::new(move |message: &str| {
             if !quiet {
-                eprintln!("{message}");
+                errln!("{message}");
             }
         })),
         force_damaged,
@@ -233,22 +233,22 @@ fn outcome(pruned: Option<&PruneSummary>) -> Outcome {
     }
 }
 
-fn print_forget(summary: &ForgetSummary) {
+fn print_forget(summary: &ForgetSummary) -> Result<()> {
     let mut group = None;
     for entry in &summary.snapshots {
         if group != Some(&entry.group) {
-            println!("{}:", entry.group);
+            outln!("{}:", entry.group)?;
             group = Some(&entry.group);
         }
-        println!(
+        outln!(
             "  {:<6}  {}  {}  {}",
             if entry.keep { "keep" } else { "remove" },
             &entry.id[..8],
             entry.time,
             entry.reasons.join(", ")
-        );
+        )?;
     }
-    println!(
+    outln!(
         "{} {} snapshots, keeping {}",
         if summary.dry_run {
             "would remove"
@@ -257,19 +257,19 @@ fn print_forget(summary: &ForgetSummary) {
         },
         summary.removed,
         summary.kept
-    );
+    )
 }
 
-fn print_prune(summary: &PruneSummary) {
+fn print_prune(summary: &PruneSummary) -> Result<()> {
     let size = render::size;
-    println!(
+    outln!(
         "marked {} snapshots: {} live blobs; {} packs, {}",
         summary.snapshots,
         summary.live_blobs,
         summary.packs_total,
         size(summary.bytes_total)
-    );
-    println!(
+    )?;
+    outln!(
         "unused packs {} ({}), packs to repack {} ({}, {} of it live), packs in no index {} ({})",
         summary.packs_unused,
         size(summary.bytes_unused),
@@ -278,18 +278,18 @@ fn print_prune(summary: &PruneSummary) {
         size(summary.bytes_rewritten),
         summary.packs_unindexed,
         size(summary.bytes_unindexed)
-    );
+    )?;
     if let Some(id) = &summary.new_generation {
-        println!(
+        outln!(
             "recorded pending generation {}: {} packs, {}",
             &id[..8],
             summary.pending_packs,
             size(summary.pending_bytes)
-        );
+        )?;
     }
     for g in &summary.generations {
         let id = if g.id.len() >= 8 { &g.id[..8] } else { &g.id };
-        println!(
+        outln!(
             "generation {id} ({}): {} packs, {}: {}{}",
             g.time,
             g.packs,
@@ -303,22 +303,23 @@ fn print_prune(summary: &PruneSummary) {
             } else {
                 String::new()
             }
-        );
+        )?;
         for w in &g.waits_for {
-            println!("  waits for {w}");
+            outln!("  waits for {w}")?;
         }
     }
     if summary.dry_run {
-        println!("dry run: nothing changed");
+        outln!("dry run: nothing changed")?;
     } else {
-        println!(
+        outln!(
             "deleted {} packs, freed {}; index objects {} written, {} replaced; {} expired leases removed",
             summary.packs_deleted,
             size(summary.bytes_freed),
             summary.indexes_written,
             summary.indexes_deleted,
             summary.leases_removed
-        );
+        )?;
     }
     render::warn_all(&summary.warnings);
+    Ok(())
 }

@@ -100,8 +100,8 @@ pub async fn run(global: &GlobalArgs, args: InitArgs) -> Result<Outcome> {
     if global.json {
         render::print_json(&summary)?;
     } else if !global.quiet {
-        println!("created repository {} at {url}", repo.id().short());
-        println!("keep the passphrase safe: without it the backups cannot be read");
+        outln!("created repository {} at {url}", repo.id().short())?;
+        outln!("keep the passphrase safe: without it the backups cannot be read")?;
     }
     Ok(Outcome::Success)
 }

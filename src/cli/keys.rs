@@ -55,12 +55,15 @@ pub async fn run(global: &GlobalArgs, command: KeyCommand) -> Result<Outcome> {
             if global.json {
                 render::print_json(&keys)?;
             } else {
-                println!(
+                outln!(
                     "  {:<8}  {:<27}  {:<16}  {:<12}  kdf",
-                    "id", "created", "host", "user"
-                );
+                    "id",
+                    "created",
+                    "host",
+                    "user"
+                )?;
                 for k in keys {
-                    println!(
+                    outln!(
                         "{} {:<8}  {:<27}  {:<16}  {:<12}  {} MiB x {}",
                         if k.current { '*' } else { ' ' },
                         k.id.short(),
@@ -69,7 +72,7 @@ pub async fn run(global: &GlobalArgs, command: KeyCommand) -> Result<Outcome> {
                         k.user,
                         k.kdf_memory_kib / 1024,
                         k.kdf_passes
-                    );
+                    )?;
                 }
             }
         }
@@ -96,7 +99,7 @@ fn report(global: &GlobalArgs, what: &str, id: &larder::hash::KeyId) -> Result<(
         render::print_json(&serde_json::json!({ "key": id.to_hex() }))
     } else {
         if !global.quiet {
-            println!("{what} {}", id.short());
+            outln!("{what} {}", id.short())?;
         }
         Ok(())
     }

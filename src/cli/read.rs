@@ -110,7 +110,7 @@ pub async fn restore(global: &GlobalArgs, args: RestoreArgs) -> Result<Outcome> 
         })?;
     drop(bar);
     if let Some(safety) = &summary.safety_snapshot {
-        eprintln!(
+        errln!(
             "larder: saved the files about to be replaced as snapshot {} (source {}.pre-restore)",
             &safety[..8],
             snapshot.source
@@ -119,7 +119,7 @@ pub async fn restore(global: &GlobalArgs, args: RestoreArgs) -> Result<Outcome> 
     if global.json {
         render::print_json(&summary)?;
     } else if !global.quiet {
-        println!(
+        outln!(
             "restored snapshot {} to {}: {} files, {} directories, {} symlinks, {} in {:.1} s",
             id.short(),
             args.target.display(),
@@ -128,15 +128,15 @@ pub async fn restore(global: &GlobalArgs, args: RestoreArgs) -> Result<Outcome> 
             summary.symlinks,
             render::size(summary.bytes),
             summary.duration_s
-        );
+        )?;
     }
     render::warn_all(&summary.skipped);
     for damaged in &summary.damaged {
-        eprintln!("larder: damaged: {damaged}");
+        errln!("larder: damaged: {damaged}");
     }
     if !summary.damaged.is_empty() {
         anyhow::bail!(
-            "{} file(s) could not be restored because their data is damaged or missing (run `larder check --read-data`)",
+            "{} file(s) or directories could not be restored because their data is damaged or missing (run `larder check --read-data`)",
             summary.damaged.len()
         );
     }

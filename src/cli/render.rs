@@ -3,23 +3,49 @@
 use anyhow::Result;
 use serde::Serialize;
 
+/// Standard output was closed by its reader (`larder ls | head`): the
+/// command ends quietly, as a listing into a closed pipe should.
+#[derive(Debug, thiserror::Error)]
+#[error("standard output was closed")]
+pub struct StdoutClosed;
+
+/// Writes to standard output. A closed pipe becomes [`StdoutClosed`];
+/// nothing here panics on an I/O error, unlike `println!`.
+pub fn out(args: std::fmt::Arguments<'_>) -> Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_fmt(args)
+        .and_then(|()| stdout.flush())
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => anyhow::Error::new(StdoutClosed),
+            _ => anyhow::Error::new(e).context("writing to standard output"),
+        })
+}
+
+/// Writes to standard error, ignoring failure: there is nowhere left to
+/// report it.
+pub fn err(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = std::io::stderr().lock().write_fmt(args);
+}
+
 /// Prints `value` as pretty JSON on standard output.
 pub fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
+    out(format_args!("{}\n", serde_json::to_string_pretty(value)?))
 }
 
 /// Prints `value` as one line of JSON on standard error (for commands whose
 /// standard output carries data).
 pub fn eprint_json<T: Serialize + ?Sized>(value: &T) -> Result<()> {
-    eprintln!("{}", serde_json::to_string(value)?);
+    err(format_args!("{}\n", serde_json::to_string(value)?));
     Ok(())
 }
 
 /// Prints each warning on standard error.
 pub fn warn_all(warnings: &[String]) {
     for w in warnings {
-        eprintln!("larder: warning: {w}");
+        err(format_args!("larder: warning: {w}\n"));
     }
 }
 

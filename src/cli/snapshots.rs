@@ -70,16 +70,21 @@ pub async fn run(global: &GlobalArgs, args: SnapshotsArgs) -> Result<Outcome> {
     }
     if snapshots.is_empty() {
         if !global.quiet {
-            println!("no snapshots");
+            outln!("no snapshots")?;
         }
         return Ok(Outcome::Success);
     }
-    println!(
+    outln!(
         "{:<8}  {:<19}  {:<16}  {:<12}  {:>10}  {:>10}  tags",
-        "id", "time", "source", "host", "size", "added"
-    );
+        "id",
+        "time",
+        "source",
+        "host",
+        "size",
+        "added"
+    )?;
     for (id, s) in &snapshots {
-        println!(
+        outln!(
             "{:<8}  {:<19}  {:<16}  {:<12}  {:>10}  {:>10}  {}",
             id.short(),
             render::local_time(s.time_ns),
@@ -88,10 +93,10 @@ pub async fn run(global: &GlobalArgs, args: SnapshotsArgs) -> Result<Outcome> {
             render::size(s.summary.total_bytes.max(s.summary.bytes_read)),
             render::size(s.summary.bytes_added),
             s.tags.join(",")
-        );
+        )?;
     }
     if !global.quiet {
-        println!("{} snapshots", snapshots.len());
+        outln!("{} snapshots", snapshots.len())?;
     }
     Ok(Outcome::Success)
 }

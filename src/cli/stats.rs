@@ -11,53 +11,57 @@ pub async fn run(global: &GlobalArgs) -> Result<Outcome> {
         render::print_json(&s)?;
         return Ok(Outcome::Success);
     }
-    println!("repository   {}", s.location);
-    println!(
+    outln!("repository   {}", s.location)?;
+    outln!(
         "snapshots    {} ({} source{})",
         s.snapshots,
         s.sources,
         if s.sources == 1 { "" } else { "s" }
-    );
-    println!(
+    )?;
+    outln!(
         "stored       {} in {} objects",
         render::size(s.total_bytes),
         s.total_objects
-    );
+    )?;
     for group in s.objects.iter().filter(|g| g.count > 0) {
-        println!(
+        outln!(
             "  {:<10} {:>10}  {:>8} object{}",
             group.prefix,
             render::size(group.bytes),
             group.count,
             if group.count == 1 { "" } else { "s" }
-        );
+        )?;
     }
-    println!(
+    outln!(
         "blobs        {:>10}  {:>10}  {:>10}",
-        "count", "plaintext", "stored"
-    );
+        "count",
+        "plaintext",
+        "stored"
+    )?;
     for blob in &s.blobs {
-        println!(
+        outln!(
             "  {:<10} {:>10}  {:>10}  {:>10}",
             blob.kind,
             blob.count,
             render::size(blob.raw_bytes),
             render::size(blob.stored_bytes)
-        );
+        )?;
     }
-    println!(
+    outln!(
         "logical      {} across all snapshots",
         render::size(s.logical_bytes)
-    );
-    println!(
+    )?;
+    outln!(
         "savings      dedup {:.1}x, compression {:.1}x, overall {:.1}x",
-        s.dedup_ratio, s.compression_ratio, s.overall_ratio
-    );
+        s.dedup_ratio,
+        s.compression_ratio,
+        s.overall_ratio
+    )?;
     if s.damaged_blobs > 0 {
-        println!(
+        outln!(
             "damaged      {} blob copies (run `larder check --read-data`, then back up again to heal)",
             s.damaged_blobs
-        );
+        )?;
     }
     Ok(Outcome::Success)
 }

@@ -238,6 +238,14 @@ pub async fn backup(repo: &Repo, options: BackupOptions) -> Result<BackupSummary
 
     let abort = Arc::new(Abort::default());
     let progress = Arc::clone(&options.progress);
+    // Interrupted (a signal): stop every stage and kill the dump, as any
+    // failure does; the packs that landed are indexed, nothing committed.
+    {
+        let abort = Arc::clone(&abort);
+        progress
+            .interrupt
+            .on_raise(move |signal| abort.fail(Error::Interrupted { signal }));
+    }
     let warnings = Arc::new(Mutex::new(Vec::new()));
     let counts = Arc::new(tree::FileCounts::default());
     let (paths, max_blob) = match &options.input {
@@ -338,6 +346,10 @@ pub async fn backup(repo: &Repo, options: BackupOptions) -> Result<BackupSummary
         user: current_user(),
         copied_from: None,
     };
+    // The last moment an interrupt can still stop the commit.
+    if let Some(signal) = progress.interrupt.raised() {
+        return Err(Error::Interrupted { signal });
+    }
     let (snapshot_id, stored) = repo.write_snapshot(&snapshot).await?;
     summary.bytes_added += stored;
     Ok(BackupSummary {

@@ -78,6 +78,10 @@ pub struct CheckSummary {
     /// Things that are not damage (such as packs from interrupted backups
     /// that prune will remove).
     pub notes: Vec<String>,
+    /// Packs no index object names (left by interrupted backups).
+    pub unindexed_packs: u64,
+    /// Their bytes.
+    pub unindexed_bytes: u64,
     /// Snapshots walked.
     pub snapshots_checked: u64,
     /// Packs listed.
@@ -201,12 +205,17 @@ pub async fn check(repo: &Repo, options: &CheckOptions) -> Result<CheckSummary> 
             verify_packs(repo, to_read, options, &mut summary).await?;
         }
     }
-    let mut unindexed: Vec<&PackId> = listed.keys().filter(|id| !indexed.contains(id)).collect();
-    unindexed.sort();
-    for id in unindexed {
+    let unindexed: Vec<u64> = listed
+        .iter()
+        .filter(|(id, _)| !indexed.contains(id))
+        .map(|(_, size)| *size)
+        .collect();
+    summary.unindexed_packs = unindexed.len() as u64;
+    summary.unindexed_bytes = unindexed.iter().sum();
+    if !unindexed.is_empty() {
         summary.notes.push(format!(
-            "{} is not named by any index object (left by an interrupted backup; prune removes it)",
-            pack_path(id)
+            "{} pack(s), {} bytes, are named by no index object (left by interrupted backups); prune indexes them and removes what no snapshot needs",
+            summary.unindexed_packs, summary.unindexed_bytes
         ));
     }
 
@@ -222,6 +231,14 @@ pub async fn check(repo: &Repo, options: &CheckOptions) -> Result<CheckSummary> 
         }
     }
     check_snapshots(repo, &mut summary).await?;
+
+    // Leases nobody holds any more (expired, or their process on this
+    // machine is gone) would only make a prune wait: remove them.
+    if let Some(lease) = repo.lease() {
+        for removed in lease.remove_dead().await? {
+            summary.notes.push(format!("removed the {removed}"));
+        }
+    }
 
     let complaints = repo.catalog().integrity_check()?;
     for complaint in complaints {

@@ -286,13 +286,13 @@ pub async fn restore(
                         continue;
                     };
                     // One unreadable directory costs that directory, not the
-                    // whole restore.
+                    // whole restore; being damage, it still fails the restore.
                     let tree = match repo.load_tree(&subtree).await {
                         Ok(tree) => tree,
                         Err(e) if e.is_damage() => {
                             summary
-                                .skipped
-                                .push(format!("{}: not restored: {e}", display(&path)));
+                                .damaged
+                                .push(format!("{}: directory not restored: {e}", display(&path)));
                             continue;
                         }
                         Err(e) => return Err(e),

@@ -67,7 +67,16 @@ impl RunningCommand {
     /// Starts `argv` with its standard output piped to the caller.
     pub fn spawn(argv: &[String], source_name: &str) -> Result<(RunningCommand, ChildStdout)> {
         let version = dumper_version(&argv[0]);
-        let mut child = Command::new(&argv[0])
+        let mut command = Command::new(&argv[0]);
+        // larder's own secrets are not the dump's business: a command that
+        // prints its environment (or a dumper that logs it) must not store
+        // the passphrase in a snapshot.
+        for (name, _) in std::env::vars_os() {
+            if is_secret_variable(&name) {
+                command.env_remove(name);
+            }
+        }
+        let mut child = command
             .args(&argv[1..])
             // Its own process group, so a failed backup can kill the whole
             // dump (pipelines and helpers included), not only its leader.
@@ -197,6 +206,14 @@ impl Drop for RunningCommand {
         self.killer().kill();
         let _ = self.child.lock().expect("child lock").wait();
     }
+}
+
+/// Whether an environment variable is one of larder's secrets
+/// (`LARDER_PASSWORD`, `LARDER_PASSWORD_FILE`, `LARDER_PASSWORD_COMMAND`,
+/// `LARDER_TO_PASSWORD`, `LARDER_NEW_PASSWORD`, and the like).
+pub fn is_secret_variable(name: &std::ffi::OsStr) -> bool {
+    name.to_str()
+        .is_some_and(|n| n.starts_with("LARDER_") && n.contains("PASSWORD"))
 }
 
 fn describe_status(program: &str, status: ExitStatus) -> String {

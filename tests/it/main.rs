@@ -16,6 +16,10 @@
 //!   surviving snapshot needs is lost, under concurrency, crashes and faults.
 //! - `safety`: prune and retention on damaged or tampered repositories
 //!   delete nothing a kept snapshot needs.
+//! - `hostile`: oversized objects, forged leases and junk key files fail
+//!   clearly in bounded memory.
+//! - `processes`: signals, closed pipes, the dump's environment, dead
+//!   processes' leases, exit codes.
 //! - `regressions`: one test per fixed bug, named after it.
 
 mod support;
@@ -28,7 +32,9 @@ mod databases;
 mod dedup;
 mod fault_proxy;
 mod faults;
+mod hostile;
 mod integrity;
+mod processes;
 mod prune;
 mod regressions;
 mod round_trip;

@@ -433,10 +433,13 @@ async fn a_download_damaged_in_transit_fails_closed() {
 
     let proxy = FaultProxy::start(&s3.endpoint, Plan::Pass).await;
     let cache = TempDir::new().unwrap();
-    let through = larder::repo::Repo::open(
+    // Opened with its lease (as the command line does), so that the only
+    // requests after the plan changes are the pack reads.
+    let through = larder::repo::Repo::open_with(
         s3_backend(&url, s3.settings_via(&proxy.endpoint())),
         PASSWORD.as_bytes(),
         cache.path(),
+        Some(larder::lease::LeaseKind::Read),
     )
     .await
     .unwrap();

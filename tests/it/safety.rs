@@ -158,43 +158,45 @@ async fn an_index_object_hidden_during_prune_loses_nothing() {
     lib.backup("gone", &random_bytes(1 << 20, 12))
         .await
         .unwrap();
-    let index_names: Vec<String> = memory
-        .snapshot()
-        .into_keys()
-        .filter(|k| k.starts_with("index/"))
-        .collect();
     // Forget "gone", so prune has something to delete.
     let mut options = forget_options();
     options.filter.source = Some("gone".into());
     forget(&lib.repo, &options).await.unwrap();
 
-    for (hidden, fresh_cache) in [(0, false), (0, true), (1, false), (1, true)] {
-        let name = &index_names[hidden];
-        let bytes = memory.snapshot()[name].clone();
-        memory.remove(name);
-        let cache = tempfile::TempDir::new().unwrap();
-        let repo = if fresh_cache {
-            Repo::open(Arc::new(memory.clone()), PASSWORD.as_bytes(), cache.path())
+    let index_names = |memory: &larder::backend::MemoryBackend| -> Vec<String> {
+        memory
+            .snapshot()
+            .into_keys()
+            .filter(|k| k.starts_with("index/"))
+            .collect()
+    };
+    for fresh_cache in [false, true] {
+        for name in index_names(&memory) {
+            let bytes = memory.snapshot()[&name].clone();
+            memory.remove(&name);
+            let cache = tempfile::TempDir::new().unwrap();
+            let repo = if fresh_cache {
+                Repo::open(Arc::new(memory.clone()), PASSWORD.as_bytes(), cache.path())
+                    .await
+                    .unwrap()
+            } else {
+                lib.reopen().await.unwrap()
+            };
+            if let Err(e) = prune(&repo, &PruneOptions::default()).await {
+                panic!("{name} hidden, fresh cache {fresh_cache}: {e}");
+            }
+            // Back again.
+            memory.overwrite(&name, bytes);
+            let cache = tempfile::TempDir::new().unwrap();
+            let repo = Repo::open(Arc::new(memory.clone()), PASSWORD.as_bytes(), cache.path())
                 .await
-                .unwrap()
-        } else {
-            lib.reopen().await.unwrap()
-        };
-        if let Err(e) = prune(&repo, &PruneOptions::default()).await {
-            panic!("index {hidden} hidden, fresh cache {fresh_cache}: {e}");
+                .unwrap();
+            assert_eq!(
+                cat_bytes(&repo, &summary.snapshot_id).await.unwrap(),
+                data,
+                "{name} hidden, fresh cache {fresh_cache}"
+            );
         }
-        repo.release_lease().await;
-        // Back again (unless prune's consolidation replaced it).
-        let _ = larder::backend::Backend::put_if_absent(&memory, name, bytes).await;
-        let cache = tempfile::TempDir::new().unwrap();
-        let repo = Repo::open(Arc::new(memory.clone()), PASSWORD.as_bytes(), cache.path())
-            .await
-            .unwrap();
-        assert_eq!(
-            cat_bytes(&repo, &summary.snapshot_id).await.unwrap(),
-            data,
-            "index {hidden} hidden, fresh cache {fresh_cache}"
-        );
     }
 }
 
