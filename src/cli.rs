@@ -195,10 +195,17 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
             signal(kind).context("installing signal handlers")?,
         ));
     }
-    let work = dispatch(&global, cli.command);
-    tokio::pin!(work);
+    // The command runs as its own task, so a signal is seen even while it
+    // is stuck in a blocking write (a full pipe nobody reads).
+    let mut work = tokio::spawn({
+        let global = global.clone();
+        async move { dispatch(&global, cli.command).await }
+    });
+    let joined = |joined: std::result::Result<Result<Outcome>, tokio::task::JoinError>| {
+        joined.unwrap_or_else(|e| Err(anyhow::anyhow!("the command's task failed: {e}")))
+    };
     let outcome = tokio::select! {
-        outcome = &mut work => outcome,
+        outcome = &mut work => joined(outcome),
         signal = next_signal(&mut signals) => {
             // An operation that can stop cleanly (a backup kills its dump,
             // indexes what landed and commits nothing) is given a moment;
@@ -208,11 +215,12 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
             let mut result = None;
             if watched {
                 tokio::select! {
-                    outcome = &mut work => result = Some(outcome),
+                    outcome = &mut work => result = Some(joined(outcome)),
                     _ = next_signal(&mut signals) => {}
                     _ = tokio::time::sleep(INTERRUPT_GRACE) => {}
                 }
             }
+            work.abort();
             match result {
                 // Done before the interrupt could stop it.
                 Some(Ok(outcome)) => Ok(outcome),

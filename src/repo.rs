@@ -489,18 +489,29 @@ impl Repo {
             )
             .await?,
         );
-        let mut slot = self.lease.lock().expect("lease lock");
-        if let Some(held) = &slot.lease {
-            // Another task took one meanwhile: join it, drop ours.
-            let held = Arc::clone(held);
-            slot.holds += 1;
-            drop(slot);
-            lease.release().await;
-            return Ok(held);
+        let joined = {
+            let mut slot = self.lease.lock().expect("lease lock");
+            match &slot.lease {
+                // Another task took one meanwhile: join it, drop ours.
+                Some(held) => {
+                    let held = Arc::clone(held);
+                    slot.holds += 1;
+                    Some(held)
+                }
+                None => {
+                    slot.lease = Some(Arc::clone(&lease));
+                    slot.holds = 1;
+                    None
+                }
+            }
+        };
+        match joined {
+            Some(held) => {
+                lease.release().await;
+                Ok(held)
+            }
+            None => Ok(lease),
         }
-        slot.lease = Some(Arc::clone(&lease));
-        slot.holds = 1;
-        Ok(lease)
     }
 
     /// Holds a lease for one operation that reads or writes packs, so that

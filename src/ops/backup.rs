@@ -481,9 +481,12 @@ async fn stream_root(
     // After a failure a reader blocked on a silent standard input cannot be
     // interrupted; it is left to finish on its own (it stops at its next
     // read) rather than hold the command's exit. A dump command was killed.
-    let record = join_unless_stuck(reader_thread, abort).await.flatten();
+    let deadline = Instant::now() + std::time::Duration::from_secs(2);
+    let record = join_unless_stuck(reader_thread, abort, deadline)
+        .await
+        .flatten();
     for h in hashers {
-        join_unless_stuck(h, abort).await;
+        join_unless_stuck(h, abort, deadline).await;
     }
     Ok((root?, record))
 }
@@ -510,14 +513,15 @@ pub(crate) async fn join<T: Send + 'static>(handle: std::thread::JoinHandle<T>) 
     .expect("joining a backup thread")
 }
 
-/// Joins a pipeline thread; after an abort, gives it a moment and then lets
-/// it go (returning `None`) instead of waiting on a read that may never end.
+/// Joins a pipeline thread; after an abort, gives it until `deadline` and
+/// then lets it go (returning `None`) instead of waiting on a read that may
+/// never end.
 async fn join_unless_stuck<T: Send + 'static>(
     handle: std::thread::JoinHandle<T>,
     abort: &Abort,
+    deadline: Instant,
 ) -> Option<T> {
     if abort.is_set() {
-        let deadline = Instant::now() + std::time::Duration::from_secs(2);
         while !handle.is_finished() && Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
@@ -622,7 +626,17 @@ fn coordinate(
 ) -> Result<(Content, u64)> {
     let mut size = 0u64;
     let mut lists = Vec::new();
-    for slot in order {
+    loop {
+        // Woken now and then to notice an abort: a reader blocked on a
+        // silent standard input never sends or hangs up.
+        let slot = match order.recv_timeout(std::time::Duration::from_millis(100)) {
+            Ok(slot) => slot,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) if abort.is_set() => {
+                return Err(Error::Cancelled);
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+        };
         let Ok((id, data)) = slot.recv() else {
             return Err(Error::Cancelled);
         };
