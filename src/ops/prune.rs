@@ -1,28 +1,39 @@
 //! `prune`: garbage collection in two phases that never blocks backups.
 //!
 //! ```text
-//! lease ─► wait for older prunes ─► mark ─► sweep earlier generations
+//! lease ─► wait for older prunes ─► index packs in no index (from headers)
+//!       ─► mark ─► refuse on damage ─► sweep earlier generations
 //!       ─► plan ─► repack (new packs + index first) ─► pending/<generation>
-//!       ─► sweep it if nothing older is running ─► consolidate index ─► drop expired leases
+//!       ─► sweep it if nothing older is running ─► consolidate index ─► drop dead leases
 //! ```
+//!
+//! **Packs in no index** (an interrupted backup's, or named by an index
+//! object that is damaged, missing or hidden from the listing) are read by
+//! their headers and named in a new index object first, so that marking
+//! sees what they hold and they go only if nothing needs them. One whose
+//! header cannot be read is left alone.
 //!
 //! **Mark.** Every snapshot's trees and content lists are walked and their
 //! blob ids put in a temporary table of the catalog, so memory stays flat
 //! however large the repository; a subtree already marked is not walked
-//! again. A snapshot whose metadata cannot be read stops prune before it
-//! deletes anything: what it needs is unknown.
+//! again. A snapshot, index, tree or list object that cannot be read stops
+//! prune before it deletes anything, naming it ([`Error::PruneRefused`]):
+//! what it references is unknown. With `force_damaged` prune names each
+//! and goes on.
 //!
-//! **Phase one.** Packs no live blob uses, packs whose unused share passes
-//! `max_unused` (after their live blobs are copied, verified, into new packs
-//! and a new index object is durable), and packs no index object names
-//! (interrupted runs) are recorded in `pending/<generation>`, whose storage
-//! time dates the decision. From then on backups treat their blobs as absent.
+//! **Phase one.** Packs no live blob uses and packs whose unused share
+//! passes `max_unused` (after their live blobs are copied, verified, into
+//! new packs and a new index object is durable) are recorded in
+//! `pending/<generation>`, whose storage time dates the decision. From then
+//! on backups treat their blobs as absent.
 //!
 //! **Phase two (sweep).** A generation's packs are deleted only when no live
 //! lease began before it (each such operation may have deduplicated against
 //! them before the generation existed), and only after a fresh sync and
 //! mark show that no snapshot needs a blob found only in them; packs that
-//! are needed after all are kept and become usable again. Index objects
+//! are needed after all are kept and become usable again. Right before the
+//! delete, every live blob must still have a copy outside the packs going.
+//! Index objects
 //! naming deleted packs are rewritten without them, the new object written
 //! before the old ones are deleted, and the generation object goes last, so
 //! every intermediate state is one a reader and a later prune handle.
