@@ -135,6 +135,8 @@ pub struct PackUsage {
     pub pack: PackRecord,
     /// Blobs the catalog knows in it.
     pub blobs: u64,
+    /// Their sealed bytes (the pack less its header).
+    pub blob_bytes: u64,
     /// Of those, live and intact.
     pub live_blobs: u64,
     /// Sealed bytes of the live blobs.
@@ -854,7 +856,7 @@ impl Catalog {
     /// Per pack: blobs, and live blobs with their sealed bytes, from one
     /// pass over the blob table. Damaged copies count as unused.
     pub fn pack_usage(&self) -> Result<Vec<PackUsage>> {
-        let mut stats: std::collections::HashMap<i64, (u64, u64, u64)> =
+        let mut stats: std::collections::HashMap<i64, (u64, u64, u64, u64)> =
             std::collections::HashMap::new();
         {
             let mut stmt = self
@@ -873,6 +875,7 @@ impl Catalog {
                 let live: bool = row.get(2).map_err(self.err("measuring pack usage"))?;
                 let entry = stats.entry(pack).or_default();
                 entry.0 += 1;
+                entry.3 += length as u64;
                 if live {
                     entry.1 += 1;
                     entry.2 += length as u64;
@@ -897,7 +900,8 @@ impl Catalog {
         let mut out = Vec::new();
         for row in rows {
             let (rowid, id, kind, size, state) = row.map_err(self.err("measuring pack usage"))?;
-            let (blobs, live_blobs, live_bytes) = stats.get(&rowid).copied().unwrap_or_default();
+            let (blobs, live_blobs, live_bytes, blob_bytes) =
+                stats.get(&rowid).copied().unwrap_or_default();
             out.push(PackUsage {
                 pack: PackRecord {
                     id: PackId::from_slice(&id).ok_or_else(|| self.damaged("pack id"))?,
@@ -907,6 +911,7 @@ impl Catalog {
                     state: PackState::from_code(state),
                 },
                 blobs,
+                blob_bytes,
                 live_blobs,
                 live_bytes,
             });

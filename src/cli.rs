@@ -115,6 +115,10 @@ pub struct GlobalArgs {
     /// raises.
     #[arg(skip)]
     watched: Arc<Mutex<Vec<Arc<larder::progress::Progress>>>>,
+    /// Set when opening a repository printed warnings (objects it could not
+    /// read): the command then ends with exit code 3 at best.
+    #[arg(skip)]
+    warned: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -243,6 +247,9 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
         // was asked. (`cat` reports a closed pipe as a failure: its bytes
         // did not all arrive.)
         Err(e) if e.downcast_ref::<render::StdoutClosed>().is_some() => Ok(Outcome::Success),
+        Ok(Outcome::Success) if global.warned.load(std::sync::atomic::Ordering::Relaxed) => {
+            Ok(Outcome::Warnings)
+        }
         outcome => outcome,
     }
 }
@@ -360,6 +367,17 @@ impl GlobalArgs {
         }
     }
 
+    /// Prints what opening `repo` warned about; objects of the repository
+    /// it could not read make the command end with exit code 3 at best (a
+    /// catalog set aside and rebuilt is healed, not a warning to act on).
+    fn warn_opened(&self, repo: &Repo) {
+        if !repo.damaged_objects().is_empty() {
+            self.warned
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        render::warn_all(&repo.open_report().warnings);
+    }
+
     /// Notes the progress of an operation that a signal should interrupt.
     fn watch(&self, progress: &Arc<larder::progress::Progress>) {
         self.watched
@@ -403,6 +421,6 @@ async fn open_with(global: &GlobalArgs, lease: Option<LeaseKind>) -> Result<Repo
         .await
         .with_context(|| format!("opening repository {url}"))?;
     global.remember_lease(&repo);
-    render::warn_all(&repo.open_report().warnings);
+    global.warn_opened(&repo);
     Ok(repo)
 }

@@ -248,6 +248,15 @@ impl LeaseView {
     }
 }
 
+/// What [`Lease::remove_dead`] did.
+#[derive(Clone, Debug, Default)]
+pub struct Cleanup {
+    /// Each lease removed, described, with why.
+    pub removed: Vec<String>,
+    /// Objects under `locks/` that are not leases of this repository.
+    pub ignored: Vec<String>,
+}
+
 /// `t + d`, saturating.
 pub fn add(t: Timestamp, d: Duration) -> Timestamp {
     let d = jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX);
@@ -535,8 +544,8 @@ impl Lease {
 
     /// Renews the lease and deletes the objects of every other lease that
     /// is no longer live: expired, or held by a process of this machine
-    /// that no longer runs. Returns a description of each removed.
-    pub async fn remove_dead(&self) -> Result<Vec<String>> {
+    /// that no longer runs. Says what it removed and what it ignored.
+    pub async fn remove_dead(&self) -> Result<Cleanup> {
         let view = self.refresh().await?;
         let mut removed = Vec::new();
         for other in &view.leases {
@@ -553,7 +562,10 @@ impl Lease {
             };
             removed.push(format!("{} ({why})", self.describe(other)));
         }
-        Ok(removed)
+        Ok(Cleanup {
+            removed,
+            ignored: view.ignored,
+        })
     }
 
     /// Ends the lease: stops refreshing and deletes its objects. Failures

@@ -31,8 +31,11 @@ pub struct Progress {
 pub struct Interrupt {
     /// The signal number raised, or 0.
     signal: AtomicI32,
-    hooks: Mutex<Vec<Box<dyn Fn(i32) + Send + Sync>>>,
+    hooks: Mutex<Vec<InterruptHook>>,
 }
+
+/// Called with the signal number when an interrupt is raised.
+type InterruptHook = Box<dyn Fn(i32) + Send + Sync>;
 
 impl std::fmt::Debug for Interrupt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

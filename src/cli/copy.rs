@@ -115,6 +115,6 @@ pub async fn open_other(
         .await
         .with_context(|| format!("opening {what} repository {url}"))?;
     global.remember_lease(&repo);
-    render::warn_all(&repo.open_report().warnings);
+    global.warn_opened(&repo);
     Ok(repo)
 }

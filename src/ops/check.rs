@@ -235,8 +235,14 @@ pub async fn check(repo: &Repo, options: &CheckOptions) -> Result<CheckSummary> 
     // Leases nobody holds any more (expired, or their process on this
     // machine is gone) would only make a prune wait: remove them.
     if let Some(lease) = repo.lease() {
-        for removed in lease.remove_dead().await? {
+        let cleanup = lease.remove_dead().await?;
+        for removed in cleanup.removed {
             summary.notes.push(format!("removed the {removed}"));
+        }
+        for stranger in cleanup.ignored {
+            summary.notes.push(format!(
+                "ignored {stranger} (not a lease of this repository; safe to delete)"
+            ));
         }
     }
 

@@ -235,7 +235,10 @@ async fn prune_leased(repo: &Repo, lease: &Lease, options: &PruneOptions) -> Res
     }
 
     run.plan_and_record().await?;
-    if !options.dry_run {
+    if options.dry_run {
+        let view = lease.refresh().await?;
+        run.report_ignored(&view.ignored);
+    } else {
         run.consolidate_small_indexes().await?;
         run.remove_expired_leases().await?;
     }
@@ -375,7 +378,10 @@ impl Run<'_> {
                     pack_path(&u.pack.id)
                 )),
                 PackState::Usable => {
-                    let share = 1.0 - u.live_bytes as f64 / u.pack.size.max(1) as f64;
+                    // Measured against the blobs, not the pack: a small
+                    // pack's header alone would otherwise count as unused,
+                    // and it would be repacked on every run.
+                    let share = 1.0 - u.live_bytes as f64 / u.blob_bytes.max(1) as f64;
                     if share > max_unused {
                         repack.push(u);
                     }
@@ -644,12 +650,7 @@ impl Run<'_> {
     /// Objects under `locks/` that are not leases of this repository are
     /// reported (once) and never waited for.
     fn blockers(&mut self, view: &LeaseView, time: Timestamp) -> Vec<String> {
-        for stranger in &view.ignored {
-            let warning = format!("ignored {stranger}");
-            if self.told.insert(warning.clone()) {
-                self.summary.warnings.push(warning);
-            }
-        }
+        self.report_ignored(&view.ignored);
         let resolution = self.lease.resolution();
         let mut out = Vec::new();
         for other in view.others_live(resolution) {
@@ -802,8 +803,21 @@ impl Run<'_> {
     /// Deletes the objects of leases that expired, or whose holder is a
     /// process of this machine that no longer runs.
     async fn remove_expired_leases(&mut self) -> Result<()> {
-        self.summary.leases_removed = self.lease.remove_dead().await?.len() as u64;
+        let cleanup = self.lease.remove_dead().await?;
+        self.summary.leases_removed = cleanup.removed.len() as u64;
+        self.report_ignored(&cleanup.ignored);
         Ok(())
+    }
+
+    /// Reports, once each, objects under `locks/` that are not leases of
+    /// this repository.
+    fn report_ignored(&mut self, ignored: &[String]) {
+        for stranger in ignored {
+            let warning = format!("ignored {stranger}");
+            if self.told.insert(warning.clone()) {
+                self.summary.warnings.push(warning);
+            }
+        }
     }
 }
 

@@ -394,7 +394,12 @@ fn latest_fails_when_the_newest_snapshot_is_damaged() {
         serde_json::from_slice(&r.run_with_cache(&fresh, &["snapshots", "--json"]).stdout).unwrap();
     let older = snapshots[0]["id"].as_str().unwrap();
     let out = r.run_with_cache(&fresh, &["cat", &older[..8]]);
-    assert_success(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "warns of the damaged one: {}",
+        stderr(&out)
+    );
     assert!(out.stdout == old);
 }
 

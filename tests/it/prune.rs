@@ -782,3 +782,21 @@ fn a_backup_loop_and_a_prune_loop_with_random_kills_lose_nothing() {
     let out = r.run(&["check", "--read-data"]);
     assert!(out.status.success(), "seed {seed}: {}", stderr(&out));
 }
+
+/// A small pack's header is no unused data: prune on an unchanged
+/// repository repacks nothing, every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_settles_and_leaves_small_packs_alone() {
+    let (lib, memory) = memory_repo().await;
+    lib.backup("db", b"a small dump").await.unwrap();
+    let first = prune(&lib.repo, &PruneOptions::default()).await.unwrap();
+    let packs = pack_names(&memory);
+    for _ in 0..3 {
+        let again = prune(&lib.repo, &PruneOptions::default()).await.unwrap();
+        assert_eq!(again.packs_repacked, 0, "{again:#?}");
+        assert_eq!(again.packs_deleted, 0, "{again:#?}");
+        assert!(again.new_generation.is_none(), "{again:#?}");
+        assert_eq!(pack_names(&memory), packs);
+    }
+    assert_eq!(first.packs_repacked, 0, "{first:#?}");
+}

@@ -85,7 +85,7 @@ fn prune_deletes_nothing_when_an_index_object_is_damaged() {
     let out = r.run_with_cache(fresh, &["catalog", "rebuild"]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let out = r.run_with_cache(fresh, &["cat", "latest"]);
-    assert_success(&out);
+    assert_eq!(out.status.code(), Some(3), "warns of the damaged index");
     assert!(out.stdout == data);
 
     // Forced, prune goes on and still deletes nothing a snapshot needs.
@@ -94,7 +94,7 @@ fn prune_deletes_nothing_when_an_index_object_is_damaged() {
     assert!(stderr(&out).contains(name), "names what it goes on despite");
     for cache in [fresh, r.dir.path().join("third").as_path()] {
         let out = r.run_with_cache(cache, &["cat", "latest"]);
-        assert_success(&out);
+        assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
         assert!(out.stdout == data);
     }
 }
@@ -172,7 +172,10 @@ async fn an_index_object_hidden_during_prune_loses_nothing() {
     };
     for fresh_cache in [false, true] {
         for name in index_names(&memory) {
-            let bytes = memory.snapshot()[&name].clone();
+            // An earlier prune may have merged it into another.
+            let Some(bytes) = memory.snapshot().get(&name).cloned() else {
+                continue;
+            };
             memory.remove(&name);
             let cache = tempfile::TempDir::new().unwrap();
             let repo = if fresh_cache {
