@@ -168,14 +168,6 @@ fn grow_huge(path: &Path) {
     file.set_len(HUGE).unwrap();
 }
 
-/// The files under one prefix of the repository, sorted.
-fn objects(r: &CliRepo, prefix: &str) -> Vec<PathBuf> {
-    files_under(&r.repo.join(prefix))
-        .into_iter()
-        .map(|(p, _)| p)
-        .collect()
-}
-
 /// An object's name in the repository (`snapshots/<id>`).
 fn name_of(r: &CliRepo, path: &Path) -> String {
     path.strip_prefix(&r.repo)
@@ -242,14 +234,7 @@ fn repo_with_garbage() -> (CliRepo, Vec<u8>) {
     let kept = random_bytes(1 << 20, 11);
     r.backup_stdin("kept", &kept);
     r.backup_stdin("gone", &random_bytes(3 << 20, 12));
-    assert_success(&r.run(&[
-        "forget",
-        "--source",
-        "gone",
-        "--keep-tag",
-        "x",
-        "--allow-empty",
-    ]));
+    r.forget_source("gone");
     (r, kept)
 }
 
@@ -285,7 +270,7 @@ fn an_oversized_config_is_refused_by_name_in_bounded_memory() {
 fn an_oversized_key_file_neither_hides_the_real_key_nor_is_read() {
     let r = CliRepo::init();
     r.backup_stdin("db", &dump_text(1000, 1));
-    let real = objects(&r, "keys");
+    let real = r.objects("keys");
     assert_eq!(real.len(), 1);
     let huge = r.repo.join("keys").join("0".repeat(64));
     plant_huge(&huge);
@@ -311,7 +296,7 @@ fn an_oversized_snapshot_is_skipped_with_a_warning_and_stops_prune() {
     let r = CliRepo::init();
     r.backup_stdin("db", &dump_text(2000, 1));
     r.backup_stdin("other", &dump_text(2000, 2));
-    let snapshots = objects(&r, "snapshots");
+    let snapshots = r.objects("snapshots");
     assert_eq!(snapshots.len(), 2);
     plant_huge(&snapshots[0]);
     let name = name_of(&r, &snapshots[0]);
@@ -325,11 +310,11 @@ fn an_oversized_snapshot_is_skipped_with_a_warning_and_stops_prune() {
     );
     m.assert_bounded("oversized snapshot, listing");
 
-    let packs = objects(&r, "packs");
+    let packs = r.objects("packs");
     let m = run_measured(&r, &fresh_cache(&r, "prune"), &["prune"]);
     assert_eq!(m.code(), Some(1), "{}", m.stderr());
     assert!(m.stderr().contains(&name), "{}", m.stderr());
-    assert_eq!(objects(&r, "packs"), packs, "prune deleted nothing");
+    assert_eq!(r.objects("packs"), packs, "prune deleted nothing");
     m.assert_bounded("oversized snapshot, prune");
 }
 
@@ -338,7 +323,7 @@ fn an_oversized_index_object_is_skipped_with_a_warning_and_stops_prune() {
     let r = CliRepo::init();
     r.backup_stdin("db", &dump_text(2000, 1));
     r.backup_stdin("other", &dump_text(2000, 2));
-    let indexes = objects(&r, "index");
+    let indexes = r.objects("index");
     assert!(!indexes.is_empty());
     plant_huge(&indexes[0]);
     let name = name_of(&r, &indexes[0]);
@@ -348,11 +333,11 @@ fn an_oversized_index_object_is_skipped_with_a_warning_and_stops_prune() {
     assert!(m.stderr().contains(&name), "{}", m.stderr());
     m.assert_bounded("oversized index object, listing");
 
-    let packs = objects(&r, "packs");
+    let packs = r.objects("packs");
     let m = run_measured(&r, &fresh_cache(&r, "prune"), &["prune"]);
     assert_eq!(m.code(), Some(1), "{}", m.stderr());
     assert!(m.stderr().contains(&name), "{}", m.stderr());
-    assert_eq!(objects(&r, "packs"), packs, "prune deleted nothing");
+    assert_eq!(r.objects("packs"), packs, "prune deleted nothing");
     m.assert_bounded("oversized index object, prune");
 }
 
@@ -450,7 +435,7 @@ fn a_pack_header_length_claiming_gigabytes_is_refused_by_catalog_rebuild() {
     file.write_all_at(&0xC000_0000u32.to_le_bytes(), HUGE)
         .unwrap();
     drop(file);
-    for index in objects(&r, "index") {
+    for index in r.objects("index") {
         std::fs::remove_file(index).unwrap();
     }
 
@@ -531,13 +516,13 @@ fn prune_with_nothing_to_delete_still_reports_forged_leases() {
     let (forever, prune) = plant_forged_leases(&r);
     // Nothing is garbage, and no pack is repacked, so no generation is
     // recorded or swept: the forged objects are still reported.
-    let packs = objects(&r, "packs");
+    let packs = r.objects("packs");
     let m = run_measured(
         &r,
         &r.cache,
         &["prune", "--max-wait", "20", "--max-unused", "100"],
     );
-    assert_eq!(objects(&r, "packs"), packs, "nothing to delete");
+    assert_eq!(r.objects("packs"), packs, "nothing to delete");
     assert_forged_leases_reported(&m, &forever, &prune);
 }
 
@@ -593,7 +578,7 @@ fn plausible_key_files_that_do_not_open_do_not_hide_the_real_key() {
     let r = CliRepo::init();
     r.backup_stdin("db", &dump_text(1000, 1));
     let keys = r.repo.join("keys");
-    let real = objects(&r, "keys");
+    let real = r.objects("keys");
     assert_eq!(real.len(), 1);
     let real_bytes = std::fs::read(&real[0]).unwrap();
 
@@ -605,7 +590,8 @@ fn plausible_key_files_that_do_not_open_do_not_hide_the_real_key() {
         .output()
         .unwrap();
     assert_success(&out);
-    let added: Vec<PathBuf> = objects(&r, "keys")
+    let added: Vec<PathBuf> = r
+        .objects("keys")
         .into_iter()
         .filter(|p| *p != real[0])
         .collect();
@@ -614,7 +600,7 @@ fn plausible_key_files_that_do_not_open_do_not_hide_the_real_key() {
 
     // The key file of another repository (same passphrase).
     let other = CliRepo::init();
-    let other_bytes = std::fs::read(&objects(&other, "keys")[0]).unwrap();
+    let other_bytes = std::fs::read(&other.objects("keys")[0]).unwrap();
 
     // This repository's key header with a random nonce and wrapped key (no
     // checksum, as in key files that predate it).
@@ -652,7 +638,7 @@ fn plausible_key_files_that_do_not_open_do_not_hide_the_real_key() {
 fn a_damaged_only_key_file_is_named_and_not_taken_for_a_wrong_passphrase() {
     let r = CliRepo::init();
     r.backup_stdin("db", &dump_text(1000, 1));
-    let key = objects(&r, "keys").remove(0);
+    let key = r.objects("keys").remove(0);
     let mut bytes = std::fs::read(&key).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x40;

@@ -7,7 +7,6 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::safety::{flip_byte, objects};
 use crate::support::*;
 
 /// Waits for `child` to exit, at most `limit`.
@@ -72,17 +71,7 @@ fn error_lines(out: &str) -> Vec<&str> {
 
 /// A repository with 1 MiB packs, so a few MiB of dump upload packs.
 fn small_pack_repo() -> CliRepo {
-    let r = CliRepo::new();
-    assert_success(&r.run(&[
-        "init",
-        "--kdf-memory",
-        "1",
-        "--kdf-passes",
-        "1",
-        "--pack-size",
-        "1",
-    ]));
-    r
+    CliRepo::init_with(&["--pack-size", "1"])
 }
 
 #[test]
@@ -115,7 +104,7 @@ fn a_signal_stops_a_backup_cleanly_and_kills_the_dump() {
             .unwrap();
         // Wait until the dump is running and packs have landed.
         wait_until(Duration::from_secs(30), "packs to land", || {
-            pid_file.exists() && objects(&r.repo, "packs").len() >= 2
+            pid_file.exists() && r.objects("packs").len() >= 2
         });
         let group: u32 = std::fs::read_to_string(&pid_file)
             .unwrap()
@@ -139,37 +128,28 @@ fn a_signal_stops_a_backup_cleanly_and_kills_the_dump() {
             "the dump's process group to die",
             || members_of_group(group).is_empty(),
         );
-        assert!(objects(&r.repo, "snapshots").is_empty());
-        assert!(objects(&r.repo, "locks").is_empty(), "lease released");
-        assert!(
-            !objects(&r.repo, "index").is_empty(),
-            "landed packs indexed"
-        );
+        assert!(r.objects("snapshots").is_empty());
+        assert!(r.objects("locks").is_empty(), "lease released");
+        assert!(!r.objects("index").is_empty(), "landed packs indexed");
     }
 }
 
 #[test]
 fn a_signal_stops_a_backup_reading_an_idle_stdin() {
     let r = CliRepo::init();
-    let mut child = r
-        .cmd(&["backup", "--source", "db", "--stdin"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = r.spawn(&["backup", "--source", "db", "--stdin"]);
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(&random_bytes(100_000, 1)).unwrap();
     wait_until(Duration::from_secs(10), "the lease", || {
-        !objects(&r.repo, "locks").is_empty()
+        !r.objects("locks").is_empty()
     });
     send(&child, libc::SIGINT);
     let status = wait_bounded(&mut child, Duration::from_secs(20));
     drop(stdin);
     let out = child.wait_with_output().unwrap();
     assert_eq!(status.code(), Some(130), "{}", stderr(&out));
-    assert!(objects(&r.repo, "snapshots").is_empty());
-    assert!(objects(&r.repo, "locks").is_empty());
+    assert!(r.objects("snapshots").is_empty());
+    assert!(r.objects("locks").is_empty());
 }
 
 #[test]
@@ -186,7 +166,7 @@ fn a_signal_ends_a_command_stuck_writing_to_a_full_pipe_and_releases_its_lease()
         .spawn()
         .unwrap();
     wait_until(Duration::from_secs(10), "the lease", || {
-        !objects(&r.repo, "locks").is_empty()
+        !r.objects("locks").is_empty()
     });
     std::thread::sleep(Duration::from_millis(300));
     send(&child, libc::SIGTERM);
@@ -199,7 +179,7 @@ fn a_signal_ends_a_command_stuck_writing_to_a_full_pipe_and_releases_its_lease()
         "{}",
         stderr(&out)
     );
-    assert!(objects(&r.repo, "locks").is_empty(), "lease released");
+    assert!(r.objects("locks").is_empty(), "lease released");
 }
 
 /// Runs `args` with standard output a pipe whose reader is already gone.
@@ -263,17 +243,14 @@ fn every_listing_into_a_closed_pipe_ends_quietly_and_releases_its_lease() {
             !err.contains("panicked") && !err.contains("internal error"),
             "{args:?}: {err}"
         );
-        assert!(
-            objects(&r.repo, "locks").is_empty(),
-            "{args:?} left its lease"
-        );
+        assert!(r.objects("locks").is_empty(), "{args:?} left its lease");
     }
     // `cat` promises bytes: a reader that went away is its failure.
     let out = run_into_closed_pipe(&r, &["cat", "latest", "--source", "db"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("standard output"), "{}", stderr(&out));
     assert!(!stderr(&out).contains("panicked"));
-    assert!(objects(&r.repo, "locks").is_empty());
+    assert!(r.objects("locks").is_empty());
 }
 
 #[test]
@@ -303,7 +280,7 @@ fn the_dump_command_gets_none_of_larders_secrets() {
 /// Starts a backup that holds its lease (reading an idle stdin) and kills
 /// it with SIGKILL, leaving the lease of a process that no longer runs.
 fn leave_a_dead_backup_lease(r: &CliRepo) {
-    let before = objects(&r.repo, "locks").len();
+    let before = r.objects("locks").len();
     let mut child = r
         .cmd(&["backup", "--source", "stuck", "--stdin"])
         .stdin(Stdio::piped())
@@ -312,7 +289,7 @@ fn leave_a_dead_backup_lease(r: &CliRepo) {
         .spawn()
         .unwrap();
     wait_until(Duration::from_secs(10), "the lease", || {
-        objects(&r.repo, "locks").len() > before
+        r.objects("locks").len() > before
     });
     child.kill().unwrap();
     child.wait().unwrap();
@@ -324,17 +301,10 @@ fn leases_of_dead_processes_on_this_host_block_nothing_and_are_removed() {
     r.backup_stdin("kept", &dump_text(5000, 1));
     r.backup_stdin("gone", &random_bytes(2 << 20, 2));
     leave_a_dead_backup_lease(&r);
-    assert_eq!(objects(&r.repo, "locks").len(), 1);
+    assert_eq!(r.objects("locks").len(), 1);
     // Forget "gone": prune's generation began after the dead backup's
     // lease, which would hold the sweep for ten minutes were it alive.
-    assert_success(&r.run(&[
-        "forget",
-        "--source",
-        "gone",
-        "--keep-tag",
-        "x",
-        "--allow-empty",
-    ]));
+    r.forget_source("gone");
     let started = Instant::now();
     let out = r.run(&["prune", "--json"]);
     assert_success(&out);
@@ -346,7 +316,7 @@ fn leases_of_dead_processes_on_this_host_block_nothing_and_are_removed() {
     );
     assert!(summary["packs_deleted"].as_u64().unwrap() > 0);
     assert_eq!(summary["leases_removed"], 1);
-    assert!(objects(&r.repo, "locks").is_empty());
+    assert!(r.objects("locks").is_empty());
 
     // check removes one too, and says why.
     leave_a_dead_backup_lease(&r);
@@ -357,7 +327,7 @@ fn leases_of_dead_processes_on_this_host_block_nothing_and_are_removed() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    assert!(objects(&r.repo, "locks").is_empty());
+    assert!(r.objects("locks").is_empty());
 }
 
 #[test]
@@ -496,7 +466,7 @@ fn check_sums_up_packs_left_by_interrupted_backups_in_one_line() {
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(&random_bytes(6 << 20, 3)).unwrap();
     wait_until(Duration::from_secs(20), "packs to land", || {
-        objects(&r.repo, "packs").len() >= 3
+        r.objects("packs").len() >= 3
     });
     child.kill().unwrap();
     child.wait().unwrap();

@@ -3,7 +3,7 @@
 //! object is hidden from a listing, or when snapshots are dated in the
 //! future.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use larder::Repo;
@@ -14,46 +14,19 @@ use larder::retention::Policy;
 
 use crate::support::*;
 
-/// Flips one byte in the middle of a file.
-pub fn flip_byte(path: &Path) {
-    let mut bytes = std::fs::read(path).unwrap();
-    let at = bytes.len() / 2;
-    bytes[at] ^= 0x40;
-    std::fs::write(path, bytes).unwrap();
-}
-
-/// The files under one prefix of a local repository, sorted.
-pub fn objects(repo: &Path, prefix: &str) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = files_under(&repo.join(prefix))
-        .into_iter()
-        .map(|(p, _)| p)
-        .collect();
-    out.sort();
-    out
-}
-
 /// A repository with 1 MiB packs where a failed dump command left indexed
 /// packs that a later, successful backup of the same data reuses: the
 /// latest snapshot's data lives in packs only the failed run's index
 /// object names. Returns the repository, the data, and that index object.
 fn repo_relying_on_a_failed_runs_index() -> (CliRepo, Vec<u8>, PathBuf) {
-    let r = CliRepo::new();
-    assert_success(&r.run(&[
-        "init",
-        "--kdf-memory",
-        "1",
-        "--kdf-passes",
-        "1",
-        "--pack-size",
-        "1",
-    ]));
+    let r = CliRepo::init_with(&["--pack-size", "1"]);
     let data = random_bytes(6 << 20, 7);
     let file = r.dir.path().join("dump.bin");
     std::fs::write(&file, &data).unwrap();
     let failing = format!("sh -c 'cat {} && exit 1'", file.display());
     let out = r.run(&["backup", "--source", "db", "--command", &failing]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let failed_index = objects(&r.repo, "index");
+    let failed_index = r.objects("index");
     assert_eq!(failed_index.len(), 1, "the failed run indexes what landed");
     let ok = format!("cat {}", file.display());
     assert_success(&r.run(&["backup", "--source", "db", "--command", &ok]));
@@ -63,7 +36,7 @@ fn repo_relying_on_a_failed_runs_index() -> (CliRepo, Vec<u8>, PathBuf) {
 #[test]
 fn prune_deletes_nothing_when_an_index_object_is_damaged() {
     let (r, data, index) = repo_relying_on_a_failed_runs_index();
-    let packs_before = objects(&r.repo, "packs");
+    let packs_before = r.objects("packs");
     flip_byte(&index);
     // Another machine (a fresh cache) cannot read the damaged index object:
     // the packs it names look like leftovers in no index.
@@ -78,7 +51,7 @@ fn prune_deletes_nothing_when_an_index_object_is_damaged() {
         stderr(&out)
     );
     assert!(stderr(&out).contains("--force-damaged"), "{}", stderr(&out));
-    assert_eq!(objects(&r.repo, "packs"), packs_before, "nothing deleted");
+    assert_eq!(r.objects("packs"), packs_before, "nothing deleted");
 
     // The data is intact and a rebuild recovers the lost index from pack
     // headers.
@@ -117,7 +90,7 @@ fn prune_deletes_nothing_when_a_snapshot_object_is_damaged() {
         "--allow-empty",
     ]);
     assert_success(&out);
-    let snapshots = objects(&r.repo, "snapshots");
+    let snapshots = r.objects("snapshots");
     assert_eq!(snapshots.len(), 2);
     for snapshot in &snapshots {
         flip_byte(snapshot);
@@ -125,7 +98,7 @@ fn prune_deletes_nothing_when_a_snapshot_object_is_damaged() {
             "cache-{}",
             snapshot.file_name().unwrap().to_str().unwrap()
         ));
-        let packs_before = objects(&r.repo, "packs");
+        let packs_before = r.objects("packs");
         let out = r.run_with_cache(&fresh, &["prune"]);
         assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
         let name = snapshot.file_name().unwrap().to_str().unwrap();
@@ -134,7 +107,7 @@ fn prune_deletes_nothing_when_a_snapshot_object_is_damaged() {
             "{}",
             stderr(&out)
         );
-        assert_eq!(objects(&r.repo, "packs"), packs_before);
+        assert_eq!(r.objects("packs"), packs_before);
         flip_byte(snapshot);
     }
     // Undamaged again, both still restore from a fresh cache.
@@ -234,7 +207,7 @@ fn backup_refuses_a_time_in_the_future() {
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("in the future"), "{}", stderr(&out));
-    assert!(objects(&r.repo, "snapshots").is_empty());
+    assert!(r.objects("snapshots").is_empty());
     // A past time (importing old dumps) is fine.
     let out = r.run_with_input(
         &[

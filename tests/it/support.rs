@@ -178,10 +178,49 @@ impl CliRepo {
 
     /// A fresh, initialised repository (fast KDF).
     pub fn init() -> CliRepo {
+        CliRepo::init_with(&[])
+    }
+
+    /// A fresh repository initialised with `extra` flags (fast KDF).
+    pub fn init_with(extra: &[&str]) -> CliRepo {
         let r = CliRepo::new();
-        let out = r.run(&["init", "--kdf-memory", "1", "--kdf-passes", "1"]);
-        assert_success(&out);
+        let mut args = vec!["init", "--kdf-memory", "1", "--kdf-passes", "1"];
+        args.extend_from_slice(extra);
+        assert_success(&r.run(&args));
         r
+    }
+
+    /// Forgets every snapshot of `source`.
+    pub fn forget_source(&self, source: &str) {
+        assert_success(&self.run(&[
+            "forget",
+            "--source",
+            source,
+            "--keep-tag",
+            "no-snapshot-has-this-tag",
+            "--allow-empty",
+        ]));
+    }
+
+    /// Starts a command with every standard stream piped.
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        self.cmd(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// The objects under one prefix of the repository (`packs`, `locks`, …),
+    /// sorted.
+    pub fn objects(&self, prefix: &str) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = files_under(&self.repo.join(prefix))
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        out.sort();
+        out
     }
 
     /// A `larder` command on this repository, with the test passphrase.
@@ -266,6 +305,14 @@ pub fn larder_cmd() -> Command {
         cmd.env_remove(var);
     }
     cmd
+}
+
+/// Flips one byte in the middle of a file (damage made on purpose).
+pub fn flip_byte(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(path, bytes).unwrap();
 }
 
 pub fn files_under(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
