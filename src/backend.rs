@@ -147,9 +147,6 @@ pub fn too_large(name: &str, size: u64, max_size: u64) -> Error {
     )
 }
 
-/// The top-level prefixes of a repository, in the order `init` creates them.
-pub const DIRECTORIES: [&str; 6] = ["keys", "packs", "index", "snapshots", "locks", "pending"];
-
 /// Opens the backend a `--repo` value names: a path, `file:///path`, or
 /// `s3://bucket/prefix`.
 pub fn open(url: &str) -> Result<Arc<dyn Backend>> {

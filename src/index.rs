@@ -126,21 +126,6 @@ pub struct PendingObject {
 /// Largest pending object plaintext accepted (256 MiB: eight million packs).
 pub const MAX_PENDING_SIZE: usize = 256 << 20;
 
-/// The object name of a pending generation.
-pub fn pending_path(id: &crate::hash::GenerationId) -> String {
-    format!("pending/{id}")
-}
-
 /// Largest tree or list blob accepted (a directory of about a million
 /// entries).
 pub const MAX_METADATA_BLOB: usize = 256 << 20;
-
-/// The object name of an index object.
-pub fn index_path(id: &IndexId) -> String {
-    format!("index/{id}")
-}
-
-/// The object name of a snapshot.
-pub fn snapshot_path(id: &crate::hash::SnapshotId) -> String {
-    format!("snapshots/{id}")
-}

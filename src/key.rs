@@ -290,7 +290,7 @@ impl KeyFile {
 
     /// Parses a stored key file. Does no KDF work.
     pub fn parse(id: KeyId, bytes: &[u8]) -> Result<KeyFile> {
-        let object = format!("keys/{id}");
+        let object = crate::layout::key_path(&id);
         let raw: KeyFileRaw = minicbor::decode(bytes)
             .map_err(|e| Error::corrupt(&object, format!("key file does not parse: {e}")))?;
         let header: KeyFileHeader = minicbor::decode(&raw.header)

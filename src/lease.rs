@@ -150,7 +150,7 @@ struct Holder {
 impl Holder {
     fn current() -> Holder {
         Holder {
-            host: crate::repo::current_host(),
+            host: crate::host::current_host(),
             boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
                 .ok()
                 .map(|s| s.trim().to_string())
@@ -460,7 +460,7 @@ impl Lease {
         let ttl = configured_ttl()?;
         let here = Holder::current();
         let body = LeaseBody {
-            user: crate::repo::current_user(),
+            user: crate::host::current_user(),
             host: here.host,
             pid: std::process::id(),
             kind: kind.name().into(),

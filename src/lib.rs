@@ -28,7 +28,7 @@
 //!     },
 //!     kind: "postgres".into(),
 //!     tags: vec![],
-//!     host: larder::repo::current_host(),
+//!     host: larder::host::current_host(),
 //!     time: None,
 //!     parent: None,
 //!     progress: Arc::default(),
@@ -38,6 +38,8 @@
 //! ```
 
 pub mod error;
+pub mod host;
+pub mod layout;
 
 // Write path, in order.
 pub mod backend;

@@ -17,7 +17,7 @@ pub mod writer;
 pub use writer::{FinishedPack, PackWriter};
 
 use crate::error::{Error, Result};
-use crate::hash::{BlobId, PackId};
+use crate::hash::BlobId;
 use crate::seal::{Codec, ObjectKind, Sealer};
 
 /// Largest plaintext pack header accepted (64 MiB).
@@ -97,20 +97,6 @@ pub struct PackHeader {
     /// Every blob in the pack, in pack order.
     #[n(0)]
     pub entries: Vec<PackEntry>,
-}
-
-/// The object name of a pack.
-pub fn pack_path(id: &PackId) -> String {
-    let hex = id.to_hex();
-    format!("packs/{}/{}", &hex[..2], hex)
-}
-
-/// Parses a pack's object name back into its id.
-pub fn parse_pack_path(path: &str) -> Option<PackId> {
-    let rest = path.strip_prefix("packs/")?;
-    let (dir, name) = rest.split_once('/')?;
-    let id: PackId = name.parse().ok()?;
-    (dir.len() == 2 && name.starts_with(dir)).then_some(id)
 }
 
 /// Given the last bytes of a pack (at least 4) and the pack's total length,
@@ -193,17 +179,7 @@ pub fn read_header(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hash::RepoId;
-
-    #[test]
-    fn pack_paths_round_trip() {
-        let id = PackId([0xab; 32]);
-        let path = pack_path(&id);
-        assert!(path.starts_with("packs/ab/abab"));
-        assert_eq!(parse_pack_path(&path), Some(id));
-        assert_eq!(parse_pack_path("packs/cd/abab"), None);
-        assert_eq!(parse_pack_path("index/abab"), None);
-    }
+    use crate::hash::{PackId, RepoId};
 
     #[test]
     fn a_written_pack_reads_back() {

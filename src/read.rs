@@ -13,12 +13,12 @@
 //! byte of it reaches the sink; memory is bounded by the reads in flight.
 
 use crate::backend::Backend;
+use crate::layout::pack_path;
 use futures::StreamExt;
 
 use crate::catalog::BlobLocation;
 use crate::error::{Error, Result};
 use crate::hash::{BlobId, PackId};
-use crate::pack::pack_path;
 use crate::repo::Repo;
 use crate::snapshot::{Content, ContentRef};
 

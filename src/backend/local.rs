@@ -89,7 +89,7 @@ impl Backend for LocalBackend {
                     location: root.display().to_string(),
                 });
             }
-            for dir in super::DIRECTORIES {
+            for dir in crate::layout::DIRECTORIES {
                 let path = root.join(dir);
                 fs::DirBuilder::new()
                     .mode(0o700)

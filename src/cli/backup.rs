@@ -132,7 +132,7 @@ pub async fn run(global: &GlobalArgs, args: BackupArgs) -> Result<Outcome> {
             input,
             kind,
             tags: args.tags,
-            host: args.host.unwrap_or_else(larder::repo::current_host),
+            host: args.host.unwrap_or_else(larder::host::current_host),
             time,
             parent,
             progress,

@@ -3,8 +3,9 @@
 use anyhow::{Context, Result};
 use clap::Args;
 use larder::config::ChunkerProfile;
+use larder::host::{current_host, current_user};
 use larder::key::KdfParams;
-use larder::repo::{InitOptions, Repo, current_host, current_user};
+use larder::repo::{InitOptions, Repo};
 
 use super::{GlobalArgs, Outcome, passphrase, render};
 

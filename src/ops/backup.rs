@@ -34,9 +34,10 @@ use crate::chunker::Chunker;
 use crate::config::STREAM_PROFILE;
 use crate::error::{Error, Result};
 use crate::hash::{BlobId, SnapshotId};
+use crate::host::{current_user, now_ns};
 use crate::lease::LeaseKind;
 use crate::progress::Progress;
-use crate::repo::{Repo, current_user, now_ns};
+use crate::repo::Repo;
 use crate::seal::ObjectKind;
 use crate::snapshot::{
     CommandRecord, Content, ContentBuilder, ContentRef, Node, Snapshot, SnapshotSummary, Tree,

@@ -14,6 +14,7 @@
 //! against it, which heals every snapshot that needs it.
 
 use crate::backend::Backend;
+use crate::layout::{pack_path, parse_pack_path};
 use crate::lease::LeaseKind;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -24,11 +25,11 @@ use futures::StreamExt;
 use crate::backend::RequestCounts;
 use crate::catalog::{PackState, SnapshotFilter};
 use crate::error::{Error, Result};
-use crate::hash::{BlobId, PackId};
+use crate::hash::{BlobId, IndexId, PackId};
 use crate::index::IndexedPack;
-use crate::pack::{pack_path, parse_pack_path, read_header};
+use crate::pack::read_header;
 use crate::progress::Progress;
-use crate::repo::{BlobOpener, Repo};
+use crate::repo::{BlobOpener, Repo, list_ids};
 use crate::seal::Codec;
 use crate::snapshot::{Content, NodeKind};
 
@@ -138,19 +139,17 @@ pub async fn check(repo: &Repo, options: &CheckOptions) -> Result<CheckSummary> 
     }
 
     let mut indexed: HashSet<PackId> = HashSet::new();
-    let index_ids: Vec<_> = repo
-        .backend()
-        .list("index/")
+    let index_ids: Vec<IndexId> = list_ids::<IndexId>(repo.backend(), "index/")
         .await?
-        .iter()
-        .filter_map(|o| o.name.strip_prefix("index/")?.parse().ok())
+        .into_iter()
+        .map(|(id, _)| id)
         .collect();
     for index_id in index_ids {
         let index = match repo.load_index(&index_id).await {
             Ok(index) => index,
             Err(e) if e.is_damage() => {
                 summary.problems.push(Problem {
-                    object: crate::index::index_path(&index_id),
+                    object: crate::layout::index_path(&index_id),
                     problem: e.to_string(),
                 });
                 continue;

@@ -17,7 +17,7 @@ use crate::backend::{RequestCounts, delete_all};
 use crate::catalog::SnapshotFilter;
 use crate::error::{Error, Result};
 use crate::hash::SnapshotId;
-use crate::index::snapshot_path;
+use crate::layout::snapshot_path;
 use crate::repo::Repo;
 use crate::retention::{self, Item, Policy};
 

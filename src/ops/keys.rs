@@ -11,8 +11,9 @@ use bytes::Bytes;
 use crate::backend::Put;
 use crate::error::{Error, Result};
 use crate::hash::KeyId;
+use crate::host::{current_host, current_user, now_ns};
 use crate::key::{KdfParams, KeyFile};
-use crate::repo::{Repo, current_host, current_user, list_key_ids, now_ns};
+use crate::repo::{Repo, list_key_ids};
 
 /// A key file, as `key list` shows it.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -40,7 +41,7 @@ pub async fn list_keys(repo: &Repo) -> Result<Vec<KeyInfo>> {
     for id in list_key_ids(repo.backend()).await? {
         let bytes = repo
             .backend()
-            .get(&format!("keys/{id}"), crate::key::MAX_KEY_FILE_SIZE)
+            .get(&crate::layout::key_path(&id), crate::key::MAX_KEY_FILE_SIZE)
             .await?;
         let file = KeyFile::parse(id, &bytes)?;
         out.push(KeyInfo {
@@ -70,12 +71,12 @@ pub async fn add_key(repo: &Repo, passphrase: &[u8], kdf: KdfParams) -> Result<K
     )?;
     match repo
         .backend()
-        .put_if_absent(&format!("keys/{id}"), Bytes::from(bytes))
+        .put_if_absent(&crate::layout::key_path(&id), Bytes::from(bytes))
         .await?
     {
         Put::Created => Ok(id),
         Put::Existed => Err(Error::corrupt(
-            format!("keys/{id}"),
+            crate::layout::key_path(&id),
             "a key of this random id already exists",
         )),
     }
@@ -117,7 +118,7 @@ pub async fn remove_key(repo: &Repo, prefix: &str) -> Result<KeyId> {
             "refusing to remove the last key".into(),
         ));
     }
-    repo.backend().delete(&format!("keys/{id}")).await?;
+    repo.backend().delete(&crate::layout::key_path(&id)).await?;
     Ok(id)
 }
 
@@ -126,7 +127,7 @@ pub async fn remove_key(repo: &Repo, prefix: &str) -> Result<KeyId> {
 pub async fn change_passphrase(repo: &Repo, passphrase: &[u8], kdf: KdfParams) -> Result<KeyId> {
     let new = add_key(repo, passphrase, kdf).await?;
     repo.backend()
-        .delete(&format!("keys/{}", repo.key_id()))
+        .delete(&crate::layout::key_path(&repo.key_id()))
         .await?;
     Ok(new)
 }

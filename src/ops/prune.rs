@@ -49,12 +49,11 @@ use crate::backend::{Backend, RequestCounts, delete_all};
 use crate::catalog::{PackState, PackUsage, SnapshotFilter};
 use crate::error::{Error, Result};
 use crate::hash::{BlobId, GenerationId, IndexId, PackId, SnapshotId};
-use crate::index::{
-    INDEX_FLUSH_BLOBS, IndexObject, IndexedPack, PendingObject, index_path, pending_path,
-};
+use crate::index::{INDEX_FLUSH_BLOBS, IndexObject, IndexedPack, PendingObject};
+use crate::layout::{index_path, pack_path, parse_pack_path, pending_path};
 use crate::lease::{self, Lease, LeaseInfo, LeaseKind, LeaseView};
 use crate::ops::backup::writer::upload;
-use crate::pack::{PackKind, PackWriter, pack_path, parse_pack_path, read_header};
+use crate::pack::{PackKind, PackWriter, read_header};
 use crate::repo::Repo;
 use crate::seal::{ObjectKind, with_codec};
 use crate::snapshot::{Content, NodeKind};

@@ -8,13 +8,14 @@
 //! any other.
 
 use crate::backend::Backend;
+use crate::layout::parse_pack_path;
 use crate::lease::LeaseKind;
 use std::time::Instant;
 
 use crate::backend::RequestCounts;
 use crate::error::Result;
 use crate::index::{IndexObject, IndexedPack};
-use crate::pack::{PackKind, parse_pack_path};
+use crate::pack::PackKind;
 use crate::repo::Repo;
 use crate::seal::ObjectKind;
 

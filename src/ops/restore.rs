@@ -749,7 +749,7 @@ async fn safety_snapshot(
             }),
             kind: "files".into(),
             tags: vec!["pre-restore".into()],
-            host: crate::repo::current_host(),
+            host: crate::host::current_host(),
             time: None,
             parent: None,
             progress: Arc::default(),

@@ -8,9 +8,10 @@
 use std::collections::BTreeSet;
 use std::time::Instant;
 
-use crate::backend::{Backend, DIRECTORIES, RequestCounts};
+use crate::backend::{Backend, RequestCounts};
 use crate::catalog::SnapshotFilter;
 use crate::error::Result;
+use crate::layout::DIRECTORIES;
 use crate::repo::Repo;
 use crate::seal::ObjectKind;
 

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use larder::Repo;
 use larder::backend::LocalBackend;
-use larder::pack::{PackKind, pack_path};
+use larder::layout::pack_path;
+use larder::pack::PackKind;
 
 use crate::support::*;
 

@@ -413,7 +413,7 @@ async fn a_damaged_directory_fails_the_restore_and_the_rest_is_restored() {
         .unwrap()
         .unwrap();
     let location = lib.repo.locate(&node.subtree.unwrap()).unwrap();
-    let name = larder::pack::pack_path(&location.pack);
+    let name = larder::layout::pack_path(&location.pack);
     let mut bytes = memory.snapshot()[&name].to_vec();
     bytes[location.offset as usize + 30] ^= 1;
     memory.overwrite(&name, bytes.into());

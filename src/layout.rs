@@ -1,0 +1,56 @@
+//! Where each object lives in a repository: the top-level prefixes and
+//! the name of every object kind, in one place (docs/FORMAT.md, "Objects").
+
+use crate::hash::{GenerationId, IndexId, KeyId, PackId, SnapshotId};
+
+/// The top-level prefixes of a repository, in the order `init` creates them.
+pub const DIRECTORIES: [&str; 6] = ["keys", "packs", "index", "snapshots", "locks", "pending"];
+
+/// The object name of a key file.
+pub fn key_path(id: &KeyId) -> String {
+    format!("keys/{id}")
+}
+
+/// The object name of a pack: `packs/<first two hex digits>/<id>`.
+pub fn pack_path(id: &PackId) -> String {
+    let hex = id.to_hex();
+    format!("packs/{}/{}", &hex[..2], hex)
+}
+
+/// The pack a name under `packs/` names, if it is a well-formed pack name.
+pub fn parse_pack_path(path: &str) -> Option<PackId> {
+    let rest = path.strip_prefix("packs/")?;
+    let (dir, name) = rest.split_once('/')?;
+    let id: PackId = name.parse().ok()?;
+    (dir.len() == 2 && name.starts_with(dir)).then_some(id)
+}
+
+/// The object name of an index object.
+pub fn index_path(id: &IndexId) -> String {
+    format!("index/{id}")
+}
+
+/// The object name of a snapshot.
+pub fn snapshot_path(id: &SnapshotId) -> String {
+    format!("snapshots/{id}")
+}
+
+/// The object name of a pending generation.
+pub fn pending_path(id: &GenerationId) -> String {
+    format!("pending/{id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_paths_round_trip() {
+        let id = PackId([0xab; 32]);
+        let path = pack_path(&id);
+        assert!(path.starts_with("packs/ab/abab"));
+        assert_eq!(parse_pack_path(&path), Some(id));
+        assert_eq!(parse_pack_path("packs/cd/abab"), None);
+        assert_eq!(parse_pack_path("index/abab"), None);
+    }
+}
