@@ -25,7 +25,8 @@
 //!   clearly in bounded memory.
 //! - `processes`: signals, closed pipes, the dump's environment, dead
 //!   processes' leases, exit codes.
-//! - `regressions`: one test per fixed bug, named after it.
+//! - `regressions`: regression tests for fixed bugs, each named after the
+//!   behaviour it guards.
 
 mod support;
 

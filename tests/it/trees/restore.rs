@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -205,6 +205,26 @@ fn an_existing_target_directory_keeps_its_own_mode_unless_overwrite_is_always() 
     chmod(&conf, 0o700);
     restore_clean(&r, &id, &always, &["--overwrite", "always"]);
     assert_eq!(std::fs::metadata(&conf).unwrap().mode() & 0o7777, 0o755);
+}
+
+/// A regression test for a fixed bug (moved here from `regressions`): a
+/// directory that already exists in the target keeps its own mode.
+#[test]
+fn restoring_into_an_existing_directory_keeps_its_metadata() {
+    let r = CliRepo::init();
+    let (dir, src) = TreeBuilder::new()
+        .file("shared/f.txt", b"data\n")
+        .mode("shared", 0o777)
+        .build();
+    assert_success(&r.run(&["backup", "--source", "t", p(&src)]));
+    let target = dir.path().join("target");
+    let existing = restored(&target, &src).join("shared");
+    std::fs::create_dir_all(&existing).unwrap();
+    chmod(&existing, 0o700);
+    assert_success(&r.run(&["restore", "latest", "--target", p(&target)]));
+    let mode = std::fs::metadata(&existing).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o700, "an existing directory keeps its own mode");
+    assert_eq!(std::fs::read(existing.join("f.txt")).unwrap(), b"data\n");
 }
 
 // ---------------------------------------------------------------------------
