@@ -9,7 +9,12 @@
 //! - `compat`: repositories written by earlier releases still read.
 //! - `copy`: snapshots replicated between repositories.
 //! - `databases`: real PostgreSQL and Redis dumps on loopback.
-//! - `trees`: file-tree backups, browsing and restore safety.
+//! - `trees`: file-tree backups, browsing and restore, split by behaviour
+//!   under `trees/`: `backup` (re-scans, dedup), `walk` (symlink loops,
+//!   unreadable, special and vanishing files, excludes), `limits` (odd
+//!   names, long paths, huge directories), `restore`, `restore_safety`
+//!   (crafted snapshots, symlinks in the target) and `browse` (ls, find,
+//!   cat, diff, log).
 //! - `s3`: a real S3 server (SeaweedFS) on loopback, directly and through a
 //!   fault-injecting proxy (`fault_proxy`).
 //! - `prune`: forget, prune and leases: space comes back and nothing a
@@ -20,7 +25,8 @@
 //!   clearly in bounded memory.
 //! - `processes`: signals, closed pipes, the dump's environment, dead
 //!   processes' leases, exit codes.
-//! - `regressions`: one test per fixed bug, named after it.
+//! - `regressions`: regression tests for fixed bugs, each named after the
+//!   behaviour it guards.
 
 mod support;
 
