@@ -171,14 +171,14 @@ const INTERRUPT_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A command ended by a signal, after stopping cleanly where it could.
 #[derive(Debug, thiserror::Error)]
-#[error("interrupted by {}: {command} stopped{}", larder::error::signal_name(*.signal), if *.committed_nothing { "; nothing was committed" } else { "" })]
+#[error("interrupted by {}: {command} stopped{}", larder::error::signal_name(*.signal), .outcome)]
 pub struct Interrupted {
     /// The signal number.
     pub signal: i32,
     /// The subcommand.
     pub command: &'static str,
-    /// Whether the command is one that commits (a backup), and did not.
-    pub committed_nothing: bool,
+    /// For a command that commits (a backup): whether it did.
+    pub outcome: &'static str,
 }
 
 /// Runs one parsed command line, then releases any lease it took, however
@@ -188,6 +188,8 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
     use tokio::signal::unix::{SignalKind, signal};
     let global = cli.global;
     let name = cli.command.name();
+    let writes = cli.command.writes();
+    render::set_listing(cli.command.is_listing());
     let mut signals = Vec::new();
     for kind in [
         SignalKind::interrupt(),
@@ -199,6 +201,7 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
             signal(kind).context("installing signal handlers")?,
         ));
     }
+    let mut keep_leases = false;
     // The command runs as its own task, so a signal is seen even while it
     // is stuck in a blocking write (a full pipe nobody reads).
     let mut work = tokio::spawn({
@@ -224,20 +227,43 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
                     _ = tokio::time::sleep(INTERRUPT_GRACE) => {}
                 }
             }
-            work.abort();
+            if result.is_none() {
+                work.abort();
+                // An aborted task stops at its next await; give it that
+                // moment before its lease goes. A command that changes the
+                // repository and did not stop may be storing something (or,
+                // a prune, deleting): its lease is left to expire. A reader
+                // holds nothing a release could endanger.
+                let stopped =
+                    tokio::time::timeout(std::time::Duration::from_secs(5), &mut work)
+                        .await
+                        .is_ok();
+                keep_leases = writes && (watched || !stopped);
+            }
+            let interrupted = Interrupted {
+                signal,
+                command: name,
+                outcome: match (watched, global.committed()) {
+                    (false, _) => "",
+                    (true, false) => "; nothing was committed",
+                    (true, true) => "; its snapshot had been committed",
+                },
+            };
             match result {
                 // Done before the interrupt could stop it.
                 Some(Ok(outcome)) => Ok(outcome),
-                _ => Err(anyhow::Error::new(Interrupted {
-                    signal,
-                    command: name,
-                    committed_nothing: watched,
-                })),
+                // Stopped by the interrupt: say so in one line.
+                Some(Err(e)) if e.chain().any(|c| {
+                    matches!(c.downcast_ref(), Some(larder::Error::Interrupted { .. }))
+                }) => Err(anyhow::Error::new(interrupted)),
+                // Failed for a reason of its own meanwhile: that is the news.
+                Some(Err(e)) => Err(e),
+                None => Err(anyhow::Error::new(interrupted)),
             }
         }
     };
     let leased = std::mem::take(&mut *global.leased.lock().expect("lease list lock"));
-    for repo in leased {
+    for repo in leased.into_iter().filter(|_| !keep_leases) {
         // Bounded: a process asked to stop must not hang on storage.
         let _ =
             tokio::time::timeout(std::time::Duration::from_secs(10), repo.release_lease()).await;
@@ -266,6 +292,36 @@ async fn next_signal(signals: &mut [(i32, tokio::signal::unix::Signal)]) -> i32 
 }
 
 impl Command {
+    /// Whether the command changes the repository (its lease must not be
+    /// released while it may still be doing so).
+    fn writes(&self) -> bool {
+        match self {
+            Command::Init(_)
+            | Command::Backup(_)
+            | Command::Forget(_)
+            | Command::Prune(_)
+            | Command::Copy(_)
+            | Command::Catalog(_) => true,
+            Command::Key(command) => !matches!(command, keys::KeyCommand::List),
+            _ => false,
+        }
+    }
+
+    /// Whether the command only lists (a closed standard output then ends
+    /// it with success).
+    fn is_listing(&self) -> bool {
+        matches!(
+            self,
+            Command::Snapshots(_)
+                | Command::Ls(_)
+                | Command::Find(_)
+                | Command::Diff(_)
+                | Command::Log(_)
+                | Command::Stats
+                | Command::Key(keys::KeyCommand::List)
+        )
+    }
+
     /// The subcommand's name, for messages.
     fn name(&self) -> &'static str {
         match self {
@@ -384,6 +440,15 @@ impl GlobalArgs {
             .lock()
             .expect("watch list lock")
             .push(Arc::clone(progress));
+    }
+
+    /// Whether a watched operation passed its commit point.
+    fn committed(&self) -> bool {
+        self.watched
+            .lock()
+            .expect("watch list lock")
+            .iter()
+            .any(|p| p.committed.load(std::sync::atomic::Ordering::SeqCst))
     }
 
     /// Raises the interrupt of every watched operation; whether any of them

@@ -27,7 +27,7 @@
 //! opened with the repository key and must repeat the kind, lifetime and
 //! sequence number its name claims, so an object planted without the key
 //! (`locks/<id>.backup.99999999999.0`) is ignored and reported, never
-//! waited for. Lifetimes above [`MAX_TTL`] are refused outright. A lease
+//! waited for; this build refuses to take lifetimes above [`MAX_TTL`]. A lease
 //! whose holder is a process of this machine that no longer runs (same host
 //! name, boot and pid namespace; its pid gone or reused) is dead at once,
 //! whatever its expiry says.
@@ -51,7 +51,9 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(600);
 /// Environment variable overriding the lease lifetime, in seconds.
 pub const TTL_ENV: &str = "LARDER_LEASE_SECONDS";
 
-/// The longest lease lifetime accepted, from the environment or in a name.
+/// The longest lease lifetime this build takes (from `LARDER_LEASE_SECONDS`).
+/// A longer one in another process's lease name is honoured only if its
+/// body opens with the repository key, like every lease.
 pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Largest lease object accepted.
@@ -135,8 +137,14 @@ impl LeaseBody {
         {
             return false;
         }
-        // Gone, or the pid now belongs to a process started at another time.
-        process_start_ticks(self.pid) != Some(start)
+        // The pid now belongs to a process started at another time, or no
+        // process has it. `/proc` may hide other users' processes
+        // (`hidepid`, `ProtectProc=`): unreadable is alive unless the
+        // kernel says no such process exists.
+        match process_start_ticks(self.pid) {
+            Some(ticks) => ticks != start,
+            None => process_is_gone(self.pid),
+        }
     }
 }
 
@@ -164,6 +172,18 @@ impl Holder {
             }),
         }
     }
+}
+
+/// Whether no process has `pid` (signal 0 fails with ESRCH; a process
+/// this user may not signal still exists).
+fn process_is_gone(pid: u32) -> bool {
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return false;
+    };
+    rustix::process::test_kill_process(pid) == Err(rustix::io::Errno::SRCH)
 }
 
 /// A process's start time in clock ticks after boot, or `None` if it does
@@ -299,7 +319,6 @@ fn parse_name(name: &str) -> Option<(String, String, Duration, u64)> {
         || id.len() != 32
         || !id.bytes().all(|b| b.is_ascii_hexdigit())
         || ttl == 0
-        || ttl > MAX_TTL.as_secs()
     {
         return None;
     }
@@ -671,6 +690,15 @@ impl Inner {
             || body.seq.is_some_and(|s| s != object.seq)
         {
             return Verdict::Forged("its body contradicts its name".into());
+        }
+        // No larder that records the lifetime in the body takes one above
+        // the maximum; only a lease from before that (no field) may have one.
+        if object.ttl > MAX_TTL && body.ttl_s.is_some() {
+            return Verdict::Forged(format!(
+                "its lifetime of {} s exceeds the largest larder takes ({} s)",
+                object.ttl.as_secs(),
+                MAX_TTL.as_secs()
+            ));
         }
         Verdict::Valid(body)
     }

@@ -59,8 +59,25 @@ fn main() -> ExitCode {
         Ok(cli::Outcome::Warnings) => ExitCode::from(3),
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "larder: error: {e:#}");
-            ExitCode::from(exit_code(&e))
+            let code = exit_code(&e);
+            if code > 128 {
+                die_by_signal(i32::from(code - 128));
+            }
+            ExitCode::from(code)
         }
+    }
+}
+
+/// Ends the process by `signal` itself, after larder has cleaned up: a
+/// shell then knows the command was interrupted (`$?` is 128 + N either
+/// way, but a script's loop stops on a Ctrl-C only when the child died of
+/// it, and systemd counts a SIGTERM death as a clean stop).
+fn die_by_signal(signal: i32) {
+    // SAFETY: restoring the default action and raising a signal are
+    // async-signal-safe calls on this process.
+    unsafe {
+        libc::signal(signal, libc::SIG_DFL);
+        libc::raise(signal);
     }
 }
 

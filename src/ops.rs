@@ -23,7 +23,7 @@ pub mod stats;
 
 use crate::error::Result;
 use crate::lease::LeaseKind;
-use crate::repo::Repo;
+use crate::repo::{LeaseGuard, Repo};
 
 /// Runs `op` holding a lease of `kind` on `repo` ([`Repo::hold_lease`]):
 /// every verb that reads or writes packs runs this way, so no prune can
@@ -31,10 +31,10 @@ use crate::repo::Repo;
 pub(crate) async fn leased<T>(
     repo: &Repo,
     kind: LeaseKind,
-    op: impl std::future::Future<Output = Result<T>>,
+    op: impl AsyncFnOnce(&LeaseGuard) -> Result<T>,
 ) -> Result<T> {
     let guard = repo.hold_lease(kind).await?;
-    let result = op.await;
+    let result = op(&guard).await;
     guard.finish().await;
     result
 }

@@ -22,6 +22,9 @@ pub struct Progress {
     pub items_total: AtomicU64,
     /// Raised to ask the operation to stop.
     pub interrupt: Interrupt,
+    /// Set once the operation passed its commit point (a backup's snapshot
+    /// is stored): an interrupt after that stops nothing that matters.
+    pub committed: std::sync::atomic::AtomicBool,
 }
 
 /// A request from outside an operation that it stop (a signal such as
@@ -61,6 +64,12 @@ impl Interrupt {
             0 => None,
             signal => Some(signal),
         }
+    }
+
+    /// Drops every hook: the operation that registered them has ended, so
+    /// a later interrupt finds nobody listening.
+    pub fn clear_hooks(&self) {
+        self.hooks.lock().expect("interrupt lock").clear();
     }
 
     /// Calls `hook` when the interrupt is raised (at once if it was).

@@ -11,13 +11,15 @@
 //! across a daylight-saving change a day is still one day, and the repeated
 //! hour of a fall-back counts as one hour.
 //!
-//! Time is judged against `now`, never against the newest snapshot: a
-//! snapshot dated more than [`CLOCK_SKEW_ALLOWANCE`] after `now` (a clock
-//! far ahead, or a snapshot planted by someone holding the passphrase) is
-//! kept, marked suspicious, and takes no part in any rule, so planted
-//! future snapshots can never use up the keep slots of real ones. (restic
-//! measures `--keep-within` from the newest snapshot, which such snapshots
-//! would move arbitrarily far.)
+//! Time is judged against `now`: a snapshot dated more than
+//! [`CLOCK_SKEW_ALLOWANCE`] after `now` (a clock far ahead, or a snapshot
+//! planted by someone holding the passphrase) is kept, marked suspicious,
+//! and takes no part in any rule, so future-dated snapshots can never use
+//! up the keep slots of real ones. `--keep-within` is measured from `now`,
+//! or from the newest real snapshot when that is older (a source that
+//! stopped backing up keeps its last span, and a local clock running ahead
+//! does not empty the window); restic measures it from the newest snapshot,
+//! which a future-dated one would move arbitrarily far.
 
 use jiff::tz::TimeZone;
 use jiff::{Span, Timestamp, Zoned};
@@ -40,7 +42,8 @@ pub struct Policy {
     pub monthly: Option<u32>,
     /// … years.
     pub yearly: Option<u32>,
-    /// Keep every snapshot within this span of now.
+    /// Keep every snapshot within this span of now (or of the newest real
+    /// snapshot, if that is older).
     pub within: Option<Within>,
     /// Keep every snapshot carrying one of these tags.
     pub tags: Vec<String>,
@@ -230,8 +233,13 @@ pub fn apply(items: &[Item<'_>], policy: &Policy, now: Timestamp, tz: &TimeZone)
     }
     // Newest first; equal times keep their input order.
     order.sort_by(|&a, &b| items[b].time.cmp(&items[a].time).then(a.cmp(&b)));
+    // Measured from now, or from the newest real snapshot if that is
+    // older: future-dated snapshots cannot move the window (they are not
+    // in `order`), and neither can a local clock that runs far ahead.
+    let anchor = order.first().map_or(now, |&i| items[i].time.min(now));
     let within_start = policy.within.as_ref().map(|w| {
-        now.to_zoned(tz.clone())
+        anchor
+            .to_zoned(tz.clone())
             .checked_sub(w.span)
             .map(|z| z.timestamp())
             .unwrap_or(Timestamp::MIN)
@@ -488,13 +496,14 @@ mod tests {
                 keep: &["2026-01-01T00:00:02Z", "2026-01-01T00:00:01Z"],
             },
             Case {
-                name: "within is measured from now, not from the newest snapshot",
+                name: "within is measured from now when a snapshot is that recent",
                 times: &[
                     "2029-12-25T00:00:00Z",
                     "2029-12-28T23:00:00Z",
                     "2029-12-29T00:00:00Z",
                     "2029-12-31T00:00:00Z",
                     "2029-12-31T12:00:00Z",
+                    "2030-01-01T00:00:00Z",
                 ],
                 policy: Policy {
                     within: Some("3d".parse().unwrap()),
@@ -502,9 +511,30 @@ mod tests {
                 },
                 tz: "UTC",
                 keep: &[
+                    "2030-01-01T00:00:00Z",
                     "2029-12-31T12:00:00Z",
                     "2029-12-31T00:00:00Z",
                     "2029-12-29T00:00:00Z",
+                ],
+            },
+            Case {
+                name: "within is measured from the newest snapshot when now is far past it \
+                       (a source that stopped, or a clock running ahead)",
+                times: &[
+                    "2026-01-01T00:00:00Z",
+                    "2026-01-05T00:00:00Z",
+                    "2026-01-07T00:00:00Z",
+                    "2026-01-08T00:00:00Z",
+                ],
+                policy: Policy {
+                    within: Some("3d".parse().unwrap()),
+                    ..Policy::default()
+                },
+                tz: "UTC",
+                keep: &[
+                    "2026-01-08T00:00:00Z",
+                    "2026-01-07T00:00:00Z",
+                    "2026-01-05T00:00:00Z",
                 ],
             },
         ];

@@ -50,7 +50,7 @@ pub struct ForgetArgs {
     /// Keep the newest snapshot of each of the last N years that have one
     #[arg(long, value_name = "N")]
     keep_yearly: Option<u32>,
-    /// Keep every snapshot within this span of now (such as 7d, 2w, 1y6m, 36h)
+    /// Keep every snapshot within this span of now, or of the newest snapshot if that is older (such as 7d, 2w, 1y6m, 36h)
     #[arg(long, value_name = "DURATION")]
     keep_within: Option<Within>,
     /// Keep every snapshot carrying this tag (repeatable)

@@ -1,5 +1,7 @@
 //! Rendering: sizes, times, ids, warnings, and JSON.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use anyhow::Result;
 use serde::Serialize;
 
@@ -9,18 +11,39 @@ use serde::Serialize;
 #[error("standard output was closed")]
 pub struct StdoutClosed;
 
-/// Writes to standard output. A closed pipe becomes [`StdoutClosed`];
-/// nothing here panics on an I/O error, unlike `println!`.
+/// Whether a closed standard output ends the command (a listing: what it
+/// prints is all it does) rather than only its printing (a command whose
+/// outcome is more than its output: `check`, `backup`, `restore`, …).
+static LISTING: AtomicBool = AtomicBool::new(false);
+/// Set once standard output was found closed.
+static CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// Declares the running command a listing (see [`out`]).
+pub fn set_listing(listing: bool) {
+    LISTING.store(listing, Ordering::Relaxed);
+}
+
+/// Writes to standard output; nothing here panics on an I/O error, unlike
+/// `println!`. Once standard output is closed (`larder ls | head`), a
+/// listing stops with [`StdoutClosed`] (exit 0), and any other command
+/// goes on unprinted, so its exit code still says what happened.
 pub fn out(args: std::fmt::Arguments<'_>) -> Result<()> {
     use std::io::Write;
-    let mut stdout = std::io::stdout().lock();
-    stdout
-        .write_fmt(args)
-        .and_then(|()| stdout.flush())
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::BrokenPipe => anyhow::Error::new(StdoutClosed),
-            _ => anyhow::Error::new(e).context("writing to standard output"),
-        })
+    if !CLOSED.load(Ordering::Relaxed) {
+        let mut stdout = std::io::stdout().lock();
+        match stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                CLOSED.store(true, Ordering::Relaxed);
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("writing to standard output")),
+        }
+    }
+    if LISTING.load(Ordering::Relaxed) {
+        Err(anyhow::Error::new(StdoutClosed))
+    } else {
+        Ok(())
+    }
 }
 
 /// Writes to standard error, ignoring failure: there is nowhere left to

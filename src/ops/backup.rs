@@ -198,7 +198,15 @@ pub struct BackupSummary {
 
 /// Backs up a stream or file trees as one snapshot.
 pub async fn backup(repo: &Repo, options: BackupOptions) -> Result<BackupSummary> {
-    crate::ops::leased(repo, LeaseKind::Backup, async move {
+    let watched = Arc::clone(&options.progress);
+    let result = backup_leased(repo, options).await;
+    // Done: an interrupt from now on has nothing to stop cleanly.
+    watched.interrupt.clear_hooks();
+    result
+}
+
+async fn backup_leased(repo: &Repo, options: BackupOptions) -> Result<BackupSummary> {
+    crate::ops::leased(repo, LeaseKind::Backup, async move |lease| {
     let started = Instant::now();
     if options.source.is_empty() {
         return Err(Error::InvalidArgument(
@@ -351,7 +359,8 @@ pub async fn backup(repo: &Repo, options: BackupOptions) -> Result<BackupSummary
     if let Some(signal) = progress.interrupt.raised() {
         return Err(Error::Interrupted { signal });
     }
-    let (snapshot_id, stored) = repo.write_snapshot(&snapshot).await?;
+    let (snapshot_id, stored) = repo.write_snapshot(&snapshot, lease).await?;
+    progress.committed.store(true, Ordering::SeqCst);
     summary.bytes_added += stored;
     Ok(BackupSummary {
         snapshot_id,

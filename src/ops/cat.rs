@@ -76,7 +76,7 @@ pub async fn cat(
     path: Option<&[u8]>,
     out: &mut (dyn Write + Send),
 ) -> Result<CatSummary> {
-    crate::ops::leased(repo, LeaseKind::Read, async move {
+    crate::ops::leased(repo, LeaseKind::Read, async move |_lease| {
         let started = Instant::now();
         let (path, node) = find_file(repo, id, snapshot, path).await?;
         let content = node.content.unwrap_or_default();

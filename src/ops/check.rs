@@ -108,7 +108,7 @@ impl CheckSummary {
 
 /// Checks the repository.
 pub async fn check(repo: &Repo, options: &CheckOptions) -> Result<CheckSummary> {
-    crate::ops::leased(repo, LeaseKind::Read, async move {
+    crate::ops::leased(repo, LeaseKind::Read, async move |_lease| {
     let started = Instant::now();
     let mut summary = CheckSummary::default();
     let sync = repo.sync().await?;

@@ -37,7 +37,7 @@ use crate::ops::backup::Abort;
 use crate::ops::backup::writer::BlobWriter;
 use crate::progress::Progress;
 use crate::read::{ChunkWalker, read_chunks};
-use crate::repo::Repo;
+use crate::repo::{LeaseGuard, Repo};
 use crate::seal::ObjectKind;
 use crate::snapshot::{Content, ContentBuilder, ContentRef, Snapshot, Tree};
 
@@ -95,10 +95,8 @@ pub async fn copy(
     ids: &[SnapshotId],
     progress: Arc<Progress>,
 ) -> Result<CopySummary> {
-    crate::ops::leased(
-        src,
-        LeaseKind::Read,
-        crate::ops::leased(dst, LeaseKind::Copy, async move {
+    crate::ops::leased(src, LeaseKind::Read, async move |_read| {
+        crate::ops::leased(dst, LeaseKind::Copy, async move |lease| {
             if tokio::runtime::Handle::current().runtime_flavor()
                 == tokio::runtime::RuntimeFlavor::CurrentThread
             {
@@ -134,7 +132,8 @@ pub async fn copy(
                     }
                     None => {
                         let copied =
-                            copy_one(src, dst, id, &snapshot, &progress, &mut summary).await?;
+                            copy_one(src, dst, lease, id, &snapshot, &progress, &mut summary)
+                                .await?;
                         summary.copied += 1;
                         copied
                     }
@@ -152,8 +151,9 @@ pub async fn copy(
             summary.requests_from = src.counts();
             summary.requests = dst.counts();
             Ok(summary)
-        }),
-    )
+        })
+        .await
+    })
     .await
 }
 
@@ -175,6 +175,7 @@ fn counterpart(dst: &Repo, snapshot: &Snapshot) -> Result<Option<SnapshotId>> {
 async fn copy_one(
     src: &Repo,
     dst: &Repo,
+    lease: &LeaseGuard,
     id: SnapshotId,
     snapshot: &Snapshot,
     progress: &Arc<Progress>,
@@ -223,7 +224,7 @@ async fn copy_one(
         copied_from: Some(id),
         ..snapshot.clone()
     };
-    let (new_id, stored) = dst.write_snapshot(&copy).await?;
+    let (new_id, stored) = dst.write_snapshot(&copy, lease).await?;
     use std::sync::atomic::Ordering::Relaxed;
     summary.blobs_new += stats.blobs_new.load(Relaxed);
     summary.blobs_reused += stats.blobs_reused.load(Relaxed);

@@ -52,7 +52,7 @@ pub struct DiffSummary {
 
 /// Compares snapshot `a` (older) with `b` (newer).
 pub async fn diff(repo: &Repo, a: &Snapshot, b: &Snapshot, content: bool) -> Result<DiffSummary> {
-    crate::ops::leased(repo, LeaseKind::Read, async move {
+    crate::ops::leased(repo, LeaseKind::Read, async move |_lease| {
         let started = Instant::now();
         let mut summary = DiffSummary::default();
         compare(

@@ -46,7 +46,7 @@ pub struct FindSummary {
 /// Finds entries whose path (pattern with `/`) or name (without) matches
 /// `pattern` in every snapshot matching `filter`.
 pub async fn find(repo: &Repo, pattern: &str, filter: &SnapshotFilter) -> Result<FindSummary> {
-    crate::ops::leased(repo, LeaseKind::Read, async move {
+    crate::ops::leased(repo, LeaseKind::Read, async move |_lease| {
         let started = Instant::now();
         let glob = PathGlob::new(pattern)?;
         let mut snapshots = repo.snapshots(filter)?;

@@ -173,10 +173,13 @@ pub async fn forget(repo: &Repo, options: &ForgetOptions) -> Result<ForgetSummar
             })
             .collect();
         let decisions = retention::apply(&items, &options.policy, options.now, &options.time_zone);
-        if !options.allow_empty && decisions.iter().all(|d| !d.keep) {
+        // Suspicious (future-dated) snapshots are kept but do not count:
+        // a group whose real snapshots would all go is refused, planted
+        // ones or not.
+        let real = decisions.iter().filter(|d| !d.suspicious).count();
+        if !options.allow_empty && real > 0 && decisions.iter().all(|d| !d.keep || d.suspicious) {
             return Err(Error::InvalidArgument(format!(
-                "the policy would remove all {} snapshots of group {group}; pass --allow-empty if that is meant",
-                members.len()
+                "the policy would remove all {real} snapshots of group {group} (allow_empty permits it)"
             )));
         }
         for ((id, snapshot), decision) in members.iter().zip(decisions) {

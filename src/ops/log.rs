@@ -42,7 +42,7 @@ pub struct LogSummary {
 
 /// The history of `path` in the snapshots matching `filter`.
 pub async fn log(repo: &Repo, path: &[u8], filter: &SnapshotFilter) -> Result<LogSummary> {
-    crate::ops::leased(repo, LeaseKind::Read, async move {
+    crate::ops::leased(repo, LeaseKind::Read, async move |_lease| {
         let started = Instant::now();
         let mut versions = Vec::new();
         // Per source and host: the content last seen, if the file was present.

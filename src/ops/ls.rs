@@ -84,7 +84,7 @@ pub async fn ls(
     path: Option<&[u8]>,
     recursive: bool,
 ) -> Result<LsSummary> {
-    crate::ops::leased(repo, LeaseKind::Read, async move {
+    crate::ops::leased(repo, LeaseKind::Read, async move |_lease| {
         let started = Instant::now();
         let mut base: Vec<u8> = path.map(<[u8]>::to_vec).unwrap_or_default();
         while base.last() == Some(&b'/') {

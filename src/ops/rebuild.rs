@@ -42,7 +42,7 @@ pub struct RebuildSummary {
 
 /// Rebuilds the catalog of `repo`.
 pub async fn rebuild_catalog(repo: &Repo) -> Result<RebuildSummary> {
-    crate::ops::leased(repo, LeaseKind::Read, async move {
+    crate::ops::leased(repo, LeaseKind::Read, async move |_lease| {
         let started = Instant::now();
         let sync = repo.reset_catalog().await?;
         let mut summary = RebuildSummary {

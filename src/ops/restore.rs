@@ -198,7 +198,7 @@ pub async fn restore(
     snapshot: &Snapshot,
     options: &RestoreOptions,
 ) -> Result<RestoreSummary> {
-    crate::ops::leased(repo, LeaseKind::Read, async move {
+    crate::ops::leased(repo, LeaseKind::Read, async move |_lease| {
         let started = Instant::now();
         let selection = Selection::new(options)?;
         let mut summary = RestoreSummary::default();

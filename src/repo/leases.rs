@@ -38,7 +38,7 @@ impl LeaseGuard {
     /// Ends this hold, releasing the lease if it was the last one.
     pub async fn finish(mut self) {
         self.finished = true;
-        if let Some(lease) = unhold(&self.slot) {
+        if let Some(lease) = unhold(&self.slot, &self.lease) {
             lease.release().await;
         }
     }
@@ -49,7 +49,7 @@ impl Drop for LeaseGuard {
         if self.finished {
             return;
         }
-        if let Some(lease) = unhold(&self.slot)
+        if let Some(lease) = unhold(&self.slot, &self.lease)
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             runtime.spawn(async move { lease.release().await });
@@ -57,9 +57,18 @@ impl Drop for LeaseGuard {
     }
 }
 
-/// Ends one hold; returns the lease when that was the last.
-fn unhold(slot: &Mutex<LeaseSlot>) -> Option<Arc<Lease>> {
+/// Ends one hold on `lease`; returns it when that was the last. A guard
+/// that outlived its lease (released at the end of the process, or after a
+/// lapse) does nothing to a newer lease in the slot.
+fn unhold(slot: &Mutex<LeaseSlot>, lease: &Arc<Lease>) -> Option<Arc<Lease>> {
     let mut slot = slot.lock().expect("lease lock");
+    if !slot
+        .lease
+        .as_ref()
+        .is_some_and(|held| Arc::ptr_eq(held, lease))
+    {
+        return None;
+    }
     slot.holds = slot.holds.saturating_sub(1);
     if slot.holds == 0 {
         slot.lease.take()
@@ -122,27 +131,18 @@ impl Repo {
                 None => None,
             }
         };
-        let lease = match held {
-            Some(lease) => lease,
-            None => {
-                let lease = self.acquire_lease(kind).await?;
-                let guard = LeaseGuard {
-                    slot: Arc::clone(&self.lease),
-                    lease,
-                    finished: false,
-                };
-                if let Err(e) = self.sync().await {
-                    guard.finish().await;
-                    return Err(e);
-                }
-                return Ok(guard);
-            }
+        let (lease, fresh) = match held {
+            Some(lease) => (lease, false),
+            None => (self.acquire_lease(kind).await?, true),
         };
         let guard = LeaseGuard {
             slot: Arc::clone(&self.lease),
             lease,
             finished: false,
         };
+        // Whichever way it came (another task may have taken one while
+        // this one acquired), prune must hold a prune lease: other prunes
+        // wait only for those.
         if kind == LeaseKind::Prune && guard.lease.kind() != LeaseKind::Prune {
             let held = guard.lease.kind();
             guard.finish().await;
@@ -150,6 +150,10 @@ impl Repo {
                 "prune needs a prune lease, but this handle holds a {} lease",
                 held.name()
             )));
+        }
+        if fresh && let Err(e) = self.sync().await {
+            guard.finish().await;
+            return Err(e);
         }
         Ok(guard)
     }
@@ -172,15 +176,16 @@ impl Repo {
         }
     }
 
-    /// Before a commit: fails if this handle's lease ever lapsed (see
-    /// [`Lease::confirm`]), or if it holds none (a commit without a lease
-    /// could rely on packs a prune is sweeping).
-    pub async fn confirm_lease(&self) -> Result<()> {
-        match self.lease() {
-            Some(lease) => lease.confirm().await.map(|_| ()),
-            None => Err(Error::InvalidArgument(
-                "a snapshot is committed only under a lease (see Repo::hold_lease)".into(),
-            )),
+    /// Before a commit: fails if the lease `guard` holds ever lapsed (see
+    /// [`Lease::confirm`]), or is no longer this handle's (it was released:
+    /// whatever the run decided under it is no longer protected).
+    pub async fn confirm_lease(&self, guard: &LeaseGuard) -> Result<()> {
+        let current = self.lease();
+        if !current.is_some_and(|held| Arc::ptr_eq(&held, &guard.lease)) {
+            return Err(Error::InvalidArgument(
+                "the lease this run began under was released; nothing was committed".into(),
+            ));
         }
+        guard.lease.confirm().await.map(|_| ())
     }
 }

@@ -12,8 +12,8 @@ use crate::layout::{index_path, pending_path, snapshot_path};
 use crate::seal::{ObjectKind, with_codec};
 use crate::snapshot::Snapshot;
 
-use super::Repo;
 use super::sync::generation_time;
+use super::{LeaseGuard, Repo};
 
 /// Largest snapshot object plaintext accepted (16 MiB).
 pub const MAX_SNAPSHOT_SIZE: usize = 16 << 20;
@@ -178,11 +178,16 @@ impl Repo {
     }
 
     /// Stores a new snapshot object (the commit point of a backup) and records
-    /// it in the catalog. With a lease held, first confirms it never lapsed:
-    /// a run that was suspended past its lease may rely on packs a prune has
-    /// since deleted, so it must not commit.
-    pub async fn write_snapshot(&self, snapshot: &Snapshot) -> Result<(SnapshotId, u64)> {
-        self.confirm_lease().await?;
+    /// it in the catalog, under the lease the run held from its start
+    /// (`lease`), which is first confirmed never to have lapsed: a run that
+    /// was suspended past its lease may rely on packs a prune has since
+    /// deleted, so it must not commit.
+    pub async fn write_snapshot(
+        &self,
+        snapshot: &Snapshot,
+        lease: &LeaseGuard,
+    ) -> Result<(SnapshotId, u64)> {
+        self.confirm_lease(lease).await?;
         let id = SnapshotId::random();
         let plain = minicbor::to_vec(snapshot).expect("encoding to a Vec cannot fail");
         let stored = self

@@ -495,7 +495,7 @@ fn assert_forged_leases_reported(m: &Measured, forever: &str, prune: &str) {
     assert!(
         stderr
             .lines()
-            .any(|l| l.contains(forever) && l.contains("not a lease object name")),
+            .any(|l| l.contains("ignored") && l.contains(forever)),
         "{stderr}"
     );
 }

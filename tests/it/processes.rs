@@ -59,6 +59,17 @@ fn members_of_group(group: u32) -> Vec<u32> {
     out
 }
 
+/// The status as a shell's `$?` shows it: the exit code, or 128 + N for a
+/// process that died of signal N (larder cleans up, then dies of the
+/// signal it was sent, so loops in scripts stop on Ctrl-C).
+fn shell_status(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .expect("exited or was killed")
+}
+
 fn send(child: &Child, signal: i32) {
     // SAFETY: kill(2) on a child this test started and has not reaped.
     let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
@@ -116,7 +127,7 @@ fn a_signal_stops_a_backup_cleanly_and_kills_the_dump() {
         let status = wait_bounded(&mut child, Duration::from_secs(20));
         let out = child.wait_with_output().unwrap();
         let err = stderr(&out);
-        assert_eq!(status.code(), Some(code), "{err}");
+        assert_eq!(shell_status(status), code, "{err}");
         let lines = error_lines(&err);
         assert_eq!(lines.len(), 1, "one line says what was interrupted: {err}");
         assert!(lines[0].contains("interrupted by"), "{err}");
@@ -147,7 +158,7 @@ fn a_signal_stops_a_backup_reading_an_idle_stdin() {
     let status = wait_bounded(&mut child, Duration::from_secs(20));
     drop(stdin);
     let out = child.wait_with_output().unwrap();
-    assert_eq!(status.code(), Some(130), "{}", stderr(&out));
+    assert_eq!(shell_status(status), 130, "{}", stderr(&out));
     assert!(r.objects("snapshots").is_empty());
     assert!(r.objects("locks").is_empty());
 }
@@ -173,7 +184,7 @@ fn a_signal_ends_a_command_stuck_writing_to_a_full_pipe_and_releases_its_lease()
     let status = wait_bounded(&mut child, Duration::from_secs(20));
     drop(reader);
     let out = child.wait_with_output().unwrap();
-    assert_eq!(status.code(), Some(143), "{}", stderr(&out));
+    assert_eq!(shell_status(status), 143, "{}", stderr(&out));
     assert!(
         stderr(&out).contains("interrupted by SIGTERM: cat stopped"),
         "{}",

@@ -186,7 +186,7 @@ async fn snapshot_with_content(
         copied_from: None,
     };
     let lease = repo.repo.hold_lease(LeaseKind::Backup).await.unwrap();
-    let id = repo.repo.write_snapshot(&snapshot).await.unwrap().0;
+    let id = repo.repo.write_snapshot(&snapshot, &lease).await.unwrap().0;
     lease.finish().await;
     id
 }

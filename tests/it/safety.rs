@@ -267,7 +267,7 @@ async fn planted_future_snapshots_never_cause_a_real_one_to_be_removed() {
         for m in 0..12i64 {
             let mut planted = template.clone();
             planted.time_ns = 4_070_908_800_000_000_000 + m * 31 * 86_400_000_000_000;
-            lib.repo.write_snapshot(&planted).await.unwrap();
+            lib.repo.write_snapshot(&planted, &guard).await.unwrap();
         }
         guard.finish().await;
     }

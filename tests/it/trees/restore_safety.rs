@@ -129,7 +129,7 @@ impl Crafter {
             .hold_lease(larder::lease::LeaseKind::Backup)
             .await
             .unwrap();
-        self.repo.write_snapshot(&snapshot).await.unwrap();
+        self.repo.write_snapshot(&snapshot, &lease).await.unwrap();
         lease.finish().await;
         snapshot
     }
