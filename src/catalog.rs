@@ -150,10 +150,14 @@ pub struct LiveCheck {
     pub unlocated: u64,
     /// Some of them.
     pub unlocated_sample: Vec<BlobId>,
-    /// Live blobs found only in the packs about to be deleted.
+    /// Live blobs whose only readable copies are in the packs about to be
+    /// deleted.
     pub only_in_doomed: u64,
     /// Some of them.
     pub only_in_doomed_sample: Vec<BlobId>,
+    /// Live blobs with no readable copy anywhere: every copy is in a pack
+    /// or was itself found damaged by `check`. Deleting loses nothing more.
+    pub known_damaged: u64,
 }
 
 /// Which snapshots a listing returns.
@@ -982,18 +986,33 @@ impl Catalog {
         {
             let mut stmt = tx
                 .prepare(
-                    "SELECT l.id, EXISTS (SELECT 1 FROM blobs b WHERE b.id = l.id)
+                    // A copy counts only in a readable pack (usable or
+                    // pending, not found damaged) and not itself found
+                    // damaged by `check --read-data`. For each live blob
+                    // with no such copy outside `doomed`: whether `doomed`
+                    // holds one, and whether the catalog knows it at all.
+                    "WITH readable AS (
+                       SELECT b.id, b.pack FROM blobs b JOIN packs p ON p.rowid = b.pack
+                       WHERE p.state IN (0, 1)
+                         AND NOT EXISTS (SELECT 1 FROM damaged_blobs d WHERE d.id = b.id AND d.pack = b.pack))
+                     SELECT l.id,
+                       EXISTS (SELECT 1 FROM readable r WHERE r.id = l.id),
+                       EXISTS (SELECT 1 FROM blobs b WHERE b.id = l.id)
                      FROM temp.live l
                      WHERE NOT EXISTS (
-                       SELECT 1 FROM blobs b
-                       WHERE b.id = l.id AND b.pack NOT IN (SELECT pack FROM temp.doomed))",
+                       SELECT 1 FROM readable r
+                       WHERE r.id = l.id AND r.pack NOT IN (SELECT pack FROM temp.doomed))",
                 )
                 .map_err(err)?;
             let mut rows = stmt.query([]).map_err(err)?;
             while let Some(row) = rows.next().map_err(err)? {
                 let in_doomed: bool = row.get(1).map_err(err)?;
+                let known: bool = row.get(2).map_err(err)?;
                 let (count, ids) = if in_doomed {
                     (&mut check.only_in_doomed, &mut raw[1])
+                } else if known {
+                    check.known_damaged += 1;
+                    continue;
                 } else {
                     (&mut check.unlocated, &mut raw[0])
                 };
@@ -1278,6 +1297,37 @@ mod tests {
             .unwrap();
         assert_eq!(check.only_in_doomed, 2);
         assert_eq!(check.only_in_doomed_sample.len(), 1);
+    }
+
+    #[test]
+    fn verify_live_counts_no_copy_in_a_damaged_pack_or_a_damaged_blob() {
+        let mut cat = Catalog::open_in_memory().unwrap();
+        cat.absorb_index(IndexId([1; 32]), &index_with(10, &[1, 2]))
+            .unwrap();
+        cat.absorb_index(IndexId([2; 32]), &index_with(11, &[1]))
+            .unwrap();
+        cat.absorb_index(IndexId([3; 32]), &index_with(12, &[2]))
+            .unwrap();
+        cat.absorb_index(IndexId([4; 32]), &index_with(13, &[3]))
+            .unwrap();
+        // Blob 1's other copy is in a pack check found damaged; blob 2's
+        // other copy was itself found damaged; blob 3 has no intact copy.
+        cat.set_pack_state(&PackId([11; 32]), PackState::Damaged)
+            .unwrap();
+        cat.set_damaged_blobs(&PackId([12; 32]), &[BlobId([2; 32])])
+            .unwrap();
+        cat.set_pack_state(&PackId([13; 32]), PackState::Damaged)
+            .unwrap();
+        cat.live_reset().unwrap();
+        cat.live_insert(&[BlobId([1; 32]), BlobId([2; 32]), BlobId([3; 32])])
+            .unwrap();
+        let check = cat.verify_live(&[PackId([10; 32])], 10).unwrap();
+        assert_eq!(check.only_in_doomed, 2, "{check:?}");
+        assert_eq!(check.unlocated, 0);
+        assert_eq!(check.known_damaged, 1);
+        let check = cat.verify_live(&[], 10).unwrap();
+        assert_eq!((check.only_in_doomed, check.unlocated), (0, 0));
+        assert_eq!(check.known_damaged, 1);
     }
 
     #[test]

@@ -376,7 +376,7 @@ async fn dispatch(global: &GlobalArgs, command: Command) -> Result<Outcome> {
                     summary.blobs,
                     summary.packs_from_headers
                 )?;
-                if let Some(id) = &summary.repair_index {
+                for id in &summary.repair_indexes {
                     outln!("wrote index object {} for them", &id[..8])?;
                 }
             }

@@ -38,15 +38,15 @@ pub enum Error {
     /// Trying every key file would take more key-derivation work than one
     /// open may spend, and none of those tried opened.
     #[error(
-        "no key file in {location} opened with this passphrase after trying {tried}; {untried} more were not tried because together they ask for more key-derivation work than one open may spend (delete key files no longer used from keys/)"
+        "no key file in {location} opened with this passphrase after trying {tried}; {} more were not tried because together they ask for more key-derivation work than one open may spend (untried: {}; delete key files no longer used from keys/)", untried.len(), untried.join(", ")
     )]
     TooManyKeyFiles {
         /// The repository that was being opened.
         location: String,
         /// Key files tried.
         tried: usize,
-        /// Key files left untried.
-        untried: usize,
+        /// Key files left untried, by object name.
+        untried: Vec<String>,
     },
 
     /// The location holds no repository (no `config` object).
@@ -177,6 +177,16 @@ pub enum Error {
     /// The caller asked for something that cannot be done as asked.
     #[error("{0}")]
     InvalidArgument(String),
+
+    /// A retention policy would remove every snapshot of a group, and
+    /// emptying groups was not allowed.
+    #[error("the policy would remove all {count} snapshots of group {group}")]
+    WouldEmptyGroup {
+        /// The group, as `source=… host=…`.
+        group: String,
+        /// Its snapshots (planted future-dated ones not counted).
+        count: usize,
+    },
 
     /// This run's lease went unrefreshed for longer than its lifetime (the
     /// process was suspended, or storage was unreachable), so a prune may

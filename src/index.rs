@@ -14,8 +14,11 @@ use crate::hash::{IndexId, PackId};
 use crate::pack::{PackEntry, PackKind};
 use crate::seal::ObjectKind;
 
-/// Largest index object plaintext accepted (256 MiB).
-pub const MAX_INDEX_SIZE: usize = 256 << 20;
+/// Largest index object plaintext accepted (80 MiB). Writers start a new
+/// index object once it holds [`INDEX_FLUSH_BLOBS`] blobs (about 6 MiB of
+/// CBOR), so this leaves room for one more pack whose header is as large
+/// as [`crate::pack::MAX_HEADER_SIZE`] allows.
+pub const MAX_INDEX_SIZE: usize = crate::pack::MAX_HEADER_SIZE + (16 << 20);
 
 /// Blobs per index object before a writer starts another one.
 pub const INDEX_FLUSH_BLOBS: usize = 65_536;
@@ -123,8 +126,8 @@ pub struct PendingObject {
     pub packs: Vec<PackId>,
 }
 
-/// Largest pending object plaintext accepted (256 MiB: eight million packs).
-pub const MAX_PENDING_SIZE: usize = 256 << 20;
+/// Largest pending object plaintext accepted (64 MiB: two million packs).
+pub const MAX_PENDING_SIZE: usize = 64 << 20;
 
 /// Largest tree or list blob accepted (a directory of about a million
 /// entries).

@@ -178,9 +178,10 @@ pub async fn forget(repo: &Repo, options: &ForgetOptions) -> Result<ForgetSummar
         // ones or not.
         let real = decisions.iter().filter(|d| !d.suspicious).count();
         if !options.allow_empty && real > 0 && decisions.iter().all(|d| !d.keep || d.suspicious) {
-            return Err(Error::InvalidArgument(format!(
-                "the policy would remove all {real} snapshots of group {group} (allow_empty permits it)"
-            )));
+            return Err(Error::WouldEmptyGroup {
+                group: group.to_string(),
+                count: real,
+            });
         }
         for ((id, snapshot), decision) in members.iter().zip(decisions) {
             if !decision.keep {

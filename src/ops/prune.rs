@@ -54,7 +54,7 @@ use crate::layout::{index_path, pack_path, parse_pack_path, pending_path};
 use crate::lease::{self, Lease, LeaseInfo, LeaseKind, LeaseView};
 use crate::ops::backup::writer::upload;
 use crate::pack::{PackKind, PackWriter, read_header};
-use crate::repo::Repo;
+use crate::repo::{DamagedObject, Repo};
 use crate::seal::{ObjectKind, with_codec};
 use crate::snapshot::{Content, NodeKind};
 
@@ -212,14 +212,14 @@ async fn prune_leased(repo: &Repo, lease: &Lease, options: &PruneOptions) -> Res
         mark_damage: Vec::new(),
         told: HashSet::new(),
         unreadable: Vec::new(),
+        damaged: Vec::new(),
     };
     let waited = run.wait_for_older_prunes().await?;
     run.summary.waited_s = waited.as_secs_f64();
-    // The lease was taken before a sync (at open, or by take_lease); only
-    // another prune that ran while this one waited can have changed things.
-    if waited > lease.resolution() {
-        repo.sync().await?;
-    }
+    // A sync of prune's own, after the lease is listed and any older prune
+    // has finished: its report, not whatever an earlier sync of this
+    // repository handle saw, says what cannot be read.
+    run.damaged = repo.sync().await?.damaged;
     run.reindex_unindexed().await?;
     repo.catalog().live_reset()?;
     run.mark().await?;
@@ -260,6 +260,8 @@ struct Run<'a> {
     told: HashSet<String>,
     /// Packs in no index object whose header cannot be read.
     unreadable: Vec<(PackId, u64)>,
+    /// What prune's latest sync could not read.
+    damaged: Vec<DamagedObject>,
 }
 
 impl Run<'_> {
@@ -328,7 +330,7 @@ impl Run<'_> {
     /// before acting, and goes on.
     fn check_damage(&mut self, more: Vec<String>) -> Result<()> {
         let mut damage = Vec::new();
-        for object in self.repo.damaged_objects() {
+        for object in &self.damaged {
             if object.name.starts_with("pending/") {
                 // An unreadable generation protects and deletes nothing.
                 let warning = format!("{object}; it is ignored");
@@ -396,18 +398,19 @@ impl Run<'_> {
         };
         self.summary.packs_unused = unused.len() as u64;
         self.summary.bytes_unused = unused.iter().map(|u| u.pack.size).sum();
-        self.summary.packs_repacked = repack.len() as u64;
-        self.summary.bytes_repacked = repack.iter().map(|u| u.pack.size).sum();
-        self.summary.bytes_rewritten = repack.iter().map(|u| u.live_bytes).sum();
 
         let mut doomed: Vec<PackId> = unused.iter().map(|u| u.pack.id).collect();
         doomed.extend(unindexed.iter().map(|p| p.0));
         if !self.options.dry_run && !repack.is_empty() {
-            let repacked = self.repack(&repack).await?;
-            doomed.extend(repacked);
-        } else {
-            doomed.extend(repack.iter().map(|u| u.pack.id));
+            // Only the packs actually repacked count: one that could not be
+            // read stays where it is.
+            let repacked: HashSet<PackId> = self.repack(&repack).await?.into_iter().collect();
+            repack.retain(|u| repacked.contains(&u.pack.id));
         }
+        self.summary.packs_repacked = repack.len() as u64;
+        self.summary.bytes_repacked = repack.iter().map(|u| u.pack.size).sum();
+        self.summary.bytes_rewritten = repack.iter().map(|u| u.live_bytes).sum();
+        doomed.extend(repack.iter().map(|u| u.pack.id));
         if doomed.is_empty() {
             return Ok(());
         }
@@ -538,6 +541,15 @@ impl Run<'_> {
                 )],
             });
         }
+        if check.known_damaged > 0 {
+            let warning = format!(
+                "{} blob(s) snapshots need have no intact copy (found damaged by `larder check`); back up their data again",
+                check.known_damaged
+            );
+            if self.told.insert(warning.clone()) {
+                self.summary.warnings.push(warning);
+            }
+        }
         if check.unlocated > 0 {
             self.check_damage(vec![format!(
                 "{} blob(s) snapshots need are in no pack any index object names (such as {}); an index object may be missing, damaged or hidden",
@@ -561,7 +573,15 @@ impl Run<'_> {
         for usage in packs {
             let id = usage.pack.id;
             let name = pack_path(&id);
-            let bytes = self.repo.backend().get(&name, usage.pack.size).await?;
+            let bytes = match self.repo.backend().get(&name, usage.pack.size).await {
+                Ok(bytes) => bytes,
+                // Left where it is (not deleted): `check` reports it.
+                Err(e) if e.is_damage() => {
+                    self.summary.warnings.push(format!("{e}; not repacked"));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if crate::hash::PackId::of_pack(&bytes) != id {
                 self.summary.warnings.push(format!(
                     "{name} does not match its name; not repacked (see `larder check --read-data`)"
@@ -701,7 +721,7 @@ impl Run<'_> {
 
         // The re-check: everything committed up to now is marked, and
         // nothing that cannot be read has appeared since.
-        self.repo.sync().await?;
+        self.damaged = self.repo.sync().await?.damaged;
         self.mark().await?;
         self.check_damage(Vec::new())?;
         let needed: HashSet<PackId> = self

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use crate::backend::RequestCounts;
 use crate::error::Result;
-use crate::index::{IndexObject, IndexedPack};
+use crate::index::{INDEX_FLUSH_BLOBS, IndexObject, IndexedPack};
 use crate::pack::PackKind;
 use crate::repo::Repo;
 use crate::seal::ObjectKind;
@@ -28,8 +28,9 @@ pub struct RebuildSummary {
     pub index_objects: usize,
     /// Packs no index object named, read from their headers.
     pub packs_from_headers: usize,
-    /// The index object written for them, if any.
-    pub repair_index: Option<String>,
+    /// The index objects written for them (one per
+    /// [`INDEX_FLUSH_BLOBS`] blobs).
+    pub repair_indexes: Vec<String>,
     /// Objects that could not be read.
     pub warnings: Vec<String>,
     /// Blob locations in the new catalog.
@@ -67,12 +68,17 @@ pub async fn rebuild_catalog(repo: &Repo) -> Result<RebuildSummary> {
                         Some(ObjectKind::DataBlob) | None => PackKind::Data,
                         Some(_) => PackKind::Tree,
                     };
+                    summary.packs_from_headers += 1;
                     repair.packs.push(IndexedPack {
                         id,
                         kind: kind.code(),
                         size: object.size,
                         blobs: entries,
                     });
+                    if repair.blob_count() >= INDEX_FLUSH_BLOBS {
+                        let (id, _) = repo.write_index(&std::mem::take(&mut repair)).await?;
+                        summary.repair_indexes.push(id.to_hex());
+                    }
                 }
                 Err(e) if e.is_damage() => summary
                     .warnings
@@ -80,10 +86,9 @@ pub async fn rebuild_catalog(repo: &Repo) -> Result<RebuildSummary> {
                 Err(e) => return Err(e),
             }
         }
-        summary.packs_from_headers = repair.packs.len();
         if !repair.packs.is_empty() {
             let (id, _) = repo.write_index(&repair).await?;
-            summary.repair_index = Some(id.to_hex());
+            summary.repair_indexes.push(id.to_hex());
         }
         summary.blobs = repo.catalog().blob_count()?;
         summary.duration_s = started.elapsed().as_secs_f64();

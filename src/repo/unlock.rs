@@ -53,7 +53,9 @@ pub const MAX_OPEN_KDF_WORK: u64 = 2 * crate::key::MAX_KDF_WORK;
 /// repository last time first (fetched by name, sparing a listing), then
 /// every other, cheapest first, until the KDF work budget is spent. Damaged
 /// key files are named in the error, so a damaged key is not mistaken for a
-/// wrong passphrase, and junk files cannot hide the real key.
+/// wrong passphrase. Junk key files that sort first cannot hide the real
+/// key, but enough of them can exhaust the budget; the error then names
+/// every key file left untried.
 pub(super) async fn unlock(
     backend: &dyn Backend,
     envelope: &ConfigEnvelope,
@@ -81,6 +83,7 @@ pub(super) async fn unlock(
                 if let Ok(file) = KeyFile::parse(last, &bytes)
                     && file.header.repo_id == envelope.repo_id
                     && file.integrity != KeyFileIntegrity::Damaged
+                    && file.header.kdf.validate().is_ok()
                 {
                     spent += file.kdf_work();
                     last_tried = true;
@@ -161,14 +164,14 @@ pub(super) async fn unlock(
         }
     }
     candidates.sort_by_key(|f| (f.integrity == KeyFileIntegrity::Damaged, f.kdf_work(), f.id));
-    let total = candidates.len();
+    let names: Vec<String> = candidates.iter().map(|f| key_path(&f.id)).collect();
     let mut tried = 0;
-    for file in candidates {
+    for (index, file) in candidates.into_iter().enumerate() {
         if spent + file.kdf_work() > MAX_OPEN_KDF_WORK {
             return Err(Error::TooManyKeyFiles {
                 location: backend.location(),
                 tried,
-                untried: total - tried,
+                untried: names[index..].to_vec(),
             });
         }
         spent += file.kdf_work();

@@ -800,3 +800,57 @@ async fn prune_settles_and_leaves_small_packs_alone() {
     }
     assert_eq!(first.packs_repacked, 0, "{first:#?}");
 }
+
+/// A pack chosen for repacking that cannot be read as stored (here: longer
+/// than its index records) is left where it is with a warning; the rest of
+/// the prune goes on, and every kept snapshot still reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pack_that_cannot_be_read_for_repacking_is_left_alone_with_a_warning() {
+    let (lib, memory) = memory_repo_with(small_pack_options()).await;
+    let mut kept = Vec::new();
+    for seed in 0..6 {
+        let data = content(seed);
+        let s = lib.backup("db", &data).await.unwrap();
+        kept.push((s.snapshot_id, data));
+    }
+    forget(&lib.repo, &keep_last(2)).await.unwrap();
+    let data_packs: Vec<String> = lib
+        .repo
+        .catalog()
+        .packs()
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.kind == larder::pack::PackKind::Data)
+        .map(|p| larder::layout::pack_path(&p.id))
+        .collect();
+    let stored = memory.snapshot();
+    for name in &data_packs {
+        let mut grown = stored[name].to_vec();
+        grown.push(0);
+        memory.overwrite(name, grown.into());
+    }
+
+    // Every pack with any unused blob is a repacking candidate.
+    let options = PruneOptions {
+        max_unused_percent: 0.0,
+        ..PruneOptions::default()
+    };
+    let summary = prune(&lib.repo, &options).await.unwrap();
+    assert_eq!(summary.packs_repacked, 0, "{summary:#?}");
+    assert!(
+        summary.warnings.iter().any(|w| w.contains("not repacked")),
+        "{summary:#?}"
+    );
+    let left = memory.snapshot();
+    let live = lib.repo.catalog().pack_usage().unwrap();
+    for usage in live.iter().filter(|u| u.live_blobs > 0) {
+        let name = larder::layout::pack_path(&usage.pack.id);
+        assert!(
+            left.contains_key(&name),
+            "{name} held live blobs and is gone"
+        );
+    }
+    for (id, data) in kept.iter().skip(4) {
+        assert_eq!(&cat_bytes(&lib.repo, id).await.unwrap(), data);
+    }
+}

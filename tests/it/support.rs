@@ -215,9 +215,15 @@ impl CliRepo {
     /// The objects under one prefix of the repository (`packs`, `locks`, …),
     /// sorted.
     pub fn objects(&self, prefix: &str) -> Vec<PathBuf> {
+        // Temporary files of writes in flight are not objects yet.
         let mut out: Vec<PathBuf> = files_under(&self.repo.join(prefix))
             .into_iter()
             .map(|(p, _)| p)
+            .filter(|p| {
+                !p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(larder::backend::local::TEMP_PREFIX))
+            })
             .collect();
         out.sort();
         out
