@@ -189,7 +189,7 @@ impl BlobHasher {
     /// the kind's one-byte code followed by the plaintext. The kind is part
     /// of the id so that a data chunk with a tree's bytes never shares its
     /// id (and so never stands in for it in dedup).
-    pub fn blob_id(&self, kind: crate::seal::ObjectKind, plaintext: &[u8]) -> BlobId {
+    pub fn blob_id(&self, kind: crate::object::ObjectKind, plaintext: &[u8]) -> BlobId {
         let mut hasher = blake3::Hasher::new_keyed(&self.key);
         hasher.update(&[kind.code()]);
         hasher.update(plaintext);
@@ -224,7 +224,7 @@ mod tests {
 
     #[test]
     fn blob_ids_depend_on_the_key_and_the_kind() {
-        use crate::seal::ObjectKind::{DataBlob, ListBlob, TreeBlob};
+        use crate::object::ObjectKind::{DataBlob, ListBlob, TreeBlob};
         let a = BlobHasher::new([1; 32]).blob_id(DataBlob, b"hello");
         let b = BlobHasher::new([2; 32]).blob_id(DataBlob, b"hello");
         assert_ne!(a, b);

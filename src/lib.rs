@@ -40,6 +40,7 @@
 pub mod error;
 pub mod host;
 pub mod layout;
+pub mod object;
 
 // Write path, in order.
 pub mod backend;

@@ -28,61 +28,7 @@ pub const SEAL_OVERHEAD: usize = 24 + 1 + 16;
 const MODE_STORED: u8 = 0;
 const MODE_ZSTD: u8 = 1;
 
-/// What a sealed object is; part of its associated data.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[repr(u8)]
-pub enum ObjectKind {
-    /// A chunk of file or stream content.
-    DataBlob = 1,
-    /// A directory: the entries of one tree.
-    TreeBlob = 2,
-    /// A list of content chunk ids, for files too large to list inline.
-    ListBlob = 3,
-    /// The header at the end of a pack.
-    PackHeader = 4,
-    /// An index object.
-    Index = 5,
-    /// A snapshot object.
-    Snapshot = 6,
-    /// The repository config.
-    Config = 7,
-    /// A lease object.
-    Lease = 8,
-    /// A pending-deletion list.
-    Pending = 9,
-}
-
-impl ObjectKind {
-    /// Parses the one-byte code used in pack headers and index objects.
-    pub fn from_code(code: u8) -> Option<ObjectKind> {
-        use ObjectKind::*;
-        Some(match code {
-            1 => DataBlob,
-            2 => TreeBlob,
-            3 => ListBlob,
-            4 => PackHeader,
-            5 => Index,
-            6 => Snapshot,
-            7 => Config,
-            8 => Lease,
-            9 => Pending,
-            _ => return None,
-        })
-    }
-
-    /// The one-byte code.
-    pub fn code(self) -> u8 {
-        self as u8
-    }
-
-    /// True for the blob kinds that live in packs.
-    pub fn is_blob(self) -> bool {
-        matches!(
-            self,
-            ObjectKind::DataBlob | ObjectKind::TreeBlob | ObjectKind::ListBlob
-        )
-    }
-}
+pub use crate::object::ObjectKind;
 
 /// Why a sealed object did not open.
 #[derive(Debug, Clone, PartialEq, Eq)]

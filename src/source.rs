@@ -41,11 +41,7 @@ impl std::fmt::Debug for StreamInput {
 /// reads instead of 64 KiB ones. Best effort: not a pipe, or a limit below
 /// 1 MiB (`/proc/sys/fs/pipe-max-size`), leaves it as it was.
 pub fn enlarge_pipe(fd: std::os::fd::BorrowedFd<'_>) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: fcntl on a valid descriptor; F_SETPIPE_SZ only fails on non-pipes.
-    unsafe {
-        libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20);
-    }
+    let _ = rustix::pipe::fcntl_setpipe_size(fd, 1 << 20);
 }
 
 /// Splits a `--command` string into an argument vector with shell-like

@@ -9,7 +9,6 @@
 //! `list` and may be deleted at any time. Objects are created mode 0600 and
 //! directories 0700; all 256 pack directories exist from `init` on.
 
-use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
@@ -303,31 +302,18 @@ fn write_new(root: &Path, path: &Path, data: &[u8]) -> Result<Put> {
 
 /// Renames `from` to `to` unless `to` exists. Returns false if it existed.
 pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<bool> {
-    let from_c = CString::new(from.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    let to_c = CString::new(to.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    // SAFETY: both pointers are valid NUL-terminated strings for the call.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            from_c.as_ptr(),
-            libc::AT_FDCWD,
-            to_c.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    if rc == 0 {
-        return Ok(true);
-    }
-    let err = io::Error::last_os_error();
-    match err.raw_os_error() {
-        Some(libc::EEXIST) => Ok(false),
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    use rustix::io::Errno;
+    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(true),
+        Err(Errno::EXIST) => Ok(false),
         // File systems without RENAME_NOREPLACE: link fails if `to` exists.
-        Some(libc::EINVAL) | Some(libc::ENOSYS) => match fs::hard_link(from, to) {
+        Err(Errno::INVAL | Errno::NOSYS) => match fs::hard_link(from, to) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
             Err(e) => Err(e),
         },
-        _ => Err(err),
+        Err(e) => Err(e.into()),
     }
 }
 

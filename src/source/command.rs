@@ -53,11 +53,12 @@ impl Killer {
         let mut child = self.0.lock().expect("child lock");
         // While the leader is unreaped its pid cannot be reused, so the
         // group id is still ours to signal.
-        if matches!(child.try_wait(), Ok(None)) {
-            // SAFETY: kill(2) with a negative pid signals a process group.
-            unsafe {
-                libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL);
-            }
+        if matches!(child.try_wait(), Ok(None))
+            && let Some(group) = i32::try_from(child.id())
+                .ok()
+                .and_then(rustix::process::Pid::from_raw)
+        {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
         }
         let _ = child.kill();
     }

@@ -190,18 +190,7 @@ impl Names {
             .lock()
             .expect("names lock")
             .entry(uid)
-            .or_insert_with(|| {
-                // SAFETY: getpwuid returns static storage read at once, on a
-                // lock that serialises every call made through `Names`.
-                unsafe {
-                    let pw = libc::getpwuid(uid);
-                    (!pw.is_null()).then(|| {
-                        std::ffi::CStr::from_ptr((*pw).pw_name)
-                            .to_string_lossy()
-                            .into_owned()
-                    })
-                }
-            })
+            .or_insert_with(|| crate::host::user_name(uid))
             .clone()
     }
 
@@ -211,17 +200,7 @@ impl Names {
             .lock()
             .expect("names lock")
             .entry(gid)
-            .or_insert_with(|| {
-                // SAFETY: as for `user`.
-                unsafe {
-                    let gr = libc::getgrgid(gid);
-                    (!gr.is_null()).then(|| {
-                        std::ffi::CStr::from_ptr((*gr).gr_name)
-                            .to_string_lossy()
-                            .into_owned()
-                    })
-                }
-            })
+            .or_insert_with(|| crate::host::group_name(gid))
             .clone()
     }
 }
