@@ -152,7 +152,7 @@ pub fn too_large(name: &str, size: u64, max_size: u64) -> Error {
 pub fn open(url: &str) -> Result<Arc<dyn Backend>> {
     if url.is_empty() {
         return Err(Error::InvalidArgument(
-            "no repository given: pass --repo or set LARDER_REPO".into(),
+            "no repository location given".into(),
         ));
     }
     if let Some(path) = url.strip_prefix("file://") {

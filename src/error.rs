@@ -178,6 +178,24 @@ pub enum Error {
     #[error("{0}")]
     InvalidArgument(String),
 
+    /// A retention policy names nothing to keep.
+    #[error("no keep rule given: forget would remove every snapshot; name what to keep")]
+    NoRetentionRule,
+
+    /// A restore would overwrite files that exist in its target, and
+    /// overwriting was not allowed.
+    #[error(
+        "{count} file(s) already exist in the target ({}{}); refusing to overwrite them",
+        sample.join(", "),
+        if *count > sample.len() { ", …" } else { "" }
+    )]
+    TargetFilesExist {
+        /// How many.
+        count: usize,
+        /// The first few.
+        sample: Vec<String>,
+    },
+
     /// A retention policy would remove every snapshot of a group, and
     /// emptying groups was not allowed.
     #[error("the policy would remove all {count} snapshots of group {group}")]

@@ -59,6 +59,9 @@ fn main() -> ExitCode {
         Ok(cli::Outcome::Warnings) => ExitCode::from(3),
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "larder: error: {e:#}");
+            if let Some(hint) = flag_hint(&e) {
+                let _ = writeln!(std::io::stderr(), "larder: hint: {hint}");
+            }
             let code = exit_code(&e);
             if code > 128 {
                 die_by_signal(i32::from(code - 128));
@@ -79,6 +82,21 @@ fn die_by_signal(signal: i32) {
         libc::signal(signal, libc::SIG_DFL);
         libc::raise(signal);
     }
+}
+
+/// The command-line option that answers a refusal, for library errors that
+/// describe one (the library names no options).
+fn flag_hint(error: &anyhow::Error) -> Option<&'static str> {
+    Some(match error.downcast_ref::<larder::Error>()? {
+        larder::Error::NoRetentionRule => {
+            "give at least one --keep-* rule (see `larder forget --help`)"
+        }
+        larder::Error::WouldEmptyGroup { .. } => "pass --allow-empty if that is meant",
+        larder::Error::TargetFilesExist { .. } => {
+            "pass --overwrite always to replace them after a safety snapshot, or restore into an empty directory"
+        }
+        _ => return None,
+    })
 }
 
 /// 128 + the signal for an interrupted command (as shells report a process

@@ -131,14 +131,7 @@ pub async fn forget(global: &GlobalArgs, args: ForgetArgs) -> Result<Outcome> {
         dry_run: args.dry_run,
         allow_empty: args.allow_empty,
     };
-    let summary = larder::ops::forget::forget(&repo, &options)
-        .await
-        .map_err(|e| match e {
-            larder::Error::WouldEmptyGroup { .. } => {
-                anyhow::anyhow!("{e}; pass --allow-empty if that is meant")
-            }
-            e => e.into(),
-        })?;
+    let summary = larder::ops::forget::forget(&repo, &options).await?;
     let pruned = if args.prune {
         let options = prune_options(
             global,

@@ -60,7 +60,7 @@ impl std::str::FromStr for GroupBy {
                 "tags" | "tag" => by.tags = true,
                 other => {
                     return Err(Error::InvalidArgument(format!(
-                        "--group-by {other:?}: use a comma-separated list of source, host, tags"
+                        "cannot group by {other:?}: use a comma-separated list of source, host, tags"
                     )));
                 }
             }
@@ -136,9 +136,7 @@ pub struct ForgetSummary {
 pub async fn forget(repo: &Repo, options: &ForgetOptions) -> Result<ForgetSummary> {
     let started = Instant::now();
     if options.policy.is_empty() {
-        return Err(Error::InvalidArgument(
-            "no --keep-* rule given: forget would remove every snapshot; name what to keep".into(),
-        ));
+        return Err(Error::NoRetentionRule);
     }
     repo.sync().await?;
     let selected = repo.snapshots(&options.filter)?;
@@ -242,13 +240,13 @@ fn group_key(by: &GroupBy, snapshot: &crate::snapshot::Snapshot) -> String {
 fn describe(filter: &SnapshotFilter) -> String {
     let mut parts = Vec::new();
     if let Some(source) = &filter.source {
-        parts.push(format!("--source {source}"));
+        parts.push(format!("source {source}"));
     }
     if let Some(host) = &filter.host {
-        parts.push(format!("--host {host}"));
+        parts.push(format!("host {host}"));
     }
     for tag in &filter.tags {
-        parts.push(format!("--tag {tag}"));
+        parts.push(format!("tag {tag}"));
     }
     if parts.is_empty() {
         "(the repository has no snapshots)".into()

@@ -217,13 +217,10 @@ pub async fn restore(
                         .take(5)
                         .map(|p| p.display().to_string())
                         .collect();
-                    return Err(Error::InvalidArgument(format!(
-                        "{} file(s) already exist in the target ({}{}); refusing to overwrite them \
-                     (pass --overwrite always to replace them after a safety snapshot)",
-                        existing.len(),
-                        listed.join(", "),
-                        if existing.len() > 5 { ", …" } else { "" }
-                    )));
+                    return Err(Error::TargetFilesExist {
+                        count: existing.len(),
+                        sample: listed,
+                    });
                 }
                 Overwrite::Always => {
                     let safety = safety_snapshot(repo, snapshot, existing).await?;
