@@ -227,6 +227,7 @@ async fn backup(repo: &Repo, data: &Arc<Vec<u8>>) -> u64 {
                 name: "dump".into(),
             },
             kind: "stream".into(),
+            allow_incomplete: false,
             tags: vec![],
             host: "bench".into(),
             time: None,

@@ -1,10 +1,163 @@
-//! What larder knows about dump formats.
+//! What larder knows about dump formats: completeness checks run
+//! alongside chunking (a bad dump never counts as a backup), and a warning
+//! for input that is already compressed.
 //!
 //! Compressed input defeats deduplication at every chunk size: one changed
 //! row reshuffles every compressed byte after it. larder looks at the first
 //! bytes of a stream and warns, naming the flag to change, when the dump is
 //! already compressed. larder compresses every chunk itself, so an
 //! uncompressed dump costs no extra space in the repository.
+
+use std::io::{self, Read};
+
+pub mod neo4j;
+pub mod postgres;
+pub mod redis;
+
+/// The tag a snapshot of an incomplete dump carries (stored only with
+/// `allow_incomplete`); retention never counts it as a good backup.
+pub const INCOMPLETE_TAG: &str = "incomplete";
+
+/// What a stream source is, as `--kind` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Told from the first bytes: a PostgreSQL, Redis or Neo4j dump is
+    /// checked as one; anything else is stored as a plain stream.
+    Auto,
+    /// Any bytes; nothing is checked.
+    Stream,
+    /// `pg_dump` output: plain SQL or a custom-format archive.
+    Postgres,
+    /// A Redis RDB file.
+    Redis,
+    /// A Neo4j 5 dump.
+    Neo4j,
+}
+
+impl Kind {
+    /// The kinds a stream backup accepts, by name.
+    pub const NAMES: [&str; 5] = ["auto", "stream", "postgres", "redis", "neo4j"];
+
+    /// Parses a `--kind` name.
+    pub fn from_name(name: &str) -> Option<Kind> {
+        Some(match name {
+            "auto" => Kind::Auto,
+            "stream" => Kind::Stream,
+            "postgres" => Kind::Postgres,
+            "redis" => Kind::Redis,
+            "neo4j" => Kind::Neo4j,
+            _ => return None,
+        })
+    }
+
+    /// The name recorded in a snapshot (`auto` is recorded as what it
+    /// found, see [`Verdict::kind`]).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Auto => "auto",
+            Kind::Stream => "stream",
+            Kind::Postgres => "postgres",
+            Kind::Redis => "redis",
+            Kind::Neo4j => "neo4j",
+        }
+    }
+}
+
+/// What a completeness check found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// The format checked, such as `postgres-custom` or `redis-rdb`.
+    pub format: &'static str,
+    /// Whether the dump is whole.
+    pub complete: bool,
+    /// Whether the format could be checked at all (an archive version
+    /// newer than this build knows is stored unchecked, with a warning).
+    pub checked: bool,
+    /// What was checked, or what is missing.
+    pub detail: String,
+}
+
+impl Verdict {
+    fn complete(format: &'static str, detail: impl Into<String>) -> Verdict {
+        Verdict {
+            format,
+            complete: true,
+            checked: true,
+            detail: detail.into(),
+        }
+    }
+
+    fn incomplete(format: &'static str, detail: impl Into<String>) -> Verdict {
+        Verdict {
+            format,
+            complete: false,
+            checked: true,
+            detail: detail.into(),
+        }
+    }
+
+    fn unchecked(format: &'static str, detail: impl Into<String>) -> Verdict {
+        Verdict {
+            format,
+            complete: true,
+            checked: false,
+            detail: detail.into(),
+        }
+    }
+
+    /// A check that could not run to its end: the dump is not vouched for.
+    pub fn failed_check(why: String) -> Verdict {
+        Verdict {
+            format: "unknown",
+            complete: false,
+            checked: true,
+            detail: format!("the completeness check failed: {why}"),
+        }
+    }
+
+    /// The source kind the format belongs to.
+    pub fn kind(&self) -> &'static str {
+        match self.format.split('-').next() {
+            Some("postgres") => "postgres",
+            Some("redis") => "redis",
+            Some("neo4j") => "neo4j",
+            _ => "stream",
+        }
+    }
+}
+
+/// Bytes looked at to tell formats apart.
+const HEAD: usize = 64;
+
+/// Checks a stream of kind `kind` read from `reader` to its end; `None`
+/// when nothing is checked (`stream`, or `auto` on an unknown format).
+/// Errors are the reader's own.
+pub fn check(kind: Kind, mut reader: impl Read) -> io::Result<Option<Verdict>> {
+    let mut head = Vec::with_capacity(HEAD);
+    (&mut reader).take(HEAD as u64).read_to_end(&mut head)?;
+    let custom = head.starts_with(b"PGDMP");
+    let plain = postgres::is_plain(&head);
+    let rdb = redis::is_rdb(&head);
+    let neo4j_dump = head.starts_with(neo4j::MAGIC);
+    let mut whole = io::Cursor::new(head).chain(reader);
+    let verdict = match kind {
+        Kind::Auto | Kind::Postgres if custom => Some(postgres::check_custom(&mut whole)?),
+        Kind::Auto | Kind::Postgres if plain => Some(postgres::check_plain(&mut whole)?),
+        Kind::Auto | Kind::Redis if rdb || kind == Kind::Redis => Some(redis::check(&mut whole)?),
+        Kind::Auto | Kind::Neo4j if neo4j_dump || kind == Kind::Neo4j => {
+            Some(neo4j::check(&mut whole)?)
+        }
+        Kind::Postgres => Some(Verdict::incomplete(
+            "postgres",
+            "the stream is neither a plain pg_dump script (it starts \"-- PostgreSQL database dump\") nor a custom-format archive (PGDMP)",
+        )),
+        Kind::Auto | Kind::Stream | Kind::Redis | Kind::Neo4j => None,
+    };
+    // Read to the end whatever the verdict: whoever feeds the check must
+    // never block on one that stopped listening.
+    io::copy(&mut whole, &mut io::sink())?;
+    Ok(verdict)
+}
 
 /// Returns a warning if `head` (the first bytes of a stream) shows a
 /// compressed format.
@@ -63,6 +216,24 @@ fn inspect_pg_custom(head: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kinds_are_told_from_the_first_bytes() {
+        let plain = b"--\n-- PostgreSQL database dump\n--\n\n--\n-- PostgreSQL database dump complete\n--\n\n";
+        let v = check(Kind::Auto, &plain[..]).unwrap().unwrap();
+        assert_eq!(
+            (v.format, v.complete, v.kind()),
+            ("postgres-plain", true, "postgres")
+        );
+        assert_eq!(check(Kind::Auto, &b"just bytes"[..]).unwrap(), None);
+        assert_eq!(check(Kind::Stream, &plain[..]).unwrap(), None);
+        let v = check(Kind::Postgres, &b"just bytes"[..]).unwrap().unwrap();
+        assert!(!v.complete);
+        let v = check(Kind::Redis, &b"just bytes"[..]).unwrap().unwrap();
+        assert!(!v.complete);
+        let v = check(Kind::Auto, &b"REDIS0011\xff"[..]).unwrap().unwrap();
+        assert_eq!((v.format, v.complete), ("redis-rdb", false));
+    }
 
     fn pg_header(major: u8, minor: u8, compression: &[u8]) -> Vec<u8> {
         let mut h = b"PGDMP".to_vec();

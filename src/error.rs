@@ -152,6 +152,19 @@ pub enum Error {
         stderr_tail: String,
     },
 
+    /// A dump failed its completeness check; no snapshot was written.
+    #[error(
+        "source {source_name}: the {format} dump is incomplete: {detail}; no snapshot was written"
+    )]
+    IncompleteDump {
+        /// The `--source` name.
+        source_name: String,
+        /// The format checked, such as `postgres-custom`.
+        format: String,
+        /// What is missing.
+        detail: String,
+    },
+
     /// No snapshot matches what the caller named.
     #[error("no snapshot matches {0}")]
     SnapshotNotFound(String),

@@ -27,6 +27,7 @@
 //!         name: "orders.dump".into(),
 //!     },
 //!     kind: "postgres".into(),
+//!     allow_incomplete: false,
 //!     tags: vec![],
 //!     host: larder::host::current_host(),
 //!     time: None,

@@ -92,6 +92,9 @@ fn flag_hint(error: &anyhow::Error) -> Option<&'static str> {
             "give at least one --keep-* rule (see `larder forget --help`)"
         }
         larder::Error::WouldEmptyGroup { .. } => "pass --allow-empty if that is meant",
+        larder::Error::IncompleteDump { .. } => {
+            "fix the dump; --allow-incomplete stores it anyway, tagged incomplete"
+        }
         larder::Error::TargetFilesExist { .. } => {
             "pass --overwrite always to replace them after a safety snapshot, or restore into an empty directory"
         }

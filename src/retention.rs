@@ -199,6 +199,9 @@ pub struct Decision {
     /// Dated after `now` by more than the clock-skew allowance: kept, but
     /// counted toward no rule.
     pub suspicious: bool,
+    /// Tagged [`crate::dump::INCOMPLETE_TAG`]: an incomplete dump stored on
+    /// request. Counted toward no rule; kept only by `--keep-tag`.
+    pub incomplete: bool,
 }
 
 /// Applies `policy` to one group of snapshots. Returns one decision per
@@ -211,6 +214,7 @@ pub fn apply(items: &[Item<'_>], policy: &Policy, now: Timestamp, tz: &TimeZone)
             keep: false,
             reasons: Vec::new(),
             suspicious: false,
+            incomplete: false,
         };
         items.len()
     ];
@@ -226,7 +230,17 @@ pub fn apply(items: &[Item<'_>], policy: &Policy, now: Timestamp, tz: &TimeZone)
                 keep: true,
                 reasons: vec!["newer than now (suspicious)".into()],
                 suspicious: true,
+                incomplete: false,
             };
+        } else if item.tags.iter().any(|t| t == crate::dump::INCOMPLETE_TAG) {
+            let decision = &mut decisions[i];
+            decision.incomplete = true;
+            for tag in &policy.tags {
+                if item.tags.contains(tag) {
+                    decision.reasons.push(format!("tag {tag}"));
+                }
+            }
+            decision.keep = !decision.reasons.is_empty();
         } else {
             order.push(i);
         }
@@ -658,6 +672,47 @@ mod tests {
             vec!["newer than now (suspicious)".to_string()]
         );
         assert!(d[2].suspicious);
+    }
+
+    #[test]
+    fn incomplete_dumps_take_no_keep_slot_and_go_unless_a_tag_keeps_them() {
+        let now = ts("2026-03-10T12:00:00Z");
+        let incomplete = vec![crate::dump::INCOMPLETE_TAG.to_string()];
+        let none: Vec<String> = Vec::new();
+        let items = [
+            Item {
+                time: ts("2026-03-10T02:00:00Z"),
+                tags: &incomplete,
+            },
+            Item {
+                time: ts("2026-03-09T02:00:00Z"),
+                tags: &none,
+            },
+            Item {
+                time: ts("2026-03-08T02:00:00Z"),
+                tags: &none,
+            },
+        ];
+        let policy = Policy {
+            daily: Some(2),
+            within: Some("30d".parse().unwrap()),
+            ..Policy::default()
+        };
+        let d = apply(&items, &policy, now, &TimeZone::UTC);
+        assert!(!d[0].keep && d[0].incomplete, "{d:?}");
+        assert!(
+            d[1].keep && d[1].reasons.contains(&"daily 1/2".to_string()),
+            "{d:?}"
+        );
+        assert!(
+            d[2].keep && d[2].reasons.contains(&"daily 2/2".to_string()),
+            "{d:?}"
+        );
+        let policy = Policy {
+            tags: vec![crate::dump::INCOMPLETE_TAG.into()],
+            ..policy
+        };
+        assert!(apply(&items, &policy, now, &TimeZone::UTC)[0].keep);
     }
 
     #[test]

@@ -71,6 +71,29 @@ pub struct Snapshot {
     /// was copied from.
     #[n(12)]
     pub copied_from: Option<SnapshotId>,
+    /// For dumps: the format found and what its completeness check said.
+    #[n(13)]
+    pub dump: Option<DumpRecord>,
+}
+
+/// What a dump's completeness check found, recorded with its snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, minicbor::Encode, minicbor::Decode, serde::Serialize)]
+#[cbor(map)]
+pub struct DumpRecord {
+    /// The format, such as `postgres-custom`, `postgres-plain`,
+    /// `redis-rdb` or `neo4j-dump`.
+    #[n(0)]
+    pub format: String,
+    /// Whether the dump was found whole (false only for snapshots stored
+    /// with `allow_incomplete`, which also carry the `incomplete` tag).
+    #[n(1)]
+    pub complete: bool,
+    /// Whether the format could be checked at all.
+    #[n(2)]
+    pub checked: bool,
+    /// What was checked, or what is missing.
+    #[n(3)]
+    pub detail: String,
 }
 
 /// How a dump command ran.

@@ -32,9 +32,12 @@ pub struct BackupArgs {
     /// File name of the stream inside the snapshot
     #[arg(long, default_value = "stdin", value_name = "FILE")]
     stdin_name: String,
-    /// Kind of source: stream, postgres, redis, neo4j (streams); files (trees, the default for paths)
+    /// Kind of source. Streams: auto (the default: PostgreSQL, Redis and Neo4j dumps are told from their first bytes), postgres, redis, neo4j, or stream (no check); a dump of a known kind is checked for completeness as it is read, and an incomplete one is not stored. Paths: files
     #[arg(long, value_name = "KIND")]
     kind: Option<String>,
+    /// Store a dump that fails its completeness check anyway, tagged "incomplete" (retention never counts it as a good backup)
+    #[arg(long)]
+    allow_incomplete: bool,
     /// Skip paths matching GLOB: without '/' it matches a name anywhere (*.tmp), with '/' the absolute path (repeatable)
     #[arg(long = "exclude", value_name = "GLOB")]
     excludes: Vec<String>,
@@ -67,14 +70,14 @@ pub async fn run(global: &GlobalArgs, args: BackupArgs) -> Result<Outcome> {
                 },
                 name: args.stdin_name.clone(),
             },
-            "stream",
+            "auto",
         ),
         (None, true, _) => (
             BackupInput::Stream {
                 input: StreamInput::Stdin,
                 name: args.stdin_name.clone(),
             },
-            "stream",
+            "auto",
         ),
         (None, false, false) => {
             let mut patterns = args.excludes.clone();
@@ -99,14 +102,13 @@ pub async fn run(global: &GlobalArgs, args: BackupArgs) -> Result<Outcome> {
     };
     let kind = args.kind.clone().unwrap_or_else(|| default_kind.into());
     let valid = match &input {
-        BackupInput::Stream { .. } => {
-            ["stream", "postgres", "redis", "neo4j"].contains(&kind.as_str())
-        }
+        BackupInput::Stream { .. } => larder::dump::Kind::from_name(&kind).is_some(),
         BackupInput::Tree(_) => kind == "files",
     };
     if !valid {
         bail!(
-            "--kind {kind:?} does not fit this source: streams take stream, postgres, redis or neo4j; paths take files"
+            "--kind {kind:?} does not fit this source: streams take {}; paths take files",
+            larder::dump::Kind::NAMES.join(", ")
         );
     }
     let time = args
@@ -131,6 +133,7 @@ pub async fn run(global: &GlobalArgs, args: BackupArgs) -> Result<Outcome> {
             source: args.source.clone(),
             input,
             kind,
+            allow_incomplete: args.allow_incomplete,
             tags: args.tags,
             host: args.host.unwrap_or_else(larder::host::current_host),
             time,

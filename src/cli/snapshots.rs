@@ -34,6 +34,8 @@ struct SnapshotJson {
     added: u64,
     command: Option<Vec<String>>,
     dumper_version: Option<String>,
+    /// The dump format found and its completeness check.
+    dump: Option<larder::snapshot::DumpRecord>,
     program: String,
 }
 
@@ -62,6 +64,7 @@ pub async fn run(global: &GlobalArgs, args: SnapshotsArgs) -> Result<Outcome> {
                 added: s.summary.bytes_added,
                 command: s.command.as_ref().map(|c| c.argv.clone()),
                 dumper_version: s.command.as_ref().and_then(|c| c.version.clone()),
+                dump: s.dump.clone(),
                 program: s.program.clone(),
             })
             .collect();

@@ -40,7 +40,8 @@ use crate::progress::Progress;
 use crate::repo::Repo;
 use crate::seal::ObjectKind;
 use crate::snapshot::{
-    CommandRecord, Content, ContentBuilder, ContentRef, Node, Snapshot, SnapshotSummary, Tree,
+    CommandRecord, Content, ContentBuilder, ContentRef, DumpRecord, Node, Snapshot,
+    SnapshotSummary, Tree,
 };
 use crate::source::{RunningCommand, StreamInput};
 
@@ -131,9 +132,13 @@ pub struct BackupOptions {
     pub source: String,
     /// What to read.
     pub input: BackupInput,
-    /// Source kind recorded with the snapshot (`stream`, `postgres`,
-    /// `redis`, `neo4j`; `files` for trees).
+    /// Source kind: for streams one of [`crate::dump::Kind::NAMES`]
+    /// (`auto` records the kind found), `files` for trees. Dumps of a
+    /// known kind are checked for completeness as they are read.
     pub kind: String,
+    /// Store a dump that fails its completeness check anyway, tagged
+    /// [`crate::dump::INCOMPLETE_TAG`], instead of failing the backup.
+    pub allow_incomplete: bool,
     /// Labels.
     pub tags: Vec<String>,
     /// Host recorded with the snapshot.
@@ -291,7 +296,18 @@ async fn backup_leased(repo: &Repo, options: BackupOptions) -> Result<BackupSumm
     };
     let outcome = match options.input {
         BackupInput::Stream { input, name } => {
-            stream_root(repo, input, &name, time_ns, &options.source, &run).await
+            let kind = crate::dump::Kind::from_name(&options.kind).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "{:?} is not a stream kind (one of {})",
+                    options.kind,
+                    crate::dump::Kind::NAMES.join(", ")
+                ))
+            })?;
+            let check = DumpCheck {
+                kind,
+                allow_incomplete: options.allow_incomplete,
+            };
+            stream_root(repo, input, &name, time_ns, &options.source, check, &run).await
         }
         BackupInput::Tree(input) => {
             let parent_root = parent
@@ -300,7 +316,7 @@ async fn backup_leased(repo: &Repo, options: BackupOptions) -> Result<BackupSumm
                 .map(|(_, s)| s.root);
             tree::backup_tree(repo, &input, parent_root, &run)
                 .await
-                .map(|root| (root, None))
+                .map(|root| (root, StreamEnd::default()))
         }
     };
     drop(run);
@@ -319,7 +335,37 @@ async fn backup_leased(repo: &Repo, options: BackupOptions) -> Result<BackupSumm
             (recorded, _) => recorded,
         });
     }
-    let (root, command) = outcome?;
+    let (root, StreamEnd { command, verdict }) = outcome?;
+    let mut kind = options.kind;
+    let mut tags = options.tags;
+    let dump = verdict.map(|v| {
+        if kind == crate::dump::Kind::Auto.name() {
+            kind = v.kind().into();
+        }
+        if !v.complete {
+            tags.push(crate::dump::INCOMPLETE_TAG.into());
+            warnings.lock().expect("warnings lock").push(format!(
+                "the {} dump is incomplete ({}); stored as asked, tagged {}, and never counted by retention as a good backup",
+                v.format,
+                v.detail,
+                crate::dump::INCOMPLETE_TAG
+            ));
+        } else if !v.checked {
+            warnings
+                .lock()
+                .expect("warnings lock")
+                .push(format!("the dump was not checked: {}", v.detail));
+        }
+        DumpRecord {
+            format: v.format.into(),
+            complete: v.complete,
+            checked: v.checked,
+            detail: v.detail,
+        }
+    });
+    if kind == crate::dump::Kind::Auto.name() {
+        kind = crate::dump::Kind::Stream.name().into();
+    }
 
     let stat = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let bytes_read = Progress::get(&progress.bytes_processed);
@@ -344,8 +390,8 @@ async fn backup_leased(repo: &Repo, options: BackupOptions) -> Result<BackupSumm
         time_ns,
         source: options.source,
         host: options.host,
-        tags: options.tags,
-        kind: options.kind,
+        tags,
+        kind,
         root,
         parent: parent.as_ref().map(|(id, _)| *id),
         paths,
@@ -354,6 +400,7 @@ async fn backup_leased(repo: &Repo, options: BackupOptions) -> Result<BackupSumm
         program: crate::ops::program_version(),
         user: current_user(),
         copied_from: None,
+        dump,
     };
     // The last moment an interrupt can still stop the commit.
     if let Some(signal) = progress.interrupt.raised() {
@@ -391,6 +438,21 @@ pub(crate) struct Run {
     counts: Arc<tree::FileCounts>,
 }
 
+/// How a stream's completeness is checked.
+#[derive(Clone, Copy)]
+struct DumpCheck {
+    kind: crate::dump::Kind,
+    allow_incomplete: bool,
+}
+
+/// How a stream ended: the dump command's record, and what the
+/// completeness check found.
+#[derive(Default)]
+struct StreamEnd {
+    command: Option<CommandRecord>,
+    verdict: Option<crate::dump::Verdict>,
+}
+
 /// Chunks a stream into the repository and stores its one-file root tree.
 async fn stream_root(
     repo: &Repo,
@@ -398,8 +460,9 @@ async fn stream_root(
     name: &str,
     time_ns: i64,
     source: &str,
+    check: DumpCheck,
     run: &Run,
-) -> Result<(BlobId, Option<CommandRecord>)> {
+) -> Result<(BlobId, StreamEnd)> {
     let (writer, abort, progress, warnings) =
         (&run.writer, &run.abort, &run.progress, &run.warnings);
     let profile = repo.config().profile(STREAM_PROFILE)?.clone();
@@ -435,7 +498,7 @@ async fn stream_root(
         let source = source.to_string();
         spawn_thread("larder-read", move || {
             read_stream(
-                chunker, reader, command, &hash_tx, &order_tx, &abort, &progress, &warnings,
+                chunker, reader, command, check, &hash_tx, &order_tx, &abort, &progress, &warnings,
                 &source,
             )
         })?
@@ -492,13 +555,13 @@ async fn stream_root(
     // interrupted; it is left to finish on its own (it stops at its next
     // read) rather than hold the command's exit. A dump command was killed.
     let deadline = Instant::now() + std::time::Duration::from_secs(2);
-    let record = join_unless_stuck(reader_thread, abort, deadline)
+    let end = join_unless_stuck(reader_thread, abort, deadline)
         .await
         .flatten();
     for h in hashers {
         join_unless_stuck(h, abort, deadline).await;
     }
-    Ok((root?, record))
+    Ok((root?, end.unwrap_or_default()))
 }
 
 /// Starts a named pipeline thread.
@@ -556,23 +619,41 @@ impl<R: Read> Read for CountingReader<R> {
     }
 }
 
-/// The reader thread: chunks the stream, then checks how the source ended.
-/// Returns the command record for a command source that exited 0.
+/// The reader thread: chunks the stream (feeding the completeness check on
+/// its own thread as it goes), then checks how the source ended and what
+/// the check found. `None` when the backup failed.
 #[allow(clippy::too_many_arguments)]
 fn read_stream(
     chunker: Chunker,
     reader: Box<dyn Read + Send>,
     command: Option<RunningCommand>,
+    check: DumpCheck,
     hash_tx: &Sender<(Bytes, Sender<(BlobId, Bytes)>)>,
     order_tx: &Sender<Receiver<(BlobId, Bytes)>>,
     abort: &Abort,
     progress: &Arc<Progress>,
     warnings: &Mutex<Vec<String>>,
     source: &str,
-) -> Option<CommandRecord> {
+) -> Option<StreamEnd> {
     let reader = CountingReader {
         inner: reader,
         progress: Arc::clone(progress),
+    };
+    let (check_tx, checker) = if check.kind == crate::dump::Kind::Stream {
+        (None, None)
+    } else {
+        let (tx, rx) = bounded::<Bytes>(16);
+        let kind = check.kind;
+        let thread = spawn_thread("larder-check", move || {
+            crate::dump::check(kind, ChannelReader::new(rx))
+        });
+        match thread {
+            Ok(thread) => (Some(tx), Some(thread)),
+            Err(e) => {
+                abort.fail(e);
+                return None;
+            }
+        }
     };
     let mut seq = 0u64;
     for chunk in chunker.chunks(reader) {
@@ -599,6 +680,10 @@ fn read_stream(
         {
             warnings.lock().expect("warnings lock").push(warning);
         }
+        if let Some(tx) = &check_tx {
+            // A check that has stopped listening has its verdict already.
+            let _ = tx.send(data.clone());
+        }
         let (slot_tx, slot_rx) = bounded(1);
         if hash_tx.send((data, slot_tx)).is_err() || order_tx.send(slot_rx).is_err() {
             return None;
@@ -623,7 +708,63 @@ fn read_stream(
         });
         return None;
     }
-    record
+    drop(check_tx);
+    let verdict = match checker.map(std::thread::JoinHandle::join) {
+        None => None,
+        Some(Ok(Ok(verdict))) => verdict,
+        // The channel reader never fails; a panicking check is a bug, and
+        // the dump is not vouched for.
+        Some(Ok(Err(e))) => Some(crate::dump::Verdict::failed_check(e.to_string())),
+        Some(Err(_)) => Some(crate::dump::Verdict::failed_check(
+            "the check panicked".into(),
+        )),
+    };
+    if let Some(v) = &verdict
+        && !v.complete
+        && !check.allow_incomplete
+    {
+        abort.fail(Error::IncompleteDump {
+            source_name: source.into(),
+            format: v.format.into(),
+            detail: v.detail.clone(),
+        });
+        return None;
+    }
+    Some(StreamEnd {
+        command: record,
+        verdict,
+    })
+}
+
+/// Reads the chunks a channel delivers, in order, as one stream; the end
+/// of the stream is the sender hanging up.
+struct ChannelReader {
+    rx: Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl ChannelReader {
+    fn new(rx: Receiver<Bytes>) -> ChannelReader {
+        ChannelReader {
+            rx,
+            current: Bytes::new(),
+        }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.recv() {
+                Ok(next) => self.current = next,
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        bytes::Buf::advance(&mut self.current, n);
+        Ok(n)
+    }
 }
 
 /// Takes hashed chunks in stream order, dedups and stores each, and builds

@@ -108,6 +108,8 @@ pub struct ForgetEntry {
     /// Dated after now by more than the clock-skew allowance: kept, but
     /// counted toward no rule.
     pub suspicious: bool,
+    /// An incomplete dump stored on request: counted toward no rule.
+    pub incomplete: bool,
     /// Its group, as `source=… host=…`.
     #[serde(skip)]
     pub group: String,
@@ -174,8 +176,11 @@ pub async fn forget(repo: &Repo, options: &ForgetOptions) -> Result<ForgetSummar
         // Suspicious (future-dated) snapshots are kept but do not count:
         // a group whose real snapshots would all go is refused, planted
         // ones or not.
-        let real = decisions.iter().filter(|d| !d.suspicious).count();
-        if !options.allow_empty && real > 0 && decisions.iter().all(|d| !d.keep || d.suspicious) {
+        // Incomplete dumps are not good backups: they neither count as
+        // the group's real snapshots nor keep it from being emptied.
+        let good = |d: &retention::Decision| !d.suspicious && !d.incomplete;
+        let real = decisions.iter().filter(|d| good(d)).count();
+        if !options.allow_empty && real > 0 && decisions.iter().all(|d| !d.keep || !good(d)) {
             return Err(Error::WouldEmptyGroup {
                 group: group.to_string(),
                 count: real,
@@ -201,6 +206,7 @@ pub async fn forget(repo: &Repo, options: &ForgetOptions) -> Result<ForgetSummar
                 keep: decision.keep,
                 reasons: decision.reasons,
                 suspicious: decision.suspicious,
+                incomplete: decision.incomplete,
                 group: group.clone(),
             });
         }

@@ -745,6 +745,7 @@ async fn safety_snapshot(
                 one_file_system: false,
             }),
             kind: "files".into(),
+            allow_incomplete: false,
             tags: vec!["pre-restore".into()],
             host: crate::host::current_host(),
             time: None,

@@ -280,3 +280,164 @@ fn a_redis_rdb_dump_round_trips_and_passes_redis_check_rdb() {
     let out = r.run(&["cat", &summary["snapshot_id"].as_str().unwrap()[..8]]);
     assert!(out.stdout == saved);
 }
+
+/// Backs `input` up from standard input as source `source`, with `extra`
+/// arguments; returns the output.
+fn backup_input(r: &CliRepo, source: &str, extra: &[&str], input: &[u8]) -> Output {
+    let mut args = vec!["--json", "backup", "--source", source, "--stdin"];
+    args.extend_from_slice(extra);
+    r.run_with_input(&args, input)
+}
+
+fn snapshot_count(r: &CliRepo) -> usize {
+    let out = r.run(&["--json", "snapshots"]);
+    assert_success(&out);
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .len()
+}
+
+#[test]
+fn truncated_pg_dumps_and_rdb_streams_are_refused_and_whole_ones_are_checked() {
+    let Some(settings) = postgres() else { return };
+    let Some(address) = redis() else { return };
+    let db = PgDatabase::create(&settings, "larder_it_truncated");
+    // A large object, so the archive holds a BLOBS block too.
+    run_ok(Command::new(pg_tool("psql")).args(&db.conn).args([
+        "-q",
+        "-d",
+        &db.name,
+        "-c",
+        "SELECT lo_from_bytea(0, 'a large object'::bytea)",
+    ]));
+    let dump = |extra: &str| {
+        let argv = larder::source::split_command(&db.dump_command(extra)).unwrap();
+        run_ok(Command::new(&argv[0]).args(&argv[1..])).stdout
+    };
+    let custom = dump("--format=custom -Z0");
+    let plain = dump("--format=plain");
+    let (host, port) = address.split_once(':').unwrap();
+    run_ok(Command::new("redis-cli").args(["-h", host, "-p", port, "SET", "k", "v"]));
+    let rdb = run_ok(Command::new("redis-cli").args(["-h", host, "-p", port, "--rdb", "-"])).stdout;
+
+    let r = CliRepo::init();
+    let cases: [(&str, &[u8], &str); 3] = [
+        ("custom", &custom, "postgres-custom"),
+        ("plain", &plain, "postgres-plain"),
+        ("rdb", &rdb, "redis-rdb"),
+    ];
+    for (stored, (name, whole, format)) in cases.into_iter().enumerate() {
+        let len = whole.len();
+        // In the header, in the table of contents, in the data, and one
+        // byte short of the end.
+        for cut in [len / 200 + 7, len / 3, len / 2 + 13, len - 5] {
+            // Past the magic, so that the format can be told at all.
+            let cut = cut.clamp(16, len - 1);
+            let out = backup_input(&r, name, &[], &whole[..cut]);
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "{name} cut at {cut}: {}",
+                stderr(&out)
+            );
+            assert!(
+                stderr(&out).contains("incomplete") && stderr(&out).contains(format),
+                "{name} cut at {cut}: {}",
+                stderr(&out)
+            );
+        }
+        assert_eq!(
+            snapshot_count(&r),
+            stored,
+            "{name}: no snapshot of a cut dump"
+        );
+        let out = backup_input(&r, name, &[], whole);
+        assert_success(&out);
+    }
+    // Each whole dump was recognised and recorded as its kind.
+    let out = r.run(&["--json", "snapshots"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kinds: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "postgres").count(),
+        2,
+        "{listed:#}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "redis").count(),
+        1,
+        "{listed:#}"
+    );
+    for snapshot in listed.as_array().unwrap() {
+        assert_eq!(snapshot["dump"]["complete"], true, "{snapshot:#}");
+    }
+
+    // A dump command that exits 0 after writing a cut archive (the failure
+    // a pipe into gzip hides) writes no snapshot either.
+    let path = r.dir.path().join("cut.dump");
+    std::fs::write(&path, &custom[..custom.len() / 2]).unwrap();
+    let command = format!("head -c {} {}", custom.len(), path.display());
+    let out = r.run(&["backup", "--source", "cmd", "--command", &command]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--allow-incomplete"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(snapshot_count(&r), 3);
+}
+
+#[test]
+fn an_incomplete_dump_stored_on_request_is_tagged_and_never_kept_as_a_good_backup() {
+    let Some(settings) = postgres() else { return };
+    let db = PgDatabase::create(&settings, "larder_it_allow_incomplete");
+    let argv = larder::source::split_command(&db.dump_command("--format=plain")).unwrap();
+    let plain = run_ok(Command::new(&argv[0]).args(&argv[1..])).stdout;
+    let r = CliRepo::init();
+    assert_success(&backup_input(&r, "pg", &["--kind", "postgres"], &plain));
+    let out = backup_input(
+        &r,
+        "pg",
+        &["--kind", "postgres", "--allow-incomplete"],
+        &plain[..plain.len() - 40],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "stored with a warning: {}",
+        stderr(&out)
+    );
+    let out = r.run(&["--json", "snapshots"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let incomplete: Vec<&serde_json::Value> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| {
+            s["tags"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t == "incomplete")
+        })
+        .collect();
+    assert_eq!(incomplete.len(), 1, "{listed:#}");
+
+    // The incomplete one is the newest, yet keep-last 1 keeps the good one.
+    let out = r.run(&["--json", "forget", "--keep-last", "1", "--dry-run"]);
+    assert_success(&out);
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let decisions = plan.as_array().unwrap();
+    let removed: Vec<&serde_json::Value> =
+        decisions.iter().filter(|d| d["keep"] == false).collect();
+    assert_eq!(removed.len(), 1, "{plan:#}");
+    assert_eq!(removed[0]["id"], incomplete[0]["id"], "{plan:#}");
+    assert_eq!(removed[0]["incomplete"], true, "{plan:#}");
+}

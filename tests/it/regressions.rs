@@ -184,6 +184,7 @@ async fn snapshot_with_content(
         program: "test".into(),
         user: "test".into(),
         copied_from: None,
+        dump: None,
     };
     let lease = repo.repo.hold_lease(LeaseKind::Backup).await.unwrap();
     let id = repo.repo.write_snapshot(&snapshot, &lease).await.unwrap().0;

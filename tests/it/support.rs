@@ -98,6 +98,7 @@ pub fn stream_options(source: &str, input: StreamInput) -> BackupOptions {
             name: "dump.sql".into(),
         },
         kind: "stream".into(),
+        allow_incomplete: false,
         tags: vec![],
         host: "test-host".into(),
         time: None,

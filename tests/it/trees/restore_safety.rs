@@ -119,6 +119,7 @@ impl Crafter {
             parent: None,
             paths: vec!["/".into()],
             command: None,
+            dump: None,
             summary: SnapshotSummary::default(),
             program: "test".into(),
             user: "test".into(),

@@ -1,0 +1,394 @@
+//! PostgreSQL dumps: the plain-SQL trailer and the custom-format archive
+//! (`pg_dump -Fc`), whose header and table of contents are parsed and
+//! whose every announced data block must be present, whole, to the end.
+
+use std::io::{self, Read};
+
+use super::Verdict;
+
+/// The comment `pg_dump` writes last in a plain dump (`pg_dumpall`: the
+/// cluster variant).
+const TRAILERS: [&[u8]; 2] = [
+    b"-- PostgreSQL database dump complete",
+    b"-- PostgreSQL database cluster dump complete",
+];
+
+/// Whether `head` starts like a plain `pg_dump` or `pg_dumpall` script.
+pub fn is_plain(head: &[u8]) -> bool {
+    head.starts_with(b"--\n-- PostgreSQL database dump")
+        || head.starts_with(b"--\n-- PostgreSQL database cluster dump")
+}
+
+/// How much of a plain dump's start is kept to find `\restrict`.
+const START: usize = 4 << 10;
+
+/// How much of a plain dump's end is kept to find the trailer.
+const TAIL: usize = 64 << 10;
+
+/// Checks a plain dump: it ends with the "dump complete" comment, followed
+/// by nothing but blank lines, comment lines and, when the dump began with
+/// `\restrict KEY` (pg_dump from 17.6, 16.10, 15.14 on), the whole line
+/// `\unrestrict KEY`.
+pub fn check_plain(mut reader: impl Read) -> io::Result<Verdict> {
+    let mut tail: Vec<u8> = Vec::with_capacity(2 * TAIL);
+    let mut buf = vec![0u8; 256 << 10];
+    let mut start: Vec<u8> = Vec::new();
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if start.len() < START {
+            let more = n.min(START - start.len());
+            start.extend_from_slice(&buf[..more]);
+        }
+        tail.extend_from_slice(&buf[..n]);
+        if tail.len() > 2 * TAIL {
+            tail.drain(..tail.len() - TAIL);
+        }
+    }
+    let found = TRAILERS
+        .iter()
+        .filter_map(|t| find_last(&tail, t).map(|at| at + t.len()))
+        .max();
+    let Some(end) = found else {
+        return Ok(Verdict::incomplete(
+            "postgres-plain",
+            "the dump does not end with pg_dump's \"PostgreSQL database dump complete\" comment (pg_dump stopped early, or its output was cut)",
+        ));
+    };
+    // `\restrict KEY` comes within the first lines; only a whole line counts.
+    let mut start_lines: Vec<&[u8]> = start.split(|b| *b == b'\n').collect();
+    start_lines.pop();
+    let key = start_lines
+        .iter()
+        .find_map(|line| line.strip_prefix(b"\\restrict "));
+    let after = &tail[end..];
+    let unrestrict = key.as_ref().map(|k| [&b"\\unrestrict "[..], k].concat());
+    let mut unrestricted = false;
+    let lines: Vec<&[u8]> = after.split(|b| *b == b'\n').collect();
+    let clean = lines.iter().enumerate().all(|(i, line)| {
+        let whole = i + 1 < lines.len();
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if unrestrict.as_deref() == Some(line) && whole {
+            unrestricted = true;
+            return true;
+        }
+        line.iter().all(u8::is_ascii_whitespace) || line.starts_with(b"--")
+    });
+    if key.is_some() && !unrestricted {
+        return Ok(Verdict::incomplete(
+            "postgres-plain",
+            "the dump began with \\restrict but does not end with its \\unrestrict line (its output was cut)",
+        ));
+    }
+    Ok(if clean {
+        Verdict::complete("postgres-plain", "ends with pg_dump's completion comment")
+    } else {
+        Verdict::incomplete(
+            "postgres-plain",
+            "more SQL follows pg_dump's completion comment (two dumps concatenated, or a damaged stream)",
+        )
+    })
+}
+
+fn find_last(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).rposition(|w| w == needle)
+}
+
+/// Archive versions this check knows (1.10 is PostgreSQL 9.0's; 1.16 is
+/// PostgreSQL 17's).
+const OLDEST: (u8, u8) = (1, 10);
+const NEWEST: (u8, u8) = (1, 16);
+
+/// `ReadOffset` flags.
+const OFFSET_NO_DATA: u8 = 3;
+/// Data block types.
+const BLOCK_DATA: u8 = 1;
+const BLOCK_BLOBS: u8 = 3;
+
+/// Longest TOC string read into memory; longer ones (function bodies) are
+/// skipped.
+const KEEP_STR: usize = 256;
+
+/// Most TOC entries accepted (a database of a few million objects).
+const MAX_TOC_ENTRIES: i64 = 50_000_000;
+
+/// Checks a custom-format archive (`pg_dump -Fc`, written to a pipe or a
+/// file): header and table of contents parse, and every entry the table
+/// announces data for has its data block, ended by its terminating
+/// zero-length chunk, before the stream ends.
+pub fn check_custom(reader: impl Read) -> io::Result<Verdict> {
+    let mut a = Archive {
+        r: reader,
+        int_size: 4,
+        off_size: 8,
+        version: (0, 0),
+    };
+    match a.check() {
+        Ok(verdict) => Ok(verdict),
+        Err(Broken::Io(e)) => Err(e),
+        Err(Broken::Incomplete(why)) => Ok(Verdict::incomplete("postgres-custom", why)),
+    }
+}
+
+enum Broken {
+    Io(io::Error),
+    Incomplete(String),
+}
+
+impl From<io::Error> for Broken {
+    fn from(e: io::Error) -> Self {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            Broken::Incomplete("the archive ends before its table of contents does".into())
+        } else {
+            Broken::Io(e)
+        }
+    }
+}
+
+struct Entry {
+    dump_id: i64,
+    desc: String,
+    tag: String,
+}
+
+struct Archive<R> {
+    r: R,
+    int_size: usize,
+    off_size: usize,
+    version: (u8, u8),
+}
+
+impl<R: Read> Archive<R> {
+    fn check(&mut self) -> Result<Verdict, Broken> {
+        let mut magic = [0u8; 5];
+        self.r.read_exact(&mut magic)?;
+        if &magic != b"PGDMP" {
+            return Err(Broken::Incomplete("it does not start with PGDMP".into()));
+        }
+        let (major, minor, _rev) = (self.byte()?, self.byte()?, self.byte()?);
+        self.version = (major, minor);
+        if self.version < OLDEST || self.version > NEWEST {
+            return Ok(Verdict::unchecked(
+                "postgres-custom",
+                format!(
+                    "archive version {major}.{minor} is not one this larder can check (it knows {}.{} to {}.{})",
+                    OLDEST.0, OLDEST.1, NEWEST.0, NEWEST.1
+                ),
+            ));
+        }
+        self.int_size = usize::from(self.byte()?);
+        self.off_size = usize::from(self.byte()?);
+        if !(1..=8).contains(&self.int_size) || !(1..=8).contains(&self.off_size) {
+            return Err(Broken::Incomplete(format!(
+                "its header gives impossible integer sizes ({} and {})",
+                self.int_size, self.off_size
+            )));
+        }
+        let format = self.byte()?;
+        if format != 1 {
+            return Err(Broken::Incomplete(format!(
+                "its header names archive format {format}, not the custom format (1)"
+            )));
+        }
+        if self.version >= (1, 15) {
+            self.byte()?;
+        } else {
+            self.int()?;
+        }
+        for _ in 0..7 {
+            self.int()?; // creation time
+        }
+        self.string()?; // database name
+        self.string()?; // server version
+        self.string()?; // pg_dump version
+
+        let count = self.int()?;
+        if !(0..=MAX_TOC_ENTRIES).contains(&count) {
+            return Err(Broken::Incomplete(format!(
+                "its table of contents claims {count} entries"
+            )));
+        }
+        let mut with_data: Vec<Entry> = Vec::new();
+        for _ in 0..count {
+            if let Some(entry) = self.toc_entry()? {
+                with_data.push(entry);
+            }
+        }
+
+        let mut seen = std::collections::HashSet::new();
+        loop {
+            let mut kind = [0u8; 1];
+            match self.r.read(&mut kind) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Broken::Io(e)),
+            }
+            let dump_id = self.int().map_err(|_| self.cut(None))?;
+            let entry = with_data.iter().find(|e| e.dump_id == dump_id);
+            match kind[0] {
+                BLOCK_DATA => self.chunks().map_err(|_| self.cut(entry))?,
+                BLOCK_BLOBS => loop {
+                    let oid = self.int().map_err(|_| self.cut(entry))?;
+                    if oid == 0 {
+                        break;
+                    }
+                    self.chunks().map_err(|_| self.cut(entry))?;
+                },
+                other => {
+                    return Err(Broken::Incomplete(format!(
+                        "a data block has unknown type {other} (damaged archive)"
+                    )));
+                }
+            }
+            seen.insert(dump_id);
+        }
+        let missing: Vec<&Entry> = with_data
+            .iter()
+            .filter(|e| !seen.contains(&e.dump_id))
+            .collect();
+        if let Some(first) = missing.first() {
+            return Err(Broken::Incomplete(format!(
+                "{} of the {} data blocks its table of contents announces are missing, the first being {} {} (pg_dump stopped early, or its output was cut)",
+                missing.len(),
+                with_data.len(),
+                first.desc,
+                first.tag
+            )));
+        }
+        Ok(Verdict::complete(
+            "postgres-custom",
+            format!(
+                "archive {}.{}: {count} table of contents entries, all {} data blocks present",
+                self.version.0,
+                self.version.1,
+                with_data.len()
+            ),
+        ))
+    }
+
+    /// One table of contents entry; `Some` if it announces data.
+    fn toc_entry(&mut self) -> Result<Option<Entry>, Broken> {
+        let v = self.version;
+        let dump_id = self.int()?;
+        let _had_dumper = self.int()?;
+        self.string()?; // table oid
+        self.string()?; // oid
+        let tag = self.string()?.unwrap_or_default();
+        let desc = self.string()?.unwrap_or_default();
+        if v >= (1, 11) {
+            self.int()?; // section
+        }
+        self.string()?; // definition
+        self.string()?; // drop statement
+        self.string()?; // copy statement
+        self.string()?; // namespace
+        self.string()?; // tablespace
+        if v >= (1, 14) {
+            self.string()?; // table access method
+        }
+        if v >= (1, 16) {
+            self.int()?; // relkind
+        }
+        self.string()?; // owner
+        self.string()?; // "with oids"
+        while self.string()?.is_some() {} // dependencies
+        let flag = self.byte()?;
+        let mut offset = [0u8; 8];
+        self.r.read_exact(&mut offset[..self.off_size])?;
+        Ok((flag != OFFSET_NO_DATA).then_some(Entry { dump_id, desc, tag }))
+    }
+
+    /// Data chunks up to the zero-length one that ends them.
+    fn chunks(&mut self) -> io::Result<()> {
+        loop {
+            let len = self.int()?;
+            if len == 0 {
+                return Ok(());
+            }
+            let len = u64::try_from(len).map_err(|_| io::Error::other("negative chunk length"))?;
+            let skipped = io::copy(&mut (&mut self.r).take(len), &mut io::sink())?;
+            if skipped != len {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+
+    fn cut(&self, entry: Option<&Entry>) -> Broken {
+        Broken::Incomplete(match entry {
+            Some(e) => format!(
+                "the archive ends inside the data of {} {} (pg_dump stopped early, or its output was cut)",
+                e.desc, e.tag
+            ),
+            None => "the archive ends inside a data block (pg_dump stopped early, or its output was cut)".into(),
+        })
+    }
+
+    fn byte(&mut self) -> io::Result<u8> {
+        let mut b = [0u8; 1];
+        self.r.read_exact(&mut b)?;
+        Ok(b[0])
+    }
+
+    /// `ReadInt`: a sign byte, then `int_size` bytes, least significant first.
+    fn int(&mut self) -> io::Result<i64> {
+        let sign = self.byte()?;
+        let mut bytes = [0u8; 8];
+        self.r.read_exact(&mut bytes[..self.int_size])?;
+        let magnitude = i64::try_from(u64::from_le_bytes(bytes))
+            .map_err(|_| io::Error::other("integer out of range"))?;
+        Ok(if sign == 0 { magnitude } else { -magnitude })
+    }
+
+    /// `ReadStr`: a length (negative for NULL), then the bytes. Only the
+    /// first [`KEEP_STR`] bytes are kept.
+    fn string(&mut self) -> io::Result<Option<String>> {
+        let len = self.int()?;
+        if len < 0 {
+            return Ok(None);
+        }
+        let len = len as u64;
+        let keep = len.min(KEEP_STR as u64) as usize;
+        let mut kept = vec![0u8; keep];
+        self.r.read_exact(&mut kept)?;
+        let rest = len - keep as u64;
+        if rest > 0 && io::copy(&mut (&mut self.r).take(rest), &mut io::sink())? != rest {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(Some(String::from_utf8_lossy(&kept).into_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plain_dump_is_complete_only_with_its_trailer() {
+        let good = b"--\n-- PostgreSQL database dump\n--\n\nCREATE TABLE t ();\n\n--\n-- PostgreSQL database dump complete\n--\n\n";
+        assert!(check_plain(&good[..]).unwrap().complete);
+        let mut restricted = b"\\restrict abc123\n".to_vec();
+        restricted.extend_from_slice(good);
+        restricted.extend_from_slice(b"\\unrestrict abc123\n\n");
+        assert!(check_plain(&restricted[..]).unwrap().complete);
+        for cut in [3, 12, 19] {
+            let cut = &restricted[..restricted.len() - cut];
+            assert!(!check_plain(cut).unwrap().complete, "cut {cut:?}");
+        }
+        let cut = &good[..good.len() - 30];
+        let verdict = check_plain(cut).unwrap();
+        assert!(!verdict.complete);
+        assert!(
+            verdict.detail.contains("dump complete"),
+            "{}",
+            verdict.detail
+        );
+        let mut doubled = good.to_vec();
+        doubled.extend_from_slice(b"CREATE TABLE u ();\n");
+        assert!(!check_plain(&doubled[..]).unwrap().complete);
+    }
+}
