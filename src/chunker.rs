@@ -46,11 +46,6 @@ impl Chunker {
         }
     }
 
-    /// The largest chunk this chunker yields.
-    pub fn max_size(&self) -> usize {
-        self.max
-    }
-
     /// Splits `reader` into chunks. Each item is one chunk's bytes, or the
     /// read error that ended the stream. An empty reader yields nothing.
     pub fn chunks<R: Read>(&self, reader: R) -> Chunks<R> {

@@ -8,6 +8,8 @@
 
 use std::path::PathBuf;
 
+use crate::catalog::CatalogError;
+
 /// Shorthand for results whose error is [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -138,7 +140,7 @@ pub enum Error {
         path: PathBuf,
         /// The cause.
         #[source]
-        source: rusqlite::Error,
+        source: CatalogError,
     },
 
     /// The data source of a backup failed; no snapshot was written.
@@ -308,13 +310,7 @@ impl Error {
     /// True when the local catalog's database file itself is damaged (it is
     /// derived data: set it aside and rebuild).
     pub fn is_catalog_corrupt(&self) -> bool {
-        matches!(
-            self,
-            Error::Catalog {
-                source: rusqlite::Error::SqliteFailure(e, _),
-                ..
-            } if matches!(e.code, rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
-        )
+        matches!(self, Error::Catalog { source, .. } if source.is_corrupt())
     }
 
     /// True when the error means data in the repository is damaged or missing,
