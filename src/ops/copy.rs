@@ -33,13 +33,12 @@ use crate::config::MAX_BLOB_SIZE;
 use crate::error::{Error, Result};
 use crate::hash::{BlobId, SnapshotId};
 use crate::lease::LeaseKind;
-use crate::ops::backup::Abort;
-use crate::ops::backup::writer::BlobWriter;
 use crate::progress::Progress;
 use crate::read::{ChunkWalker, read_chunks};
 use crate::repo::{LeaseGuard, Repo};
 use crate::seal::ObjectKind;
 use crate::snapshot::{Content, ContentBuilder, ContentRef, Snapshot, Tree};
+use crate::write::{Abort, BlobWriter};
 
 /// Plaintext read from the source per batch of chunks (bounds memory).
 const BATCH_BYTES: u64 = 32 << 20;

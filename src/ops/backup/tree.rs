@@ -31,17 +31,17 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, bounded};
 use minicbor::bytes::ByteVec;
 
-use super::{Abort, BlobWriter};
 use crate::chunker::Chunker;
 use crate::config::FILES_PROFILE;
 use crate::error::{Error, Result};
 use crate::hash::BlobId;
-use crate::ops::backup::{join, spawn_thread};
+use crate::ops::backup::join;
 use crate::progress::Progress;
 use crate::repo::Repo;
 use crate::seal::ObjectKind;
 use crate::snapshot::{ContentBuilder, ContentRef, Node, NodeKind, Tree};
 use crate::source::tree::{EntryStat, Excludes, Names, is_unchanged, node_from_stat, node_kind};
+use crate::write::{Abort, BlobWriter, spawn_thread};
 
 /// What to walk.
 #[derive(Clone, Debug, Default)]

@@ -1,4 +1,6 @@
-//! The storing half of the write path: dedup → seal → pack → upload → index.
+//! The storing half of the write path: dedup → seal → pack → upload → index,
+//! shared by `backup`, `copy` and `prune` (which uploads its repacked packs
+//! with `upload`).
 //!
 //! ```text
 //! store() ──dedup──► seal workers (one per core) ──► packer ──► uploader ──► index ──► catalog
@@ -19,6 +21,8 @@
 //! - after a failure nothing new is uploaded and no index is written: the
 //!   packs already stored are unreferenced garbage that prune removes.
 
+mod pipeline;
+
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,13 +32,14 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, bounded};
 use tokio::task::JoinSet;
 
-use super::Abort;
+pub(crate) use pipeline::spawn_thread;
+pub use pipeline::{Abort, queue_depth};
+
 use crate::backend::{Backend, Put};
 use crate::error::{Error, Result};
 use crate::hash::BlobId;
 use crate::index::{INDEX_FLUSH_BLOBS, IndexObject, IndexedPack};
 use crate::layout::pack_path;
-use crate::ops::backup::spawn_thread;
 use crate::pack::{FinishedPack, PackKind, PackWriter};
 use crate::progress::Progress;
 use crate::repo::Repo;
@@ -90,7 +95,7 @@ impl BlobWriter {
         max_blob: usize,
     ) -> Result<BlobWriter> {
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let depth = crate::ops::backup::queue_depth(max_blob);
+        let depth = queue_depth(max_blob);
         let (seal_tx, seal_rx) = bounded::<SealJob>(depth);
         let (sealed_tx, sealed_rx) = bounded::<SealedBlob>(depth);
         let (pack_tx, pack_rx) = tokio::sync::mpsc::channel::<FinishedPack>(1);
@@ -340,6 +345,8 @@ async fn uploader(
     }
 }
 
+/// Uploads one finished pack (create-if-absent), caching a tree pack
+/// locally; returns its index entry and the bytes it added to storage.
 pub(crate) async fn upload(repo: &Repo, pack: FinishedPack) -> Result<(IndexedPack, u64)> {
     let size = pack.bytes.len() as u64;
     let bytes = Bytes::from(pack.bytes);
