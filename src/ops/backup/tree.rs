@@ -34,7 +34,7 @@ use std::time::Duration;
 use crossbeam_channel::bounded;
 
 use self::assemble::{assemble, build_root};
-use self::parent::{ParentDir, ParentTrees};
+use self::parent::{ParentDir, ParentTrees, TreeLoader};
 use self::walk::{FileJob, file_worker, walk_one};
 use crate::chunker::Chunker;
 use crate::config::FILES_PROFILE;
@@ -208,12 +208,12 @@ pub(super) async fn backup_tree(
     }
     drop(job_rx);
 
+    let (loader, parent_loads) = TreeLoader::start(repo);
     let walker = {
         let walk = Arc::clone(&walk);
         let input = input.clone();
-        let handle = tokio::runtime::Handle::current();
         spawn_thread("larder-walk", move || {
-            let mut parents = ParentTrees::new(parent_root, handle);
+            let mut parents = ParentTrees::new(parent_root, loader);
             for path in &input.paths {
                 if walk.abort.is_set() {
                     break;
@@ -232,6 +232,13 @@ pub(super) async fn backup_tree(
     };
     let roots = assembler.await.expect("assembler panicked");
     join(walker).await;
+    // Done once the walker has dropped its loader; a panic there is the
+    // walker's, as it was when the walker loaded trees itself.
+    if let Err(e) = parent_loads.await
+        && e.is_panic()
+    {
+        std::panic::resume_unwind(e.into_panic());
+    }
     for w in workers {
         join(w).await;
     }

@@ -115,7 +115,7 @@ fn walk_entries(
         let depth = entry.depth();
         while open.last().is_some_and(|(d, _, _)| *d >= depth) {
             let (d, node, dir) = open.pop().expect("checked");
-            let previous = parents.dir_for(&walk.repo, &dir);
+            let previous = parents.dir_for(&dir);
             if !emit(Event::DirEnd {
                 depth: d,
                 node,
@@ -168,7 +168,7 @@ fn walk_entries(
             NodeKind::File => {
                 let previous = path
                     .parent()
-                    .and_then(|dir| parents.tree_for(&walk.repo, dir))
+                    .and_then(|dir| parents.tree_for(dir))
                     .and_then(|tree| tree.get(name.as_bytes()).cloned());
                 match &previous {
                     Some(previous) if is_unchanged(previous, &node) => {
@@ -217,7 +217,7 @@ fn walk_entries(
         }
     }
     while let Some((depth, node, dir)) = open.pop() {
-        let previous = parents.dir_for(&walk.repo, &dir);
+        let previous = parents.dir_for(&dir);
         if !emit(Event::DirEnd {
             depth,
             node,
