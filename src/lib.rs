@@ -8,8 +8,9 @@
 //!
 //! Modules follow the data flow: the write path (`source` → `chunker` →
 //! `hash` → `seal` → `pack` → `backend`), what is stored and where to find
-//! it (`snapshot`, `index`, `catalog`, `repo`), the read path (`read`), and
-//! one module per user-visible verb under `ops`.
+//! it (`snapshot`, `index`, `catalog`, `repo`), the read path (`read`), the
+//! storing pipeline that dedups, seals, packs and uploads blobs (`write`),
+//! and one module per user-visible verb under `ops`.
 //!
 //! ```no_run
 //! # async fn demo() -> larder::Result<()> {
@@ -61,11 +62,12 @@ pub mod index;
 pub mod repo;
 pub mod snapshot;
 
-// Read path and operations.
+// Read and write pipelines, and operations.
 pub mod ops;
 pub mod progress;
 pub mod read;
 pub mod retention;
+pub mod write;
 
 pub use error::{Error, Result};
 pub use repo::Repo;

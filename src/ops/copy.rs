@@ -33,13 +33,12 @@ use crate::config::MAX_BLOB_SIZE;
 use crate::error::{Error, Result};
 use crate::hash::{BlobId, SnapshotId};
 use crate::lease::LeaseKind;
-use crate::ops::backup::Abort;
-use crate::ops::backup::writer::BlobWriter;
 use crate::progress::Progress;
 use crate::read::{ChunkWalker, read_chunks};
 use crate::repo::{LeaseGuard, Repo};
 use crate::seal::ObjectKind;
 use crate::snapshot::{Content, ContentBuilder, ContentRef, Snapshot, Tree};
+use crate::write::{Abort, BlobWriter};
 
 /// Plaintext read from the source per batch of chunks (bounds memory).
 const BATCH_BYTES: u64 = 32 << 20;
@@ -87,8 +86,9 @@ pub struct CopySummary {
 }
 
 /// Copies the snapshots `ids` of `src` into `dst`, oldest first. Runs on
-/// the multi-threaded Tokio runtime (the destination's writer blocks its
-/// caller while the upload pipeline is full).
+/// the multi-threaded Tokio runtime and refuses a current-thread one: the
+/// copy hashes and re-encodes blobs on its own task, which there would hold
+/// up the destination's uploads.
 pub async fn copy(
     src: &Repo,
     dst: &Repo,
@@ -252,9 +252,9 @@ impl Copier<'_> {
         self.dst.catalog().copied_blob(&self.src.id(), src_id)
     }
 
-    fn store(&self, kind: ObjectKind, id: BlobId, data: Vec<u8>) -> Result<()> {
-        // The writer blocks while its pipeline is full.
-        tokio::task::block_in_place(|| self.writer.store(kind, id, Bytes::from(data)))?;
+    async fn store(&self, kind: ObjectKind, id: BlobId, data: Vec<u8>) -> Result<()> {
+        // Waits, without holding a runtime thread, while the pipeline is full.
+        self.writer.store_async(kind, id, Bytes::from(data)).await?;
         Ok(())
     }
 
@@ -279,7 +279,7 @@ impl Copier<'_> {
         }
         let bytes = out.encode();
         let dst_id = self.dst.hasher().blob_id(ObjectKind::TreeBlob, &bytes);
-        self.store(ObjectKind::TreeBlob, dst_id, bytes)?;
+        self.store(ObjectKind::TreeBlob, dst_id, bytes).await?;
         self.done.insert(src_id, dst_id);
         Ok(dst_id)
     }
@@ -311,7 +311,7 @@ impl Copier<'_> {
         }
         let content = builder.finish(&mut lists);
         for (id, bytes) in lists {
-            self.store(ObjectKind::ListBlob, id, bytes)?;
+            self.store(ObjectKind::ListBlob, id, bytes).await?;
         }
         Ok(content)
     }
@@ -343,7 +343,7 @@ impl Copier<'_> {
             for (src_id, plain) in plains {
                 let dst_id = hasher.blob_id(ObjectKind::DataBlob, &plain);
                 Progress::add(&self.progress.bytes_processed, plain.len() as u64);
-                self.store(ObjectKind::DataBlob, dst_id, plain)?;
+                self.store(ObjectKind::DataBlob, dst_id, plain).await?;
                 self.done.insert(src_id, dst_id);
             }
         }

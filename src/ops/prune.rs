@@ -52,11 +52,11 @@ use crate::hash::{BlobId, GenerationId, IndexId, PackId, SnapshotId};
 use crate::index::{INDEX_FLUSH_BLOBS, IndexObject, IndexedPack, PendingObject};
 use crate::layout::{index_path, pack_path, parse_pack_path, pending_path};
 use crate::lease::{self, Lease, LeaseInfo, LeaseKind, LeaseView};
-use crate::ops::backup::writer::upload;
 use crate::pack::{PackKind, PackWriter, read_header};
 use crate::repo::{DamagedObject, Repo};
 use crate::seal::{ObjectKind, with_codec};
 use crate::snapshot::{Content, NodeKind};
+use crate::write::upload;
 
 /// An index object naming fewer packs than this is merged with others.
 const SMALL_INDEX_PACKS: u64 = 16;

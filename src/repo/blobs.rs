@@ -244,6 +244,26 @@ impl Repo {
         Tree::decode(&plain, &format!("tree {id}"))
     }
 
+    /// Reads and decodes a tree blob from the local tree-pack cache on the
+    /// calling thread, without the runtime, for a thread that must not wait
+    /// on it. `None` whenever the cache cannot answer (the pack is not
+    /// cached, the blob is not indexed as a tree, the cached copy does not
+    /// open or decode): [`Repo::load_tree`] then gives the answer, and
+    /// handles a damaged cache file as it always does.
+    pub(crate) fn load_cached_tree(&self, id: &BlobId) -> Option<Tree> {
+        let location = self.locate(id).ok()?;
+        if location.kind != ObjectKind::TreeBlob {
+            return None;
+        }
+        let range = location.offset..location.end();
+        let sealed = self.cached_range(&location.pack, &range)?;
+        let plain = self
+            .blob_opener()
+            .open(&pack_path(&location.pack), &location, id, &sealed)
+            .ok()?;
+        Tree::decode(&plain, &format!("tree {id}")).ok()
+    }
+
     /// Finds the node at `path` (components separated by `/`; leading and
     /// repeated separators ignored) below the tree `root`. `None` if absent.
     pub async fn lookup(&self, root: &BlobId, path: &[u8]) -> Result<Option<Node>> {

@@ -1,14 +1,20 @@
 //! `copy`: snapshots replicated into another repository read back bit for
 //! bit, a second run copies nothing, later runs read only what changed, an
-//! interrupted copy resumes, and damage in the source stops the copy.
+//! interrupted copy resumes, and damage in the source stops the copy. The
+//! writer copy stores through takes blobs from async code without holding
+//! a runtime thread.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use bytes::Bytes;
 use larder::backend::MemoryBackend;
 use larder::backend::memory::{Fault, Op};
-use larder::hash::SnapshotId;
+use larder::hash::{BlobId, SnapshotId};
 use larder::ops::copy::{CopySummary, copy};
 use larder::repo::InitOptions;
+use larder::seal::ObjectKind;
+use larder::write::{Abort, BlobWriter};
 
 use crate::support::*;
 
@@ -279,4 +285,62 @@ fn a_wrong_destination_passphrase_is_named() {
     let err = stderr(&out);
     assert!(err.contains("opening destination repository"), "{err}");
     assert!(err.contains("wrong passphrase"), "{err}");
+}
+
+/// With its pipeline full, `store_async` waits without holding the runtime
+/// thread, so the uploader that drains the pipeline keeps running even on a
+/// current-thread runtime, whose one thread a blocking wait would stall.
+#[test]
+fn the_writer_takes_more_blobs_from_async_code_than_its_pipeline_holds() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (repo, _) = memory_repo_with(InitOptions {
+            data_pack_size: Some(1 << 20),
+            ..init_options()
+        })
+        .await;
+        // 12.5 MiB in 64 KiB blobs: far more than the queues (8 blobs each),
+        // the pack being filled and the packs in flight (1 MiB each) hold.
+        let blobs: Vec<(BlobId, Vec<u8>)> = (0..200)
+            .map(|seed| {
+                let data = random_bytes(64 << 10, seed);
+                (
+                    repo.repo.hasher().blob_id(ObjectKind::DataBlob, &data),
+                    data,
+                )
+            })
+            .collect();
+        let writer = BlobWriter::start(
+            &repo.repo,
+            Arc::new(Abort::default()),
+            Arc::default(),
+            1 << 20,
+        )
+        .unwrap();
+        let stats = Arc::clone(writer.stats());
+        tokio::time::timeout(Duration::from_secs(120), async {
+            for (id, data) in &blobs {
+                let stored = writer
+                    .store_async(ObjectKind::DataBlob, *id, Bytes::from(data.clone()))
+                    .await
+                    .unwrap();
+                assert!(stored);
+            }
+            writer.finish().await.unwrap();
+        })
+        .await
+        .expect("the writer stalled");
+        assert_eq!(
+            stats.blobs_new.load(std::sync::atomic::Ordering::Relaxed),
+            200
+        );
+        assert!(stats.packs.load(std::sync::atomic::Ordering::Relaxed) > 8);
+        for (id, data) in blobs.iter().step_by(37) {
+            let back = repo.repo.read_blob(ObjectKind::DataBlob, id).await.unwrap();
+            assert_eq!(&back, data);
+        }
+    });
 }

@@ -14,12 +14,13 @@ use larder::config::ChunkerProfile;
 use larder::hash::IndexId;
 use larder::index::{IndexObject, IndexedPack};
 use larder::layout::index_path;
-use larder::ops::backup::{Abort, BlobWriter, backup};
+use larder::ops::backup::backup;
 use larder::ops::check::{CheckOptions, check};
 use larder::pack::{PackEntry, PackKind};
 use larder::seal::ObjectKind;
 use larder::snapshot::{Content, ContentRef, Node, Snapshot, SnapshotSummary, Tree};
 use larder::source::StreamInput;
+use larder::write::{Abort, BlobWriter};
 
 use larder::lease::LeaseKind;
 

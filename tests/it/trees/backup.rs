@@ -79,6 +79,58 @@ fn an_unchanged_rescan_reads_no_content_and_stores_no_blobs() {
     assert_eq!(ls_all(&r, &snap_id(&first)), ls_all(&r, &snap_id(&second)));
 }
 
+/// The local tree-pack caches under `cache`: each repository's `packs`.
+fn tree_pack_caches(cache: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![cache.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                if path.file_name().is_some_and(|n| n == "packs") {
+                    found.push(path);
+                } else {
+                    dirs.push(path);
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_rescan_with_the_tree_pack_cache_emptied_still_reads_no_content() {
+    let r = CliRepo::init();
+    let dir = stable_tempdir("uncached-rescan");
+    let src = dir.path().join("src");
+    let files = rescan_tree(&src);
+
+    let first = backup_clean(&r, "kb", &[&src], &[]);
+    // As on another machine: the parent's trees must come from storage.
+    let caches = tree_pack_caches(&r.cache);
+    assert!(!caches.is_empty());
+    for packs in &caches {
+        std::fs::remove_dir_all(packs).unwrap();
+    }
+    let second = backup_clean(&r, "kb", &[&src], &[]);
+    assert_eq!(second["parent"], first["snapshot_id"], "{second}");
+    assert_eq!(n(&second, "bytes_read"), 0, "{second}");
+    assert_eq!(
+        n(&second, "files_unchanged"),
+        files.len() as u64,
+        "{second}"
+    );
+    assert_eq!(n(&second, "blobs_new"), 0, "{second}");
+    // The fetched tree packs are cached again.
+    assert!(
+        caches
+            .iter()
+            .any(|p| std::fs::read_dir(p).is_ok_and(|mut d| d.next().is_some())),
+        "no tree pack was cached again"
+    );
+    assert_eq!(ls_all(&r, &snap_id(&first)), ls_all(&r, &snap_id(&second)));
+}
+
 #[test]
 fn a_rescan_reads_only_the_modified_and_the_added_file() {
     let r = CliRepo::init();

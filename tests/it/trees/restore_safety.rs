@@ -8,11 +8,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use larder::ops::backup::{Abort, BlobWriter};
 use larder::ops::restore::{Overwrite, RestoreOptions, RestoreSummary, restore};
 use larder::repo::Repo;
 use larder::seal::ObjectKind;
 use larder::snapshot::{Content, ContentRef, Node, NodeKind, Snapshot, SnapshotSummary, Tree};
+use larder::write::{Abort, BlobWriter};
 use minicbor::bytes::ByteVec;
 use tempfile::TempDir;
 

@@ -1,16 +1,21 @@
-//! The storing half of the write path: dedup → seal → pack → upload → index.
+//! The storing half of the write path: dedup → seal → pack → upload → index,
+//! shared by `backup`, `copy` and `prune` (which uploads its repacked packs
+//! with `upload`).
 //!
 //! ```text
 //! store() ──dedup──► seal workers (one per core) ──► packer ──► uploader ──► index ──► catalog
 //!          (claimed set + catalog)  zstd, AEAD, re-open        (async, bounded)   every 64Ki blobs
 //! ```
 //!
-//! `store` is called in content order from one thread and blocks when the
-//! pipeline is full, so memory stays bounded by the channel capacities and
-//! the packs in flight, whatever the input size. A blob is "claimed" by the
-//! run the moment it is sent to sealing, so the same new blob is stored once
-//! per run; once the index object naming it is written and absorbed into the
-//! catalog the claim is dropped, keeping the claimed set small.
+//! Blobs are handed over in content order from one caller at a time: a
+//! pipeline thread calls [`BlobWriter::store`], which blocks when the
+//! pipeline is full; async code calls [`BlobWriter::store_async`], which
+//! waits for room without holding a runtime thread. Either way memory stays
+//! bounded by the channel capacities and the packs in flight, whatever the
+//! input size. A blob is "claimed" by the run the moment it is sent to
+//! sealing, so the same new blob is stored once per run; once the index
+//! object naming it is written and absorbed into the catalog the claim is
+//! dropped, keeping the claimed set small.
 //!
 //! Invariants:
 //! - every sealed blob is opened again and compared with its plaintext
@@ -19,22 +24,25 @@
 //! - after a failure nothing new is uploaded and no index is written: the
 //!   packs already stored are unreferenced garbage that prune removes.
 
+mod pipeline;
+
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, Sender, bounded};
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use tokio::task::JoinSet;
 
-use super::Abort;
+pub(crate) use pipeline::spawn_thread;
+pub use pipeline::{Abort, queue_depth};
+
 use crate::backend::{Backend, Put};
 use crate::error::{Error, Result};
 use crate::hash::BlobId;
 use crate::index::{INDEX_FLUSH_BLOBS, IndexObject, IndexedPack};
 use crate::layout::pack_path;
-use crate::ops::backup::spawn_thread;
 use crate::pack::{FinishedPack, PackKind, PackWriter};
 use crate::progress::Progress;
 use crate::repo::Repo;
@@ -90,7 +98,7 @@ impl BlobWriter {
         max_blob: usize,
     ) -> Result<BlobWriter> {
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let depth = crate::ops::backup::queue_depth(max_blob);
+        let depth = queue_depth(max_blob);
         let (seal_tx, seal_rx) = bounded::<SealJob>(depth);
         let (sealed_tx, sealed_rx) = bounded::<SealedBlob>(depth);
         let (pack_tx, pack_rx) = tokio::sync::mpsc::channel::<FinishedPack>(1);
@@ -141,8 +149,45 @@ impl BlobWriter {
 
     /// Stores `data` as a blob of `kind` named `id` unless the repository or
     /// this run already has it. Returns whether it was new. Blocks while the
-    /// pipeline is full; call from a blocking thread.
+    /// pipeline is full; call from a blocking thread (from async code, use
+    /// [`BlobWriter::store_async`]).
     pub fn store(&self, kind: ObjectKind, id: BlobId, data: Bytes) -> Result<bool> {
+        let Some(job) = self.claim(kind, id, data)? else {
+            return Ok(false);
+        };
+        self.seal_tx().send(job).map_err(|_| Error::Cancelled)?;
+        Ok(true)
+    }
+
+    /// [`BlobWriter::store`] for async callers. The dedup check runs at
+    /// once; while the pipeline is full the hand-over waits on the blocking
+    /// pool, so no runtime thread is held and the uploader keeps running.
+    /// A blob is claimed before any wait: once the future is first polled,
+    /// a new blob reaches sealing even if the future is then dropped.
+    pub async fn store_async(&self, kind: ObjectKind, id: BlobId, data: Bytes) -> Result<bool> {
+        let Some(job) = self.claim(kind, id, data)? else {
+            return Ok(false);
+        };
+        let tx = self.seal_tx();
+        match tx.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Disconnected(_)) => return Err(Error::Cancelled),
+            Err(TrySendError::Full(job)) => {
+                let tx = tx.clone();
+                // Fails only when the seal workers stopped (the run failed)
+                // or the runtime is shutting down: cancelled either way.
+                tokio::task::spawn_blocking(move || tx.send(job))
+                    .await
+                    .map_err(|_| Error::Cancelled)?
+                    .map_err(|_| Error::Cancelled)?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Dedups a blob against this run and the catalog; returns the job to
+    /// send to sealing if it is new, and counts it either way.
+    fn claim(&self, kind: ObjectKind, id: BlobId, data: Bytes) -> Result<Option<SealJob>> {
         if self.abort.is_set() {
             return Err(Error::Cancelled);
         }
@@ -157,21 +202,23 @@ impl BlobWriter {
         };
         if !is_new {
             self.stats.blobs_reused.fetch_add(1, Ordering::Relaxed);
-            return Ok(false);
+            return Ok(None);
         }
         self.stats.blobs_new.fetch_add(1, Ordering::Relaxed);
         self.stats
             .bytes_new_plain
             .fetch_add(data.len() as u64, Ordering::Relaxed);
-        self.seal_tx
-            .as_ref()
-            .expect("store after finish")
-            .send(SealJob { kind, id, data })
-            .map_err(|_| Error::Cancelled)?;
-        Ok(true)
+        Ok(Some(SealJob { kind, id, data }))
     }
 
-    /// Waits until every blob handed to [`BlobWriter::store`] is in a durable
+    /// The queue to the seal workers. Invariant: it is taken only by
+    /// [`BlobWriter::finish`], which consumes the writer, so it is always
+    /// there while the writer can be called.
+    fn seal_tx(&self) -> &Sender<SealJob> {
+        self.seal_tx.as_ref().expect("store after finish")
+    }
+
+    /// Waits until every blob handed to the writer is in a durable
     /// pack named by a durable index object (or the run failed).
     pub async fn finish(mut self) -> Result<()> {
         drop(self.seal_tx.take());
@@ -340,6 +387,8 @@ async fn uploader(
     }
 }
 
+/// Uploads one finished pack (create-if-absent), caching a tree pack
+/// locally; returns its index entry and the bytes it added to storage.
 pub(crate) async fn upload(repo: &Repo, pack: FinishedPack) -> Result<(IndexedPack, u64)> {
     let size = pack.bytes.len() as u64;
     let bytes = Bytes::from(pack.bytes);

@@ -1,0 +1,213 @@
+//! The assembler of a tree backup, and the trees above the backup paths.
+//!
+//! The assembler turns the walker's events into one tree blob per
+//! directory, bottom-up, waiting for a file's result only when its
+//! directory is complete. A directory whose entries equal its tree in the
+//! parent snapshot keeps that tree's id instead of being encoded again.
+//! Last, the trees from `/` down to the backup paths are built and stored.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use crossbeam_channel::Receiver;
+
+use super::{Event, Slot, Walk};
+use crate::error::{Error, Result};
+use crate::hash::BlobId;
+use crate::seal::ObjectKind;
+use crate::snapshot::{Node, NodeKind, Tree};
+use crate::source::tree::{EntryStat, node_from_stat};
+
+/// An entry of a directory still open in the assembler: ready, or waiting
+/// on a file worker's slot (`bool`: the file counts as changed, not new).
+enum Pending {
+    Ready(Node),
+    File(Arc<Slot>, bool),
+    Link(Node, Arc<Slot>, bool),
+}
+
+/// Counts a file once its outcome is known: only files in the snapshot
+/// count, and every name of a hard-linked file counts.
+fn count_file(walk: &Walk, node: &Node, changed: bool) {
+    let counter = if changed {
+        &walk.counts.changed
+    } else {
+        &walk.counts.new
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    walk.counts.bytes.fetch_add(node.size, Ordering::Relaxed);
+}
+
+/// Resolves a pending entry to the node the tree gets, if any.
+fn resolve(walk: &Walk, pending: Pending) -> Result<Option<Node>> {
+    Ok(match pending {
+        Pending::Ready(node) => Some(node),
+        Pending::File(slot, changed) => slot
+            .wait(&walk.abort)?
+            .inspect(|node| count_file(walk, node, changed)),
+        Pending::Link(mut node, slot, changed) => slot.wait(&walk.abort)?.map(|first| {
+            node.content = first.content;
+            node.size = first.size;
+            count_file(walk, &node, changed);
+            node
+        }),
+    })
+}
+
+/// Turns walk events into tree blobs; returns each backup path's node.
+pub(super) fn assemble(
+    walk: &Walk,
+    batches: &Receiver<Vec<Event>>,
+    roots: usize,
+) -> Result<Vec<Node>> {
+    let mut out = Vec::with_capacity(roots);
+    // frames[d] collects the entries of the open directory at depth d.
+    let mut frames: Vec<Vec<Pending>> = Vec::new();
+    let push = |frames: &mut Vec<Vec<Pending>>, depth: usize, pending: Pending| {
+        if frames.len() < depth {
+            frames.resize_with(depth, Vec::new);
+        }
+        frames[depth - 1].push(pending);
+    };
+    for event in batches.iter().flatten() {
+        let (depth, pending) = match event {
+            Event::Ready { depth, node } => (depth, Pending::Ready(node)),
+            Event::File {
+                depth,
+                slot,
+                changed,
+            } => (depth, Pending::File(slot, changed)),
+            Event::Link {
+                depth,
+                node,
+                slot,
+                changed,
+            } => (depth, Pending::Link(node, slot, changed)),
+            Event::DirEnd {
+                depth,
+                mut node,
+                previous,
+            } => {
+                let children = if frames.len() > depth {
+                    std::mem::take(&mut frames[depth])
+                } else {
+                    Vec::new()
+                };
+                frames.truncate(depth);
+                let mut entries = Vec::with_capacity(children.len());
+                for child in children {
+                    entries.extend(resolve(walk, child)?);
+                }
+                // Unchanged since the parent snapshot: same tree, same id,
+                // already stored; no need to encode, hash and look it up.
+                // (Its blob must still be usable: one found damaged is
+                // stored again through the normal path.)
+                node.subtree = Some(match previous {
+                    Some((id, tree))
+                        if tree.entries == entries && walk.repo.catalog().has_blob(&id)? =>
+                    {
+                        id
+                    }
+                    _ => store_tree(walk, Tree { entries })?,
+                });
+                (depth, Pending::Ready(node))
+            }
+        };
+        if depth > 0 {
+            push(&mut frames, depth, pending);
+            continue;
+        }
+        // A backup path itself: a directory, a file, or a symlink.
+        match resolve(walk, pending)? {
+            Some(node) => out.push(node),
+            None => {
+                return Err(Error::InvalidArgument(
+                    "a path given to back up could not be read (see the warnings)".into(),
+                ));
+            }
+        }
+    }
+    if walk.abort.is_set() || out.len() != roots {
+        return Err(Error::Cancelled);
+    }
+    Ok(out)
+}
+
+fn store_tree(walk: &Walk, tree: Tree) -> Result<BlobId> {
+    let bytes = tree.encode();
+    let id = walk.repo.hasher().blob_id(ObjectKind::TreeBlob, &bytes);
+    walk.writer
+        .store(ObjectKind::TreeBlob, id, Bytes::from(bytes))?;
+    Ok(id)
+}
+
+/// A directory on the way from `/` to the backup paths.
+#[derive(Default)]
+struct Intermediate {
+    children: BTreeMap<Vec<u8>, Child>,
+}
+
+enum Child {
+    Leaf(Box<Node>),
+    Dir(Intermediate),
+}
+
+/// Places each path's node under its absolute path and stores the trees
+/// from `/` down to them; returns the root tree id.
+pub(super) fn build_root(walk: &Walk, paths: Vec<(PathBuf, Node)>) -> Result<BlobId> {
+    let mut root = Intermediate::default();
+    for (path, node) in paths {
+        if path == Path::new("/") {
+            // Backing up `/`: its own tree is the snapshot's root.
+            return node
+                .subtree
+                .ok_or_else(|| Error::InvalidArgument("/ is not a directory".into()));
+        }
+        let mut dir = &mut root;
+        let components: Vec<&OsStr> = path.iter().skip(1).collect();
+        let (_, parents) = components
+            .split_last()
+            .expect("an absolute path other than / has a name");
+        for name in parents {
+            let child = dir
+                .children
+                .entry(name.as_bytes().to_vec())
+                .or_insert_with(|| Child::Dir(Intermediate::default()));
+            dir = match child {
+                Child::Dir(d) => d,
+                Child::Leaf(_) => unreachable!("check_paths refuses nested paths"),
+            };
+        }
+        dir.children
+            .insert(node.name.to_vec(), Child::Leaf(Box::new(node)));
+    }
+    store_intermediate(walk, Path::new("/"), root)
+}
+
+fn store_intermediate(walk: &Walk, path: &Path, dir: Intermediate) -> Result<BlobId> {
+    let mut entries = Vec::with_capacity(dir.children.len());
+    for (name, child) in dir.children {
+        match child {
+            Child::Leaf(node) => entries.push(*node),
+            Child::Dir(sub) => {
+                let sub_path = path.join(OsStr::from_bytes(&name));
+                let meta =
+                    std::fs::metadata(&sub_path).map_err(|e| Error::io("reading", &sub_path, e))?;
+                let mut node = node_from_stat(
+                    OsStr::from_bytes(&name),
+                    &EntryStat::from(&meta),
+                    NodeKind::Dir,
+                    &walk.names,
+                );
+                node.subtree = Some(store_intermediate(walk, &sub_path, sub)?);
+                entries.push(node);
+            }
+        }
+    }
+    store_tree(walk, Tree { entries })
+}
