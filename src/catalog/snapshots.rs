@@ -134,6 +134,7 @@ mod tests {
             program: "larder test".into(),
             user: "tester".into(),
             copied_from: None,
+            dump: None,
         }
     }
 
