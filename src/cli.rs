@@ -377,7 +377,7 @@ async fn dispatch(global: &GlobalArgs, command: Command) -> Result<Outcome> {
                     summary.packs_from_headers
                 )?;
                 for id in &summary.repair_indexes {
-                    outln!("wrote index object {} for them", &id[..8])?;
+                    outln!("wrote index object {} for them", id.short())?;
                 }
             }
             render::warn_all(&summary.warnings);

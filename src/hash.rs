@@ -71,6 +71,13 @@ macro_rules! id_type {
             }
         }
 
+        /// Serialized as its full hex, as listings and `--json` show it.
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                s.serialize_str(&self.to_hex())
+            }
+        }
+
         impl<C> minicbor::Encode<C> for $name {
             fn encode<W: minicbor::encode::Write>(
                 &self,

@@ -291,7 +291,7 @@ impl Repo {
     }
 
     /// The sealer for this repository's objects.
-    pub fn sealer(&self) -> &Sealer {
+    pub(crate) fn sealer(&self) -> &Sealer {
         &self.sealer
     }
 
@@ -306,7 +306,7 @@ impl Repo {
     }
 
     /// The master key, for wrapping it under another passphrase.
-    pub fn master_key(&self) -> &MasterKey {
+    pub(crate) fn master_key(&self) -> &MasterKey {
         &self.master
     }
 

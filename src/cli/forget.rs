@@ -282,13 +282,13 @@ fn print_prune(summary: &PruneSummary) -> Result<()> {
     if let Some(id) = &summary.new_generation {
         outln!(
             "recorded pending generation {}: {} packs, {}",
-            &id[..8],
+            id.short(),
             summary.pending_packs,
             size(summary.pending_bytes)
         )?;
     }
     for g in &summary.generations {
-        let id = if g.id.len() >= 8 { &g.id[..8] } else { &g.id };
+        let id = g.id.map_or_else(|| "(new)".to_string(), |id| id.short());
         outln!(
             "generation {id} ({}): {} packs, {}: {}{}",
             g.time,

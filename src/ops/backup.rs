@@ -93,7 +93,7 @@ pub struct BackupSummary {
     #[serde(serialize_with = "crate::ops::hex_id")]
     pub snapshot_id: SnapshotId,
     /// The snapshot compared against, if any.
-    pub parent: Option<String>,
+    pub parent: Option<SnapshotId>,
     /// Bytes read from the source.
     pub bytes_read: u64,
     /// Total size of the snapshot's content (files read or reused).
@@ -331,7 +331,7 @@ async fn backup_leased(repo: &Repo, options: BackupOptions) -> Result<BackupSumm
     summary.bytes_added += stored;
     Ok(BackupSummary {
         snapshot_id,
-        parent: parent.map(|(id, _)| id.to_hex()),
+        parent: parent.map(|(id, _)| id),
         bytes_read,
         total_bytes: summary.total_bytes,
         bytes_added: summary.bytes_added,

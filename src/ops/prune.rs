@@ -113,8 +113,8 @@ impl std::fmt::Debug for PruneOptions {
 /// One pending generation and what became of it.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct GenerationReport {
-    /// Generation id.
-    pub id: String,
+    /// Generation id; `None` for the one a dry run would record.
+    pub id: Option<GenerationId>,
     /// When the storage recorded it.
     pub time: String,
     /// Packs it names.
@@ -162,7 +162,7 @@ pub struct PruneSummary {
     /// Their bytes.
     pub bytes_reindexed: u64,
     /// The generation this run recorded (or would record).
-    pub new_generation: Option<String>,
+    pub new_generation: Option<GenerationId>,
     /// Packs in it and their bytes.
     pub pending_packs: u64,
     /// …
@@ -427,7 +427,7 @@ impl Run<'_> {
             let view = self.lease.refresh().await?;
             let waits = self.blockers(&view, view.now);
             self.summary.generations.push(GenerationReport {
-                id: "(new)".into(),
+                id: None,
                 time: lease::format_storage_time(view.now),
                 packs: doomed.len() as u64,
                 bytes: self.summary.pending_bytes,
@@ -445,7 +445,7 @@ impl Run<'_> {
             .repo
             .write_pending(&PendingObject { packs: doomed })
             .await?;
-        self.summary.new_generation = Some(generation.to_hex());
+        self.summary.new_generation = Some(generation);
         self.sweep(generation, time).await
     }
 
@@ -695,7 +695,7 @@ impl Run<'_> {
         let view = self.lease.refresh().await?;
         let waits = self.blockers(&view, time);
         let mut report = GenerationReport {
-            id: generation.to_hex(),
+            id: Some(generation),
             time: lease::format_storage_time(time),
             packs: packs.len() as u64,
             bytes,

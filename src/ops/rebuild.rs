@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use crate::backend::RequestCounts;
 use crate::error::Result;
+use crate::hash::IndexId;
 use crate::index::{INDEX_FLUSH_BLOBS, IndexObject, IndexedPack};
 use crate::pack::PackKind;
 use crate::repo::Repo;
@@ -30,7 +31,7 @@ pub struct RebuildSummary {
     pub packs_from_headers: usize,
     /// The index objects written for them (one per
     /// [`INDEX_FLUSH_BLOBS`] blobs).
-    pub repair_indexes: Vec<String>,
+    pub repair_indexes: Vec<IndexId>,
     /// Objects that could not be read.
     pub warnings: Vec<String>,
     /// Blob locations in the new catalog.
@@ -77,7 +78,7 @@ pub async fn rebuild_catalog(repo: &Repo) -> Result<RebuildSummary> {
                     });
                     if repair.blob_count() >= INDEX_FLUSH_BLOBS {
                         let (id, _) = repo.write_index(&std::mem::take(&mut repair)).await?;
-                        summary.repair_indexes.push(id.to_hex());
+                        summary.repair_indexes.push(id);
                     }
                 }
                 Err(e) if e.is_damage() => summary
@@ -88,7 +89,7 @@ pub async fn rebuild_catalog(repo: &Repo) -> Result<RebuildSummary> {
         }
         if !repair.packs.is_empty() {
             let (id, _) = repo.write_index(&repair).await?;
-            summary.repair_indexes.push(id.to_hex());
+            summary.repair_indexes.push(id);
         }
         summary.blobs = repo.catalog().blob_count()?;
         summary.duration_s = started.elapsed().as_secs_f64();

@@ -140,7 +140,8 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
-/// Seeded text that looks like a SQL dump: compressible, with varied rows.
+/// Seeded text that looks like a whole plain SQL dump (it ends with
+/// pg_dump's completion comment): compressible, with varied rows.
 pub fn dump_text(rows: usize, seed: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(rows * 64);
     let noise = random_bytes(rows * 8, seed);
@@ -157,7 +158,7 @@ pub fn dump_text(rows: usize, seed: u64) -> Vec<u8> {
         )
         .unwrap();
     }
-    out.extend_from_slice(b"\\.\n");
+    out.extend_from_slice(b"\\.\n\n--\n-- PostgreSQL database dump complete\n--\n\n");
     out
 }
 
