@@ -54,6 +54,7 @@ use larder::Repo;
 use larder::lease::LeaseKind;
 
 /// How a successful run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// Everything worked.
     Success,

@@ -154,6 +154,17 @@ pub enum Error {
         stderr_tail: String,
     },
 
+    /// A `before` or `after` hook failed.
+    #[error("the {hook} hook failed: {reason}{}", stderr_block(.output_tail))]
+    HookFailed {
+        /// `before` or `after`.
+        hook: String,
+        /// How it ended.
+        reason: String,
+        /// The last lines it wrote.
+        output_tail: String,
+    },
+
     /// A dump failed its completeness check; no snapshot was written.
     #[error(
         "source {source_name}: the {format} dump is incomplete: {detail}; no snapshot was written"

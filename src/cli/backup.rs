@@ -6,8 +6,10 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use larder::catalog::SnapshotFilter;
+use larder::hash::SnapshotId;
 use larder::ops::backup::{BackupInput, BackupOptions, TreeInput, backup};
 use larder::progress::Progress;
+use larder::source::command::run_hook;
 use larder::source::tree::{Excludes, absolute_path, check_paths};
 use larder::source::{StreamInput, split_command};
 
@@ -35,6 +37,12 @@ pub struct BackupArgs {
     /// Kind of source. Streams: auto (the default: PostgreSQL, Redis and Neo4j dumps are told from their first bytes), postgres, redis, neo4j, or stream (no check); a dump of a known kind is checked for completeness as it is read, and an incomplete one is not stored. Paths: files
     #[arg(long, value_name = "KIND")]
     kind: Option<String>,
+    /// Run CMD (no shell) before anything else; if it fails, nothing is backed up and larder exits 1. It gets LARDER_SOURCE
+    #[arg(long, value_name = "CMD")]
+    before: Option<String>,
+    /// Run CMD (no shell) after the backup, whatever its outcome (after --before succeeded); it gets LARDER_SOURCE, LARDER_OUTCOME (success, warnings or failure), LARDER_SNAPSHOT or LARDER_ERROR. Its failure is a warning
+    #[arg(long, value_name = "CMD")]
+    after: Option<String>,
     /// Store a dump that fails its completeness check anyway, tagged "incomplete" (retention never counts it as a good backup)
     #[arg(long)]
     allow_incomplete: bool,
@@ -61,7 +69,52 @@ pub struct BackupArgs {
     time: Option<String>,
 }
 
-pub async fn run(global: &GlobalArgs, args: BackupArgs) -> Result<Outcome> {
+pub async fn run(global: &GlobalArgs, mut args: BackupArgs) -> Result<Outcome> {
+    let before = args.before.take().map(|c| split_command(&c)).transpose()?;
+    let after = args.after.take().map(|c| split_command(&c)).transpose()?;
+    let source = args.source.clone();
+    if let Some(before) = before {
+        let env = vec![("LARDER_SOURCE", source.clone())];
+        tokio::task::spawn_blocking(move || run_hook("before", &before, &env))
+            .await?
+            .with_context(|| format!("source {source}: no backup was taken"))?;
+    }
+    let result = take(global, args).await;
+    let Some(after) = after else {
+        return result.map(|(outcome, _)| outcome);
+    };
+    let mut env = vec![("LARDER_SOURCE", source.clone())];
+    match &result {
+        Ok((outcome, id)) => {
+            let name = if *outcome == Outcome::Success {
+                "success"
+            } else {
+                "warnings"
+            };
+            env.push(("LARDER_OUTCOME", name.into()));
+            env.push(("LARDER_SNAPSHOT", id.to_hex()));
+        }
+        Err(e) => {
+            env.push(("LARDER_OUTCOME", "failure".into()));
+            env.push(("LARDER_ERROR", format!("{e:#}")));
+        }
+    }
+    let hooked = tokio::task::spawn_blocking(move || run_hook("after", &after, &env)).await?;
+    match (result, hooked) {
+        (result, Ok(())) => result.map(|(outcome, _)| outcome),
+        (Ok(_), Err(e)) => {
+            render::warn_all(&[format!("{e} (the snapshot was saved)")]);
+            Ok(Outcome::Warnings)
+        }
+        (Err(e), Err(hook)) => {
+            render::warn_all(&[hook.to_string()]);
+            Err(e)
+        }
+    }
+}
+
+/// The backup itself: its outcome and the snapshot it saved.
+async fn take(global: &GlobalArgs, args: BackupArgs) -> Result<(Outcome, SnapshotId)> {
     let (input, default_kind) = match (&args.command, args.stdin, args.paths.is_empty()) {
         (Some(command), _, _) => (
             BackupInput::Stream {
@@ -168,9 +221,10 @@ pub async fn run(global: &GlobalArgs, args: BackupArgs) -> Result<Outcome> {
         )?;
     }
     render::warn_all(&summary.warnings);
-    Ok(if summary.warnings.is_empty() {
+    let outcome = if summary.warnings.is_empty() {
         Outcome::Success
     } else {
         Outcome::Warnings
-    })
+    };
+    Ok((outcome, summary.snapshot_id))
 }

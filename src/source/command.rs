@@ -270,3 +270,41 @@ fn dumper_version(program: &str) -> Option<String> {
         .map(|l| l.trim().to_string())
         .filter(|l| !l.is_empty())
 }
+
+/// Runs a hook (`backup --before` / `--after`) to its end: no shell, no
+/// standard input, larder's secrets removed from its environment, `env`
+/// added to it. Its output is kept and shown only when it fails.
+pub fn run_hook(which: &str, argv: &[String], env: &[(&str, String)]) -> Result<()> {
+    let Some(program) = argv.first() else {
+        return Err(Error::InvalidArgument(format!("the {which} hook is empty")));
+    };
+    let mut command = Command::new(program);
+    for (name, _) in std::env::vars_os() {
+        if is_secret_variable(&name) {
+            command.env_remove(name);
+        }
+    }
+    let out = command
+        .args(&argv[1..])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Error::HookFailed {
+            hook: which.into(),
+            reason: format!("cannot run {program:?}: {e}"),
+            output_tail: String::new(),
+        })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let mut output = out.stdout;
+    output.extend_from_slice(&out.stderr);
+    let start = output.len().saturating_sub(STDERR_TAIL);
+    let text = String::from_utf8_lossy(&output[start..]).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    Err(Error::HookFailed {
+        hook: which.into(),
+        reason: describe_status(program, out.status),
+        output_tail: lines[lines.len().saturating_sub(20)..].join("\n"),
+    })
+}

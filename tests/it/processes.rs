@@ -508,3 +508,94 @@ fn members_of_group_sees_a_running_group() {
             || members_of_group(child.id()).is_empty()
     );
 }
+
+#[test]
+fn before_and_after_hooks_run_in_order_and_a_failing_before_leaves_no_snapshot() {
+    let r = CliRepo::init();
+    let log = r.dir.path().join("hooks.log");
+    let log_s = log.display().to_string();
+    let before = format!("sh -c 'echo before $LARDER_SOURCE >> {log_s}'");
+    let dump = format!("sh -c 'echo dump >> {log_s}; echo some data'");
+    let after =
+        format!("sh -c 'echo after $LARDER_OUTCOME $LARDER_SNAPSHOT $LARDER_PASSWORD >> {log_s}'");
+    let out = r.run(&[
+        "--json",
+        "backup",
+        "--source",
+        "db",
+        "--command",
+        &dump,
+        "--before",
+        &before,
+        "--after",
+        &after,
+    ]);
+    assert_success(&out);
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = summary["snapshot_id"].as_str().unwrap();
+    let lines = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        lines,
+        format!("before db\ndump\nafter success {id}\n"),
+        "hooks run in order, the after hook learns the outcome and never sees the passphrase"
+    );
+
+    // A failing dump: the after hook still runs and is told so.
+    std::fs::remove_file(&log).unwrap();
+    let after = format!("sh -c 'echo after $LARDER_OUTCOME >> {log_s}'");
+    let out = r.run(&[
+        "backup",
+        "--source",
+        "db",
+        "--command",
+        "false",
+        "--after",
+        &after,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "after failure\n");
+
+    // A failing before hook: no backup, no snapshot, exit 1, its output shown.
+    let out = r.run(&[
+        "backup",
+        "--source",
+        "other",
+        "--command",
+        &dump,
+        "--before",
+        "sh -c 'echo cannot stop the container >&2; exit 4'",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot stop the container"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("no backup was taken"),
+        "{}",
+        stderr(&out)
+    );
+    let out = r.run(&["--json", "snapshots", "--source", "other"]);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
+        serde_json::json!([])
+    );
+
+    // A failing after hook after a good backup: saved, with a warning.
+    let out = r.run(&[
+        "backup",
+        "--source",
+        "db",
+        "--command",
+        &dump,
+        "--after",
+        "false",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("after hook failed"),
+        "{}",
+        stderr(&out)
+    );
+}
