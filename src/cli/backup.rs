@@ -34,7 +34,7 @@ pub struct BackupArgs {
     /// File name of the stream inside the snapshot
     #[arg(long, default_value = "stdin", value_name = "FILE")]
     stdin_name: String,
-    /// Kind of source. Streams: auto (the default: PostgreSQL, Redis and Neo4j dumps are told from their first bytes), postgres, redis, neo4j, or stream (no check); a dump of a known kind is checked for completeness as it is read, and an incomplete one is not stored. Paths: files
+    /// Kind of source. Streams: auto (the default: PostgreSQL, Redis and Neo4j dumps are told from their first bytes), postgres, redis, neo4j, or stream (no check); a dump of a known kind is checked for completeness as it is read, and an incomplete one is not stored. Paths: files, or postgres (directory-format pg_dump output: toc.dat and every data file it names must be there)
     #[arg(long, value_name = "KIND")]
     kind: Option<String>,
     /// Run CMD (no shell) before anything else; if it fails, nothing is backed up and larder exits 1. It gets LARDER_SOURCE
@@ -156,11 +156,11 @@ async fn take(global: &GlobalArgs, args: BackupArgs) -> Result<(Outcome, Snapsho
     let kind = args.kind.clone().unwrap_or_else(|| default_kind.into());
     let valid = match &input {
         BackupInput::Stream { .. } => larder::dump::Kind::from_name(&kind).is_some(),
-        BackupInput::Tree(_) => kind == "files",
+        BackupInput::Tree(_) => kind == "files" || kind == "postgres",
     };
     if !valid {
         bail!(
-            "--kind {kind:?} does not fit this source: streams take {}; paths take files",
+            "--kind {kind:?} does not fit this source: streams take {}; paths take files, or postgres for directory-format pg_dump output",
             larder::dump::Kind::NAMES.join(", ")
         );
     }

@@ -103,6 +103,10 @@ fn find_last(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 const OLDEST: (u8, u8) = (1, 10);
 const NEWEST: (u8, u8) = (1, 16);
 
+/// Archive formats in the header.
+const FORMAT_CUSTOM: u8 = 1;
+const FORMAT_DIRECTORY: u8 = 5;
+
 /// `ReadOffset` flags.
 const OFFSET_NO_DATA: u8 = 3;
 /// Data block types.
@@ -123,6 +127,7 @@ const MAX_TOC_ENTRIES: i64 = 50_000_000;
 pub fn check_custom(reader: impl Read) -> io::Result<Verdict> {
     let mut a = Archive {
         r: reader,
+        format: FORMAT_CUSTOM,
         int_size: 4,
         off_size: 8,
         version: (0, 0),
@@ -153,72 +158,35 @@ struct Entry {
     dump_id: i64,
     desc: String,
     tag: String,
+    /// Directory format: the file holding its data.
+    file: Option<String>,
 }
 
 struct Archive<R> {
     r: R,
+    /// The archive format expected: [`FORMAT_CUSTOM`] or [`FORMAT_DIRECTORY`].
+    format: u8,
     int_size: usize,
     off_size: usize,
     version: (u8, u8),
 }
 
+/// What reading the header and table of contents gave.
+enum Toc {
+    /// A version this build cannot check.
+    Unchecked(Verdict),
+    /// The number of entries, and those that announce data.
+    Entries(i64, Vec<Entry>),
+}
+
 impl<R: Read> Archive<R> {
     fn check(&mut self) -> Result<Verdict, Broken> {
-        let mut magic = [0u8; 5];
-        self.r.read_exact(&mut magic)?;
-        if &magic != b"PGDMP" {
-            return Err(Broken::Incomplete("it does not start with PGDMP".into()));
-        }
-        let (major, minor, _rev) = (self.byte()?, self.byte()?, self.byte()?);
-        self.version = (major, minor);
-        if self.version < OLDEST || self.version > NEWEST {
-            return Ok(Verdict::unchecked(
-                "postgres-custom",
-                format!(
-                    "archive version {major}.{minor} is not one this larder can check (it knows {}.{} to {}.{})",
-                    OLDEST.0, OLDEST.1, NEWEST.0, NEWEST.1
-                ),
-            ));
-        }
-        self.int_size = usize::from(self.byte()?);
-        self.off_size = usize::from(self.byte()?);
-        if !(1..=8).contains(&self.int_size) || !(1..=8).contains(&self.off_size) {
-            return Err(Broken::Incomplete(format!(
-                "its header gives impossible integer sizes ({} and {})",
-                self.int_size, self.off_size
-            )));
-        }
-        let format = self.byte()?;
-        if format != 1 {
-            return Err(Broken::Incomplete(format!(
-                "its header names archive format {format}, not the custom format (1)"
-            )));
-        }
-        if self.version >= (1, 15) {
-            self.byte()?;
-        } else {
-            self.int()?;
-        }
-        for _ in 0..7 {
-            self.int()?; // creation time
-        }
-        self.string()?; // database name
-        self.string()?; // server version
-        self.string()?; // pg_dump version
-
-        let count = self.int()?;
-        if !(0..=MAX_TOC_ENTRIES).contains(&count) {
-            return Err(Broken::Incomplete(format!(
-                "its table of contents claims {count} entries"
-            )));
-        }
-        let mut with_data: Vec<Entry> = Vec::new();
-        for _ in 0..count {
-            if let Some(entry) = self.toc_entry()? {
-                with_data.push(entry);
-            }
-        }
-
+        let (count, with_data) = match self.toc()? {
+            Toc::Unchecked(verdict) => return Ok(verdict),
+            Toc::Entries(count, with_data) => (count, with_data),
+        };
+        let by_id: std::collections::HashMap<i64, &Entry> =
+            with_data.iter().map(|e| (e.dump_id, e)).collect();
         let mut seen = std::collections::HashSet::new();
         loop {
             let mut kind = [0u8; 1];
@@ -229,7 +197,7 @@ impl<R: Read> Archive<R> {
                 Err(e) => return Err(Broken::Io(e)),
             }
             let dump_id = self.int().map_err(|_| self.cut(None))?;
-            let entry = with_data.iter().find(|e| e.dump_id == dump_id);
+            let entry = by_id.get(&dump_id).copied();
             match kind[0] {
                 BLOCK_DATA => self.chunks().map_err(|_| self.cut(entry))?,
                 BLOCK_BLOBS => loop {
@@ -271,6 +239,74 @@ impl<R: Read> Archive<R> {
         ))
     }
 
+    /// Reads the header and the table of contents.
+    fn toc(&mut self) -> Result<Toc, Broken> {
+        let mut magic = [0u8; 5];
+        self.r.read_exact(&mut magic)?;
+        if &magic != b"PGDMP" {
+            return Err(Broken::Incomplete("it does not start with PGDMP".into()));
+        }
+        let (major, minor, _rev) = (self.byte()?, self.byte()?, self.byte()?);
+        self.version = (major, minor);
+        if self.version < OLDEST || self.version > NEWEST {
+            return Ok(Toc::Unchecked(Verdict::unchecked(
+                self.name(),
+                format!(
+                    "archive version {major}.{minor} is not one this larder can check (it knows {}.{} to {}.{})",
+                    OLDEST.0, OLDEST.1, NEWEST.0, NEWEST.1
+                ),
+            )));
+        }
+        self.int_size = usize::from(self.byte()?);
+        self.off_size = usize::from(self.byte()?);
+        if !(1..=8).contains(&self.int_size) || !(1..=8).contains(&self.off_size) {
+            return Err(Broken::Incomplete(format!(
+                "its header gives impossible integer sizes ({} and {})",
+                self.int_size, self.off_size
+            )));
+        }
+        let format = self.byte()?;
+        // A directory dump's toc.dat says 3 (pg_dump writes it through the
+        // tar format's header code), 5 in some versions.
+        let expected = if self.format == FORMAT_DIRECTORY {
+            format == 3 || format == FORMAT_DIRECTORY
+        } else {
+            format == self.format
+        };
+        if !expected {
+            return Err(Broken::Incomplete(format!(
+                "its header names archive format {format}, not the {} format ({})",
+                self.name().trim_start_matches("postgres-"),
+                self.format
+            )));
+        }
+        if self.version >= (1, 15) {
+            self.byte()?;
+        } else {
+            self.int()?;
+        }
+        for _ in 0..7 {
+            self.int()?; // creation time
+        }
+        self.string()?; // database name
+        self.string()?; // server version
+        self.string()?; // pg_dump version
+
+        let count = self.int()?;
+        if !(0..=MAX_TOC_ENTRIES).contains(&count) {
+            return Err(Broken::Incomplete(format!(
+                "its table of contents claims {count} entries"
+            )));
+        }
+        let mut with_data: Vec<Entry> = Vec::new();
+        for _ in 0..count {
+            if let Some(entry) = self.toc_entry()? {
+                with_data.push(entry);
+            }
+        }
+        Ok(Toc::Entries(count, with_data))
+    }
+
     /// One table of contents entry; `Some` if it announces data.
     fn toc_entry(&mut self) -> Result<Option<Entry>, Broken> {
         let v = self.version;
@@ -297,10 +333,25 @@ impl<R: Read> Archive<R> {
         self.string()?; // owner
         self.string()?; // "with oids"
         while self.string()?.is_some() {} // dependencies
+        if self.format == FORMAT_DIRECTORY {
+            // The data file's name; empty for entries without data.
+            let file = self.string()?.filter(|f| !f.is_empty());
+            return Ok(file.map(|file| Entry {
+                dump_id,
+                desc,
+                tag,
+                file: Some(file),
+            }));
+        }
         let flag = self.byte()?;
         let mut offset = [0u8; 8];
         self.r.read_exact(&mut offset[..self.off_size])?;
-        Ok((flag != OFFSET_NO_DATA).then_some(Entry { dump_id, desc, tag }))
+        Ok((flag != OFFSET_NO_DATA).then_some(Entry {
+            dump_id,
+            desc,
+            tag,
+            file: None,
+        }))
     }
 
     /// Data chunks up to the zero-length one that ends them.
@@ -315,6 +366,14 @@ impl<R: Read> Archive<R> {
             if skipped != len {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        if self.format == FORMAT_DIRECTORY {
+            "postgres-directory"
+        } else {
+            "postgres-custom"
         }
     }
 
@@ -361,6 +420,72 @@ impl<R: Read> Archive<R> {
         }
         Ok(Some(String::from_utf8_lossy(&kept).into_owned()))
     }
+}
+
+/// Checks a directory-format dump (`pg_dump -Fd`): `toc.dat`, which
+/// pg_dump writes last, exists and parses, and every data file its table
+/// of contents names is present (compressed or not).
+pub fn check_directory(dir: &std::path::Path) -> io::Result<Verdict> {
+    let name = "postgres-directory";
+    let toc = match std::fs::File::open(dir.join("toc.dat")) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Ok(Verdict::incomplete(
+                name,
+                format!(
+                    "{} has no toc.dat (pg_dump writes it last: it stopped early, or this is not a directory-format dump)",
+                    dir.display()
+                ),
+            ));
+        }
+        Err(e) => return Err(e),
+    };
+    let mut a = Archive {
+        r: io::BufReader::new(toc),
+        format: FORMAT_DIRECTORY,
+        int_size: 4,
+        off_size: 8,
+        version: (0, 0),
+    };
+    let (count, with_data) = match a.toc() {
+        Ok(Toc::Unchecked(verdict)) => return Ok(verdict),
+        Ok(Toc::Entries(count, with_data)) => (count, with_data),
+        Err(Broken::Io(e)) => return Err(e),
+        Err(Broken::Incomplete(why)) => {
+            return Ok(Verdict::incomplete(name, format!("toc.dat: {why}")));
+        }
+    };
+    let present = |file: &str| {
+        ["", ".gz", ".lz4", ".zst"]
+            .iter()
+            .any(|suffix| dir.join(format!("{file}{suffix}")).is_file())
+    };
+    let missing: Vec<&Entry> = with_data
+        .iter()
+        .filter(|e| !e.file.as_deref().is_some_and(present))
+        .collect();
+    if let Some(first) = missing.first() {
+        return Ok(Verdict::incomplete(
+            name,
+            format!(
+                "{} of the {} data files toc.dat names are missing, the first being {} for {} {}",
+                missing.len(),
+                with_data.len(),
+                first.file.as_deref().unwrap_or("?"),
+                first.desc,
+                first.tag
+            ),
+        ));
+    }
+    Ok(Verdict::complete(
+        name,
+        format!(
+            "archive {}.{}: {count} table of contents entries, all {} data files present",
+            a.version.0,
+            a.version.1,
+            with_data.len()
+        ),
+    ))
 }
 
 #[cfg(test)]

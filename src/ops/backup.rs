@@ -232,11 +232,23 @@ async fn backup_leased(repo: &Repo, options: BackupOptions) -> Result<BackupSumm
         BackupInput::Tree(input) => {
             let parent_root = parent
                 .as_ref()
-                .filter(|(_, s)| s.kind == "files")
+                .filter(|(_, s)| !s.paths.is_empty())
                 .map(|(_, s)| s.root);
+            // Directory-format pg_dump output is checked before it is read.
+            let verdict = if options.kind == crate::dump::Kind::Postgres.name() {
+                check_dump_directories(&input.paths, &options.source, options.allow_incomplete)?
+            } else {
+                None
+            };
             tree::backup_tree(repo, &input, parent_root, &run)
                 .await
-                .map(|root| (root, StreamEnd::default()))
+                .map(|root| {
+                    let end = StreamEnd {
+                        command: None,
+                        verdict,
+                    };
+                    (root, end)
+                })
         }
     };
     drop(run);
@@ -643,6 +655,34 @@ fn read_stream(
         command: record,
         verdict,
     })
+}
+
+/// Checks each path of a tree backup of kind `postgres` as a
+/// directory-format dump; the first incomplete one fails the backup unless
+/// `allow_incomplete`. Returns the verdict to record (the first incomplete
+/// one, or the last complete one).
+fn check_dump_directories(
+    paths: &[std::path::PathBuf],
+    source: &str,
+    allow_incomplete: bool,
+) -> Result<Option<crate::dump::Verdict>> {
+    let mut last = None;
+    for path in paths {
+        let verdict = crate::dump::postgres::check_directory(path)
+            .map_err(|e| Error::io("checking the dump directory", path, e))?;
+        if !verdict.complete {
+            if !allow_incomplete {
+                return Err(Error::IncompleteDump {
+                    source_name: source.into(),
+                    format: verdict.format.into(),
+                    detail: verdict.detail,
+                });
+            }
+            return Ok(Some(verdict));
+        }
+        last = Some(verdict);
+    }
+    Ok(last)
 }
 
 /// Reads the chunks a channel delivers, in order, as one stream; the end

@@ -441,3 +441,53 @@ fn an_incomplete_dump_stored_on_request_is_tagged_and_never_kept_as_a_good_backu
     assert_eq!(removed[0]["id"], incomplete[0]["id"], "{plan:#}");
     assert_eq!(removed[0]["incomplete"], true, "{plan:#}");
 }
+
+#[test]
+fn a_directory_format_dump_is_checked_for_its_toc_and_every_data_file() {
+    let Some(settings) = postgres() else { return };
+    let db = PgDatabase::create(&settings, "larder_it_directory");
+    let r = CliRepo::init();
+    let dir = r.dir.path().join("orders.dir");
+    let argv = larder::source::split_command(
+        &db.dump_command(&format!("--format=directory --file {}", dir.display())),
+    )
+    .unwrap();
+    run_ok(Command::new(&argv[0]).args(&argv[1..]));
+    let dir_s = dir.to_str().unwrap();
+    let out = r.run(&[
+        "--json", "backup", "--source", "pg", "--kind", "postgres", dir_s,
+    ]);
+    assert_success(&out);
+    let out = r.run(&["--json", "snapshots"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed[0]["kind"], "postgres", "{listed:#}");
+    assert_eq!(
+        listed[0]["dump"]["format"], "postgres-directory",
+        "{listed:#}"
+    );
+    assert_eq!(listed[0]["dump"]["complete"], true, "{listed:#}");
+
+    // One data file gone: refused, naming it.
+    let data: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap() != "toc.dat")
+        .collect();
+    assert!(!data.is_empty());
+    std::fs::remove_file(&data[0]).unwrap();
+    let out = r.run(&["backup", "--source", "pg", "--kind", "postgres", dir_s]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("data files toc.dat names are missing"),
+        "{}",
+        stderr(&out)
+    );
+    // No toc.dat (pg_dump writes it last): refused.
+    std::fs::remove_file(dir.join("toc.dat")).unwrap();
+    let out = r.run(&["backup", "--source", "pg", "--kind", "postgres", dir_s]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no toc.dat"), "{}", stderr(&out));
+    let out = r.run(&["--json", "snapshots"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+}
