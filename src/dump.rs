@@ -126,6 +126,19 @@ impl Verdict {
     }
 }
 
+/// Reads `reader` to its end in large blocks, handing each to `each`.
+fn for_each_block(mut reader: impl Read, mut each: impl FnMut(&[u8])) -> io::Result<()> {
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => each(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Bytes looked at to tell formats apart.
 const HEAD: usize = 64;
 

@@ -6,7 +6,7 @@
 //! snapshot it meets in each new period until it has kept N (so "the newest
 //! snapshot in each of the last N periods that have snapshots"; weeks are
 //! ISO weeks). One snapshot may satisfy several rules. `--keep-within`
-//! keeps everything within that span of `now`, and `--keep-tag` keeps
+//! keeps everything within that span (anchored as below), and `--keep-tag` keeps
 //! tagged snapshots. Periods are calendar periods in the given time zone:
 //! across a daylight-saving change a day is still one day, and the repeated
 //! hour of a fall-back counts as one hour.
@@ -20,6 +20,10 @@
 //! stopped backing up keeps its last span, and a local clock running ahead
 //! does not empty the window); restic measures it from the newest snapshot,
 //! which a future-dated one would move arbitrarily far.
+//!
+//! Snapshots tagged [`crate::dump::INCOMPLETE_TAG`] (dumps that failed
+//! their completeness check, stored on request) take no part in any rule
+//! either, and are kept only by `--keep-tag`.
 
 use jiff::tz::TimeZone;
 use jiff::{Span, Timestamp, Zoned};

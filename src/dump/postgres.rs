@@ -29,26 +29,19 @@ const TAIL: usize = 64 << 10;
 /// by nothing but blank lines, comment lines and, when the dump began with
 /// `\restrict KEY` (pg_dump from 17.6, 16.10, 15.14 on), the whole line
 /// `\unrestrict KEY`.
-pub fn check_plain(mut reader: impl Read) -> io::Result<Verdict> {
+pub fn check_plain(reader: impl Read) -> io::Result<Verdict> {
     let mut tail: Vec<u8> = Vec::with_capacity(2 * TAIL);
-    let mut buf = vec![0u8; 256 << 10];
     let mut start: Vec<u8> = Vec::new();
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
+    super::for_each_block(reader, |block| {
         if start.len() < START {
-            let more = n.min(START - start.len());
-            start.extend_from_slice(&buf[..more]);
+            let more = block.len().min(START - start.len());
+            start.extend_from_slice(&block[..more]);
         }
-        tail.extend_from_slice(&buf[..n]);
+        tail.extend_from_slice(block);
         if tail.len() > 2 * TAIL {
             tail.drain(..tail.len() - TAIL);
         }
-    }
+    })?;
     let found = TRAILERS
         .iter()
         .filter_map(|t| find_last(&tail, t).map(|at| at + t.len()))

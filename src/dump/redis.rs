@@ -56,22 +56,15 @@ pub fn check(mut reader: impl Read) -> io::Result<Verdict> {
     // output from a diskless transfer.
     let mut held: Vec<u8> = Vec::with_capacity(2 * HELD);
     let mut total = header.len() as u64;
-    let mut buf = vec![0u8; 256 << 10];
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        total += n as u64;
-        held.extend_from_slice(&buf[..n]);
+    super::for_each_block(&mut reader, |block| {
+        total += block.len() as u64;
+        held.extend_from_slice(block);
         if held.len() > HELD {
             let release = held.len() - HELD;
             crc.update(&held[..release]);
             held.drain(..release);
         }
-    }
+    })?;
     let format = "redis-rdb";
     // Without the end mark the checksum is last; with it, 40 bytes earlier.
     let marked = held.len() >= 49 && held[held.len() - MARK..].iter().all(u8::is_ascii_hexdigit);

@@ -68,15 +68,7 @@ impl RunningCommand {
     /// Starts `argv` with its standard output piped to the caller.
     pub fn spawn(argv: &[String], source_name: &str) -> Result<(RunningCommand, ChildStdout)> {
         let version = dumper_version(&argv[0]);
-        let mut command = Command::new(&argv[0]);
-        // larder's own secrets are not the dump's business: a command that
-        // prints its environment (or a dumper that logs it) must not store
-        // the passphrase in a snapshot.
-        for (name, _) in std::env::vars_os() {
-            if is_secret_variable(&name) {
-                command.env_remove(name);
-            }
-        }
+        let mut command = without_secrets(&argv[0]);
         let mut child = command
             .args(&argv[1..])
             // Its own process group, so a failed backup can kill the whole
@@ -191,12 +183,7 @@ impl RunningCommand {
                 let _ = thread.join();
             }
         }
-        let bytes = self.stderr.lock().expect("stderr lock");
-        let start = bytes.len().saturating_sub(STDERR_TAIL);
-        let text = String::from_utf8_lossy(&bytes[start..]).into_owned();
-        // Keep whole lines where possible, and at most the last 20.
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        tail_lines(&self.stderr.lock().expect("stderr lock"))
     }
 }
 
@@ -271,6 +258,28 @@ fn dumper_version(program: &str) -> Option<String> {
         .filter(|l| !l.is_empty())
 }
 
+/// A command for `program` without larder's own secrets in its
+/// environment: a command that prints its environment (or a dumper that
+/// logs it) must not store the passphrase in a snapshot.
+fn without_secrets(program: &str) -> Command {
+    let mut command = Command::new(program);
+    for (name, _) in std::env::vars_os() {
+        if is_secret_variable(&name) {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+/// The end of a command's output: the last [`STDERR_TAIL`] bytes, whole
+/// lines where possible, at most the last 20.
+fn tail_lines(bytes: &[u8]) -> String {
+    let start = bytes.len().saturating_sub(STDERR_TAIL);
+    let text = String::from_utf8_lossy(&bytes[start..]);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
 /// Runs a hook (`backup --before` / `--after`) to its end: no shell, no
 /// standard input, larder's secrets removed from its environment, `env`
 /// added to it. Its output is kept and shown only when it fails.
@@ -278,12 +287,7 @@ pub fn run_hook(which: &str, argv: &[String], env: &[(&str, String)]) -> Result<
     let Some(program) = argv.first() else {
         return Err(Error::InvalidArgument(format!("the {which} hook is empty")));
     };
-    let mut command = Command::new(program);
-    for (name, _) in std::env::vars_os() {
-        if is_secret_variable(&name) {
-            command.env_remove(name);
-        }
-    }
+    let mut command = without_secrets(program);
     let out = command
         .args(&argv[1..])
         .envs(env.iter().map(|(k, v)| (k, v)))
@@ -299,12 +303,9 @@ pub fn run_hook(which: &str, argv: &[String], env: &[(&str, String)]) -> Result<
     }
     let mut output = out.stdout;
     output.extend_from_slice(&out.stderr);
-    let start = output.len().saturating_sub(STDERR_TAIL);
-    let text = String::from_utf8_lossy(&output[start..]).into_owned();
-    let lines: Vec<&str> = text.lines().collect();
     Err(Error::HookFailed {
         hook: which.into(),
         reason: describe_status(program, out.status),
-        output_tail: lines[lines.len().saturating_sub(20)..].join("\n"),
+        output_tail: tail_lines(&output),
     })
 }

@@ -80,6 +80,17 @@ fn content(seed: u64) -> Vec<u8> {
     out
 }
 
+/// Six backups of partially overlapping content, with their inputs.
+async fn six_overlapping_backups(lib: &LibRepo) -> Vec<(SnapshotId, Vec<u8>)> {
+    let mut out = Vec::new();
+    for seed in 0..6 {
+        let data = content(seed);
+        let s = lib.backup("db", &data).await.unwrap();
+        out.push((s.snapshot_id, data));
+    }
+    out
+}
+
 async fn open(memory: &MemoryBackend, cache: &std::path::Path) -> Repo {
     Repo::open(Arc::new(memory.clone()), PASSWORD.as_bytes(), cache)
         .await
@@ -115,12 +126,7 @@ fn pack_names(memory: &MemoryBackend) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forget_then_prune_frees_space_and_kept_snapshots_restore() {
     let (lib, memory) = memory_repo_with(small_pack_options()).await;
-    let mut kept = Vec::new();
-    for seed in 0..6 {
-        let data = content(seed);
-        let s = lib.backup("db", &data).await.unwrap();
-        kept.push((s.snapshot_id, data));
-    }
+    let kept = six_overlapping_backups(&lib).await;
     let before: usize = memory.snapshot().values().map(|v| v.len()).sum();
     let forgotten = forget(&lib.repo, &keep_last(2)).await.unwrap();
     assert_eq!((forgotten.kept, forgotten.removed), (2, 4));
@@ -807,12 +813,7 @@ async fn prune_settles_and_leaves_small_packs_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pack_that_cannot_be_read_for_repacking_is_left_alone_with_a_warning() {
     let (lib, memory) = memory_repo_with(small_pack_options()).await;
-    let mut kept = Vec::new();
-    for seed in 0..6 {
-        let data = content(seed);
-        let s = lib.backup("db", &data).await.unwrap();
-        kept.push((s.snapshot_id, data));
-    }
+    let kept = six_overlapping_backups(&lib).await;
     forget(&lib.repo, &keep_last(2)).await.unwrap();
     let data_packs: Vec<String> = lib
         .repo
