@@ -118,7 +118,7 @@ fn stages(c: &mut Criterion) {
                     .sum::<usize>()
             })
         });
-        let sealer = Sealer::new(&[5; 32], RepoId([6; 32]));
+        let sealer = Sealer::new(&[5; 32], RepoId([6; 32]), larder::config::FORMAT_VERSION);
         let mut codec = Codec::new(1);
         group.bench_function(format!("encrypt/{name}"), |b| {
             b.iter(|| {
@@ -228,6 +228,7 @@ async fn backup(repo: &Repo, data: &Arc<Vec<u8>>) -> u64 {
             },
             kind: "stream".into(),
             allow_incomplete: false,
+            unpack: true,
             tags: vec![],
             host: "bench".into(),
             time: None,

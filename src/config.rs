@@ -15,9 +15,21 @@
 use crate::error::{Error, Result};
 use crate::hash::RepoId;
 
-/// The repository format version this build writes. A change to any byte at
-/// rest bumps it (rules in `docs/FORMAT.md`, "Versioning").
-pub const FORMAT_VERSION: u32 = 1;
+/// The repository format version this build writes for new repositories. A
+/// change to any byte at rest that an older reader could misread bumps it
+/// (rules in `docs/FORMAT.md`, "Versioning"). Version 2 added file nodes
+/// whose bytes are rebuilt through a recipe (field 17), which a version-1
+/// reader would restore wrongly and whose recipe blobs its prune would
+/// delete; it refuses a version-2 repository instead.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The oldest repository format version this build reads and writes.
+/// Repositories keep the version they were created with; features newer
+/// than it are not used in them.
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
+
+/// The first format version with recipe-rebuilt file nodes.
+pub const RECIPES_SINCE: u32 = 2;
 
 /// Name of the chunker profile for dump streams (stdin and commands).
 pub const STREAM_PROFILE: &str = "stream";
@@ -230,11 +242,11 @@ impl ConfigEnvelope {
     pub fn parse(bytes: &[u8]) -> Result<ConfigEnvelope> {
         let envelope: ConfigEnvelope = minicbor::decode(bytes)
             .map_err(|e| Error::corrupt("config", format!("does not parse: {e}")))?;
-        if envelope.version != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&envelope.version) {
             return Err(Error::Unsupported {
                 what: "the repository".into(),
                 found: envelope.version,
-                supported: FORMAT_VERSION.to_string(),
+                supported: format!("{OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}"),
             });
         }
         Ok(envelope)

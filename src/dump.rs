@@ -78,7 +78,7 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    fn complete(format: &'static str, detail: impl Into<String>) -> Verdict {
+    pub(crate) fn complete(format: &'static str, detail: impl Into<String>) -> Verdict {
         Verdict {
             format,
             complete: true,
@@ -87,7 +87,7 @@ impl Verdict {
         }
     }
 
-    fn incomplete(format: &'static str, detail: impl Into<String>) -> Verdict {
+    pub(crate) fn incomplete(format: &'static str, detail: impl Into<String>) -> Verdict {
         Verdict {
             format,
             complete: false,
@@ -96,7 +96,7 @@ impl Verdict {
         }
     }
 
-    fn unchecked(format: &'static str, detail: impl Into<String>) -> Verdict {
+    pub(crate) fn unchecked(format: &'static str, detail: impl Into<String>) -> Verdict {
         Verdict {
             format,
             complete: true,

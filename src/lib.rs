@@ -29,6 +29,7 @@
 //!     },
 //!     kind: "postgres".into(),
 //!     allow_incomplete: false,
+//!     unpack: true,
 //!     tags: vec![],
 //!     host: larder::host::current_host(),
 //!     time: None,
@@ -66,6 +67,7 @@ pub mod snapshot;
 pub mod ops;
 pub mod progress;
 pub mod read;
+pub mod recipe;
 pub mod retention;
 pub mod write;
 

@@ -183,7 +183,7 @@ mod tests {
 
     #[test]
     fn a_written_pack_reads_back() {
-        let sealer = Sealer::new(&[1; 32], RepoId([2; 32]));
+        let sealer = Sealer::new(&[1; 32], RepoId([2; 32]), crate::config::FORMAT_VERSION);
         let mut codec = Codec::new(1);
         let mut writer = PackWriter::new(PackKind::Data);
         let mut expected = vec![];
@@ -215,7 +215,7 @@ mod tests {
 
     #[test]
     fn damaged_tails_are_reported_not_trusted() {
-        let sealer = Sealer::new(&[1; 32], RepoId([2; 32]));
+        let sealer = Sealer::new(&[1; 32], RepoId([2; 32]), crate::config::FORMAT_VERSION);
         let mut codec = Codec::new(1);
         let mut writer = PackWriter::new(PackKind::Tree);
         let sealed = sealer.seal(&mut codec, ObjectKind::TreeBlob, &[5; 32], b"tree", true);

@@ -19,8 +19,9 @@ use futures::StreamExt;
 use crate::catalog::BlobLocation;
 use crate::error::{Error, Result};
 use crate::hash::{BlobId, PackId};
+use crate::recipe::{MAX_RECIPE_SIZE, Rebuilder, Recipe};
 use crate::repo::Repo;
-use crate::snapshot::{Content, ContentRef};
+use crate::snapshot::{Content, ContentRef, Node};
 
 /// Largest single ranged read.
 pub const MAX_SPAN: u64 = 8 << 20;
@@ -212,6 +213,110 @@ pub async fn read_content(
     sink: &mut (dyn FnMut(&[u8]) -> Result<()> + Send),
 ) -> Result<u64> {
     read_chunks(repo, content, &mut |_, plain| sink(&plain)).await
+}
+
+/// Streams a file node's bytes to `sink` in order: its content, or for a
+/// file stored through a recipe, the original rebuilt from the content
+/// (checked against the recipe's length and hash at the end, so a damaged
+/// or mismatched rebuild fails, after what was rebuilt has reached the
+/// sink). Returns the number of bytes written.
+pub async fn read_file(
+    repo: &Repo,
+    node: &Node,
+    sink: &mut (dyn FnMut(&[u8]) -> Result<()> + Send),
+) -> Result<u64> {
+    let content = node.content.clone().unwrap_or_default();
+    let Some(recipe_content) = &node.recipe else {
+        return read_content(repo, &content, sink).await;
+    };
+    let object = format!("recipe of {}", node.display_name());
+    if recipe_content.len() > MAX_RECIPE_SIZE {
+        return Err(Error::corrupt(
+            object,
+            format!(
+                "is {} bytes, more than any larder writes",
+                recipe_content.len()
+            ),
+        ));
+    }
+    let mut bytes = Vec::new();
+    read_content(repo, recipe_content, &mut |piece| {
+        bytes.extend_from_slice(piece);
+        Ok(())
+    })
+    .await?;
+    let recipe = Recipe::decode(&bytes).map_err(|e| Error::corrupt(&object, e))?;
+    drop(bytes);
+    Rebuilder::check(&recipe, content.len()).map_err(|e| Error::corrupt(&object, e))?;
+    // The rebuild runs on a thread of its own (its state is not `Send`); it
+    // takes the content a piece at a time and hands rebuilt bytes back,
+    // which reach the sink here, in order.
+    let (piece_tx, piece_rx) = crossbeam_channel::bounded::<Vec<u8>>(2);
+    let (out_tx, out_rx) = crossbeam_channel::unbounded::<Rebuilt>();
+    let content_len = content.len();
+    let rebuild = std::thread::Builder::new()
+        .name("larder-rebuild".into())
+        .spawn(move || {
+            let mut emit = |bytes: &[u8]| -> std::result::Result<(), ()> {
+                out_tx.send(Rebuilt::Bytes(bytes.to_vec())).map_err(|_| ())
+            };
+            let mut rebuilder = match Rebuilder::new(recipe, content_len) {
+                Ok(rebuilder) => rebuilder,
+                Err(e) => return drop(out_tx.send(Rebuilt::Failed(e))),
+            };
+            for piece in piece_rx {
+                match rebuilder.feed(&piece, &mut emit) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(())) => return,
+                    Err(e) => return drop(out_tx.send(Rebuilt::Failed(e))),
+                }
+            }
+            let _ = out_tx.send(match rebuilder.finish(&mut emit) {
+                Ok(Ok(n)) => Rebuilt::Done(n),
+                Ok(Err(())) => return,
+                Err(e) => Rebuilt::Failed(e),
+            });
+        })
+        .map_err(|e| Error::io("starting a thread for", &object, e))?;
+    let mut done = None;
+    let mut pass_on =
+        |msg: Rebuilt, sink: &mut (dyn FnMut(&[u8]) -> Result<()> + Send)| -> Result<()> {
+            match msg {
+                Rebuilt::Bytes(bytes) => sink(&bytes),
+                Rebuilt::Failed(e) => Err(Error::corrupt(&object, e)),
+                Rebuilt::Done(n) => {
+                    done = Some(n);
+                    Ok(())
+                }
+            }
+        };
+    let read = read_content(repo, &content, &mut |piece| {
+        // A closed channel means the rebuild stopped; why arrives below.
+        let _ = piece_tx.send(piece.to_vec());
+        while let Ok(msg) = out_rx.try_recv() {
+            pass_on(msg, sink)?;
+        }
+        Ok(())
+    })
+    .await;
+    drop(piece_tx);
+    let rest = read.and_then(|_| {
+        for msg in out_rx.iter() {
+            pass_on(msg, sink)?;
+        }
+        Ok(())
+    });
+    drop(out_rx);
+    let _ = rebuild.join();
+    rest?;
+    done.ok_or_else(|| Error::corrupt(&object, "the rebuild stopped before its end"))
+}
+
+/// What the rebuild thread hands back.
+enum Rebuilt {
+    Bytes(Vec<u8>),
+    Failed(String),
+    Done(u64),
 }
 
 /// Like [`read_content`], but hands `sink` each chunk whole, with its id.

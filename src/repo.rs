@@ -82,6 +82,8 @@ pub struct Repo {
     master: Arc<MasterKey>,
     catalog: Arc<Mutex<Catalog>>,
     cache_dir: PathBuf,
+    /// The repository's format version (from its config).
+    format_version: u32,
     sync_report: SyncReport,
     /// What the latest sync found damaged (every sync reads damaged objects
     /// again, since they are never absorbed, so this is the whole set).
@@ -144,7 +146,7 @@ impl Repo {
 
         // The config is written last: until it exists the location is not a
         // repository, so an interrupted init leaves nothing half-usable.
-        let sealer = Sealer::new(&master.sealing_key(), repo_id);
+        let sealer = Sealer::new(&master.sealing_key(), repo_id, FORMAT_VERSION);
         let body = minicbor::to_vec(&config).expect("encoding to a Vec cannot fail");
         let sealed = with_codec(config.compression_level, |codec| {
             sealer.seal(codec, ObjectKind::Config, repo_id.as_bytes(), &body, true)
@@ -160,7 +162,16 @@ impl Repo {
                 location: backend.location(),
             });
         }
-        Repo::assemble(backend, master, key_id, config, cache_root, None).await
+        Repo::assemble(
+            backend,
+            master,
+            key_id,
+            config,
+            FORMAT_VERSION,
+            cache_root,
+            None,
+        )
+        .await
     }
 
     /// Opens an existing repository with `passphrase`.
@@ -188,7 +199,7 @@ impl Repo {
         let envelope = read_envelope(&backend).await?;
         let cache_dir = cache_dir_for(cache_root, envelope.repo_id, &backend.location());
         let (master, key_id) = unlock(&backend, &envelope, passphrase, &cache_dir).await?;
-        let sealer = Sealer::new(&master.sealing_key(), envelope.repo_id);
+        let sealer = Sealer::new(&master.sealing_key(), envelope.repo_id, envelope.version);
         let body = with_codec(1, |codec| {
             sealer.open(
                 codec,
@@ -208,7 +219,16 @@ impl Repo {
             ));
         }
         config.validate()?;
-        Repo::assemble(backend, master, key_id, config, cache_root, lease).await
+        Repo::assemble(
+            backend,
+            master,
+            key_id,
+            config,
+            envelope.version,
+            cache_root,
+            lease,
+        )
+        .await
     }
 
     async fn assemble(
@@ -216,6 +236,7 @@ impl Repo {
         master: MasterKey,
         key_id: KeyId,
         config: Config,
+        format_version: u32,
         cache_root: &Path,
         lease: Option<LeaseKind>,
     ) -> Result<Repo> {
@@ -226,7 +247,8 @@ impl Repo {
         let _ = std::fs::write(cache_dir.join("last-key"), key_id.to_hex());
         let mut repo = Repo {
             backend,
-            sealer: Sealer::new(&master.sealing_key(), config.repo_id),
+            sealer: Sealer::new(&master.sealing_key(), config.repo_id, format_version),
+            format_version,
             hasher: BlobHasher::new(*master.blob_id_key()),
             config: Arc::new(config),
             key_id,
@@ -283,6 +305,17 @@ impl Repo {
     /// The config.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The repository's format version (see [`crate::config::FORMAT_VERSION`]).
+    pub fn format_version(&self) -> u32 {
+        self.format_version
+    }
+
+    /// Whether file nodes rebuilt through a recipe may be written here
+    /// (format 2 on; an older repository stores such input as it came).
+    pub fn stores_recipes(&self) -> bool {
+        self.format_version >= crate::config::RECIPES_SINCE
     }
 
     /// The repository id.

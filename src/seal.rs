@@ -19,7 +19,6 @@ use std::io::Cursor;
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 
-use crate::config::FORMAT_VERSION;
 use crate::hash::{RepoId, fill_random};
 
 /// Bytes a sealed object adds to its (possibly compressed) payload.
@@ -70,6 +69,7 @@ impl fmt::Display for OpenError {
 pub struct Sealer {
     cipher: XChaCha20Poly1305,
     repo_id: RepoId,
+    version: u32,
 }
 
 impl fmt::Debug for Sealer {
@@ -121,11 +121,13 @@ pub fn with_codec<T>(level: i32, f: impl FnOnce(&mut Codec) -> T) -> T {
 }
 
 impl Sealer {
-    /// A sealer for `repo_id` under `sealing_key`.
-    pub fn new(sealing_key: &[u8; 32], repo_id: RepoId) -> Sealer {
+    /// A sealer for `repo_id`, a repository of format `version`, under
+    /// `sealing_key`.
+    pub fn new(sealing_key: &[u8; 32], repo_id: RepoId, version: u32) -> Sealer {
         Sealer {
             cipher: XChaCha20Poly1305::new(&(*sealing_key).into()),
             repo_id,
+            version,
         }
     }
 
@@ -136,7 +138,7 @@ impl Sealer {
 
     fn aad(&self, kind: ObjectKind, id: &[u8; 32]) -> [u8; 69] {
         let mut aad = [0u8; 69];
-        aad[..4].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        aad[..4].copy_from_slice(&self.version.to_le_bytes());
         aad[4..36].copy_from_slice(self.repo_id.as_bytes());
         aad[36] = kind.code();
         aad[37..].copy_from_slice(id);
@@ -228,7 +230,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn sealer() -> Sealer {
-        Sealer::new(&[3; 32], RepoId([4; 32]))
+        Sealer::new(&[3; 32], RepoId([4; 32]), 2)
     }
 
     proptest! {
@@ -269,7 +271,7 @@ mod tests {
                 Err(OpenError::Authentication)
             );
         }
-        let other_repo = Sealer::new(&[3; 32], RepoId([5; 32]));
+        let other_repo = Sealer::new(&[3; 32], RepoId([5; 32]), 2);
         assert_eq!(
             other_repo.open(&mut codec, ObjectKind::DataBlob, &[1; 32], &sealed, 100),
             Err(OpenError::Authentication)

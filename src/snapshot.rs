@@ -263,6 +263,11 @@ pub struct Node {
     /// The file changed while it was being read.
     #[n(16)]
     pub changed_while_reading: Option<bool>,
+    /// Files stored through a recipe (format 2 on): the recipe's bytes
+    /// (see [`crate::recipe`]). `content` then holds what the recipe draws
+    /// from (a compressed stream's contents), `size` the rebuilt length.
+    #[n(17)]
+    pub recipe: Option<Content>,
 }
 
 impl Node {
@@ -287,7 +292,15 @@ impl Node {
             user: None,
             group: None,
             changed_while_reading: None,
+            recipe: None,
         }
+    }
+
+    /// Every content list the node's bytes are read from: its content and,
+    /// for a file stored through a recipe, the recipe. Whatever keeps a
+    /// node's blobs (prune's marking, check, copy) walks all of them.
+    pub fn contents(&self) -> impl Iterator<Item = &Content> {
+        self.content.iter().chain(self.recipe.iter())
     }
 
     /// The name as text, with invalid UTF-8 replaced, for display.

@@ -46,6 +46,9 @@ pub struct BackupArgs {
     /// Store a dump that fails its completeness check anyway, tagged "incomplete" (retention never counts it as a good backup)
     #[arg(long)]
     allow_incomplete: bool,
+    /// Store gzip input as it comes. By default a gzip stream (pg_dump | gzip, an old .sql.gz) is unpacked so unchanged rows deduplicate across days, with a small recipe that rebuilds the exact compressed bytes on restore and is proven before the snapshot is written
+    #[arg(long)]
+    no_unpack: bool,
     /// Skip paths matching GLOB: without '/' it matches a name anywhere (*.tmp), with '/' the absolute path (repeatable)
     #[arg(long = "exclude", value_name = "GLOB")]
     excludes: Vec<String>,
@@ -187,6 +190,7 @@ async fn take(global: &GlobalArgs, args: BackupArgs) -> Result<(Outcome, Snapsho
             input,
             kind,
             allow_incomplete: args.allow_incomplete,
+            unpack: !args.no_unpack,
             tags: args.tags,
             host: args.host.unwrap_or_else(larder::host::current_host),
             time,

@@ -36,6 +36,7 @@ use crate::hash::{BlobId, SnapshotId};
 use crate::host::{current_user, now_ns};
 use crate::lease::LeaseKind;
 use crate::progress::Progress;
+use crate::recipe::{GZIP_MAGIC, Integrity, Recipe, Unpacked};
 use crate::repo::Repo;
 use crate::seal::ObjectKind;
 use crate::snapshot::{
@@ -59,6 +60,10 @@ pub struct BackupOptions {
     /// Store a dump that fails its completeness check anyway, tagged
     /// [`crate::dump::INCOMPLETE_TAG`], instead of failing the backup.
     pub allow_incomplete: bool,
+    /// Unpack gzip streams before chunking and store the recipe that
+    /// rebuilds their exact bytes (see [`crate::recipe`]), in repositories
+    /// of format 2 on; otherwise compressed input is stored as it comes.
+    pub unpack: bool,
     /// Labels.
     pub tags: Vec<String>,
     /// Host recorded with the snapshot.
@@ -226,6 +231,7 @@ async fn backup_leased(repo: &Repo, options: BackupOptions) -> Result<BackupSumm
             let check = DumpCheck {
                 kind,
                 allow_incomplete: options.allow_incomplete,
+                unpack: options.unpack && repo.stores_recipes(),
             };
             stream_root(repo, input, &name, time_ns, &options.source, check, &run).await
         }
@@ -246,6 +252,7 @@ async fn backup_leased(repo: &Repo, options: BackupOptions) -> Result<BackupSumm
                     let end = StreamEnd {
                         command: None,
                         verdict,
+                        recipe: None,
                     };
                     (root, end)
                 })
@@ -267,7 +274,12 @@ async fn backup_leased(repo: &Repo, options: BackupOptions) -> Result<BackupSumm
             (recorded, _) => recorded,
         });
     }
-    let (root, StreamEnd { command, verdict }) = outcome?;
+    let (
+        root,
+        StreamEnd {
+            command, verdict, ..
+        },
+    ) = outcome?;
     let mut kind = options.kind;
     let mut tags = options.tags;
     let dump = verdict.map(|v| {
@@ -370,19 +382,22 @@ pub(crate) struct Run {
     counts: Arc<tree::FileCounts>,
 }
 
-/// How a stream's completeness is checked.
+/// How a stream's completeness is checked, and whether gzip input is
+/// unpacked.
 #[derive(Clone, Copy)]
 struct DumpCheck {
     kind: crate::dump::Kind,
     allow_incomplete: bool,
+    unpack: bool,
 }
 
-/// How a stream ended: the dump command's record, and what the
-/// completeness check found.
+/// How a stream ended: the dump command's record, what the completeness
+/// check found, and for unpacked input the recipe that rebuilds it.
 #[derive(Default)]
 struct StreamEnd {
     command: Option<CommandRecord>,
     verdict: Option<crate::dump::Verdict>,
+    recipe: Option<Recipe>,
 }
 
 /// Chunks a stream into the repository and stores its one-file root tree.
@@ -455,30 +470,21 @@ async fn stream_root(
         let abort = Arc::clone(abort);
         let hasher = repo.hasher().clone();
         let fanout = repo.config().list_fanout as usize;
-        let name = name.to_string();
         tokio::task::spawn_blocking(move || {
             let content = coordinate(
                 &writer,
                 &abort,
                 &order_rx,
-                ContentBuilder::new(fanout, hasher.clone()),
+                ContentBuilder::new(fanout, hasher),
             )?;
             if abort.is_set() {
                 return Err(Error::Cancelled);
             }
-            let (content, size) = content;
-            let node = Node::stream_file(name.as_bytes(), time_ns, size, content);
-            let tree = Tree {
-                entries: vec![node],
-            }
-            .encode();
-            let root = hasher.blob_id(ObjectKind::TreeBlob, &tree);
-            writer.store(ObjectKind::TreeBlob, root, Bytes::from(tree))?;
-            Ok(root)
+            Ok(content)
         })
     };
-    let root = coordinator.await.expect("coordinator panicked");
-    if let Err(e) = &root
+    let content = coordinator.await.expect("coordinator panicked");
+    if let Err(e) = &content
         && !matches!(e, Error::Cancelled)
     {
         abort.fail(Error::Cancelled);
@@ -493,7 +499,54 @@ async fn stream_root(
     for h in hashers {
         join_unless_stuck(h, abort, deadline).await;
     }
-    Ok((root?, end.unwrap_or_default()))
+    let (content, mut size) = content?;
+    let end = end.unwrap_or_default();
+    let recipe = match &end.recipe {
+        Some(recipe) => {
+            size = recipe.size;
+            Some(store_recipe(repo, writer, recipe).await?)
+        }
+        None => None,
+    };
+    let mut node = Node::stream_file(name.as_bytes(), time_ns, size, content);
+    node.recipe = recipe;
+    let tree = Tree {
+        entries: vec![node],
+    }
+    .encode();
+    let root = repo.hasher().blob_id(ObjectKind::TreeBlob, &tree);
+    writer
+        .store_async(ObjectKind::TreeBlob, root, Bytes::from(tree))
+        .await?;
+    Ok((root, end))
+}
+
+/// Stores a recipe as data blobs (fixed 1 MiB pieces: a recipe is small
+/// and mostly new each time) and returns its content list.
+async fn store_recipe(repo: &Repo, writer: &BlobWriter, recipe: &Recipe) -> Result<Content> {
+    let bytes = Bytes::from(recipe.encode());
+    let mut builder =
+        ContentBuilder::new(repo.config().list_fanout as usize, repo.hasher().clone());
+    let mut lists = Vec::new();
+    for start in (0..bytes.len()).step_by(1 << 20) {
+        let piece = bytes.slice(start..bytes.len().min(start + (1 << 20)));
+        let id = repo.hasher().blob_id(ObjectKind::DataBlob, &piece);
+        let len = piece.len() as u64;
+        writer.store_async(ObjectKind::DataBlob, id, piece).await?;
+        builder.push(ContentRef { id, len }, &mut lists);
+        for (list_id, list) in lists.drain(..) {
+            writer
+                .store_async(ObjectKind::ListBlob, list_id, Bytes::from(list))
+                .await?;
+        }
+    }
+    let content = builder.finish(&mut lists);
+    for (list_id, list) in lists {
+        writer
+            .store_async(ObjectKind::ListBlob, list_id, Bytes::from(list))
+            .await?;
+    }
+    Ok(content)
 }
 
 /// Waits for a pipeline thread without blocking the runtime.
@@ -560,7 +613,7 @@ fn read_stream(
         inner: reader,
         progress: Arc::clone(progress),
     };
-    let (check_tx, checker) = if check.kind == crate::dump::Kind::Stream {
+    let (mut check_tx, checker) = if check.kind == crate::dump::Kind::Stream {
         (None, None)
     } else {
         let (tx, rx) = bounded::<Bytes>(16);
@@ -576,6 +629,23 @@ fn read_stream(
             }
         }
     };
+    // Gzip input is unpacked for storage, and inflated again on the side
+    // for the checks (see `start_unpacking`), which then see the whole
+    // contents even where the unpacking had to stop.
+    let (reader, unpacking) = if check.unpack {
+        match start_unpacking(reader, check_tx.clone()) {
+            Ok(started) => started,
+            Err(e) => {
+                abort.fail(read_failed(command, source, e));
+                return None;
+            }
+        }
+    } else {
+        (Box::new(reader) as Box<dyn Read + Send>, None)
+    };
+    if unpacking.is_some() {
+        check_tx = None;
+    }
     let mut seq = 0u64;
     for chunk in chunker.chunks(reader) {
         if abort.is_set() {
@@ -584,15 +654,7 @@ fn read_stream(
         let data = match chunk {
             Ok(data) => data,
             Err(e) => {
-                let reason = format!("reading its output failed: {e}");
-                abort.fail(match command {
-                    Some(command) => command.abandon(reason),
-                    None => Error::SourceFailed {
-                        source_name: source.into(),
-                        reason,
-                        stderr_tail: String::new(),
-                    },
-                });
+                abort.fail(read_failed(command, source, e));
                 return None;
             }
         };
@@ -611,6 +673,16 @@ fn read_stream(
         }
         seq += 1;
     }
+    // The unpacker ends when the source does; a read error it met ends the
+    // backup as one met by the chunker would.
+    let unpacked = match unpacking.map(Unpacking::join) {
+        None => None,
+        Some(Ok(unpacked)) => Some(unpacked),
+        Some(Err(e)) => {
+            abort.fail(read_failed(command, source, e));
+            return None;
+        }
+    };
     let record = match command {
         Some(command) => match command.wait() {
             Ok(record) => Some(record),
@@ -640,6 +712,12 @@ fn read_stream(
             "the check panicked".into(),
         )),
     };
+    let (verdict, recipe) = match unpacked {
+        Some((unpacked, inflated)) => {
+            judge_unpacked(unpacked, inflated, verdict, check.kind, warnings)
+        }
+        None => (verdict, None),
+    };
     if let Some(v) = &verdict
         && !v.complete
         && !check.allow_incomplete
@@ -654,7 +732,168 @@ fn read_stream(
     Some(StreamEnd {
         command: record,
         verdict,
+        recipe,
     })
+}
+
+/// Why reading a source failed, as the error that ends its backup (a dump
+/// command still running is stopped).
+fn read_failed(command: Option<RunningCommand>, source: &str, e: std::io::Error) -> Error {
+    let reason = format!("reading its output failed: {e}");
+    match command {
+        Some(command) => command.abandon(reason),
+        None => Error::SourceFailed {
+            source_name: source.into(),
+            reason,
+            stderr_tail: String::new(),
+        },
+    }
+}
+
+/// The threads unpacking a gzip stream: one unpacks it for storage, the
+/// other inflates a copy of the input with a standard decoder and hands the
+/// contents to the completeness check (the `gzip -t` of the old scripts).
+struct Unpacking {
+    unpacker: std::thread::JoinHandle<std::io::Result<Unpacked>>,
+    inflater: std::thread::JoinHandle<std::result::Result<(), String>>,
+}
+
+impl Unpacking {
+    /// Waits for both; the unpacking's result and whether the inflater
+    /// found the gzip stream whole (or why not).
+    fn join(self) -> std::io::Result<(Unpacked, std::result::Result<(), String>)> {
+        let unpacked = self
+            .unpacker
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("unpacking its output panicked")));
+        let inflated = self
+            .inflater
+            .join()
+            .unwrap_or_else(|_| Err("the gzip decoder panicked".into()));
+        Ok((unpacked?, inflated))
+    }
+}
+
+/// Looks at a stream's first bytes; gzip input is unpacked on a thread of
+/// its own, the chunker reads the contents it hands on, and a second
+/// thread inflates the input for `check_tx`.
+fn start_unpacking(
+    mut reader: impl Read + Send + 'static,
+    check_tx: Option<Sender<Bytes>>,
+) -> std::io::Result<(Box<dyn Read + Send>, Option<Unpacking>)> {
+    let mut head = Vec::with_capacity(GZIP_MAGIC.len());
+    (&mut reader)
+        .take(GZIP_MAGIC.len() as u64)
+        .read_to_end(&mut head)?;
+    let is_gzip = head == GZIP_MAGIC;
+    let mut reader = std::io::Cursor::new(head).chain(reader);
+    if !is_gzip {
+        return Ok((Box::new(reader), None));
+    }
+    let (tee_tx, tee_rx) = bounded::<Bytes>(16);
+    let inflater = std::thread::Builder::new()
+        .name("larder-inflate".into())
+        .spawn(move || inflate(tee_rx, check_tx))?;
+    let (tx, rx) = bounded::<Bytes>(2);
+    let unpacker = std::thread::Builder::new()
+        .name("larder-unpack".into())
+        .spawn(move || {
+            crate::recipe::unpack_gzip(
+                &mut reader,
+                &mut |piece| tx.send(piece).is_ok(),
+                // An inflater that stopped has its verdict already.
+                &mut |read| drop(tee_tx.send(Bytes::copy_from_slice(read))),
+            )
+        })?;
+    Ok((
+        Box::new(ChannelReader::new(rx)),
+        Some(Unpacking { unpacker, inflater }),
+    ))
+}
+
+/// Inflates the gzip members arriving on `input`, handing the contents to
+/// `check_tx`; an error says why the stream is not whole.
+fn inflate(
+    input: Receiver<Bytes>,
+    check_tx: Option<Sender<Bytes>>,
+) -> std::result::Result<(), String> {
+    let mut decoder = flate2::read::MultiGzDecoder::new(ChannelReader::new(input));
+    let mut buf = vec![0u8; 256 << 10];
+    let outcome = loop {
+        match decoder.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => {
+                if let Some(tx) = &check_tx {
+                    let _ = tx.send(Bytes::copy_from_slice(&buf[..n]));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                break Err("the gzip stream is cut short".to_string());
+            }
+            Err(e) => break Err(format!("the gzip stream is damaged: {e}")),
+        }
+    };
+    // Whatever is left is read to its end, so the unpacker never waits on
+    // a full queue.
+    let mut rest = decoder.into_inner();
+    let _ = std::io::copy(&mut rest, &mut std::io::sink());
+    outcome
+}
+
+/// Folds what unpacking found into the dump verdict, and keeps the recipe
+/// when anything was unpacked.
+fn judge_unpacked(
+    unpacked: Unpacked,
+    inflated: std::result::Result<(), String>,
+    verdict: Option<crate::dump::Verdict>,
+    kind: crate::dump::Kind,
+    warnings: &Mutex<Vec<String>>,
+) -> (Option<crate::dump::Verdict>, Option<Recipe>) {
+    use crate::dump::Verdict;
+    let unpacks = unpacked.recipe.unpacks();
+    // The analysis cannot follow every compressor to the end of every
+    // stream; where it stops, the rest is stored as it came. Worth a
+    // warning when that costs much deduplication, a note otherwise.
+    let mut note = None;
+    if let Integrity::Unknown(why) = &unpacked.integrity
+        && inflated.is_ok()
+    {
+        let message = format!(
+            "{} of {} gzip bytes could not be unpacked for deduplication ({why}) and are \
+             stored as they came",
+            unpacked.passed_through, unpacked.read
+        );
+        if unpacked.passed_through > unpacked.read / 10 {
+            warnings.lock().expect("warnings lock").push(message);
+        } else {
+            note = Some(message);
+        }
+    }
+    let verdict = match inflated {
+        Ok(()) => {
+            let mut whole = "gzip: whole, CRC-32 and length match".to_string();
+            if let Some(note) = note {
+                whole = format!("{whole}; {note}");
+            }
+            Some(match verdict {
+                Some(mut v) => {
+                    v.detail = format!("{}; {whole}", v.detail);
+                    v
+                }
+                None => Verdict::complete("gzip", whole),
+            })
+        }
+        Err(why) if kind == crate::dump::Kind::Stream => {
+            warnings
+                .lock()
+                .expect("warnings lock")
+                .push(format!("{why}; stored as it came"));
+            verdict
+        }
+        Err(why) => Some(Verdict::incomplete("gzip", why)),
+    };
+    (verdict, unpacks.then_some(unpacked.recipe))
 }
 
 /// Checks each path of a tree backup of kind `postgres` as a

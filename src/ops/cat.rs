@@ -9,7 +9,7 @@ use crate::backend::RequestCounts;
 use crate::error::{Error, Result};
 use crate::hash::SnapshotId;
 use crate::lease::LeaseKind;
-use crate::read::read_content;
+use crate::read::read_file;
 use crate::repo::Repo;
 use crate::snapshot::{Node, NodeKind, Snapshot};
 
@@ -79,8 +79,7 @@ pub async fn cat(
     crate::ops::leased(repo, LeaseKind::Read, async move |_lease| {
         let started = Instant::now();
         let (path, node) = find_file(repo, id, snapshot, path).await?;
-        let content = node.content.unwrap_or_default();
-        let bytes = read_content(repo, &content, &mut |piece| {
+        let bytes = read_file(repo, &node, &mut |piece| {
             out.write_all(piece)
                 .map_err(|e| Error::io("writing", "standard output", e))
         })

@@ -463,9 +463,11 @@ fn check_tree<'a>(
                             None => found.push(format!("{name}: directory without a tree")),
                         },
                         NodeKind::File => {
-                            let content = node.content.clone().unwrap_or_default();
-                            if let Some(reason) = check_content(repo, &content, walk).await? {
-                                found.push(format!("{name}: {reason}"));
+                            for content in node.contents() {
+                                if let Some(reason) = check_content(repo, content, walk).await? {
+                                    found.push(format!("{name}: {reason}"));
+                                    break;
+                                }
                             }
                         }
                         NodeKind::Symlink => {}

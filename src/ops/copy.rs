@@ -275,6 +275,19 @@ impl Copier<'_> {
             if let Some(content) = &node.content {
                 node.content = Some(self.content(content).await?);
             }
+            if let Some(recipe) = &node.recipe {
+                if !self.dst.stores_recipes() {
+                    return Err(Error::InvalidArgument(format!(
+                        "{} is stored as its contents plus a recipe, which the destination \
+                         (a format-{} repository) cannot hold; copy into a repository \
+                         created with format {} or later",
+                        node.display_name(),
+                        self.dst.format_version(),
+                        crate::config::RECIPES_SINCE
+                    )));
+                }
+                node.recipe = Some(self.content(recipe).await?);
+            }
             out.entries.push(node);
         }
         let bytes = out.encode();

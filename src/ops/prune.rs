@@ -877,7 +877,7 @@ async fn mark_tree(repo: &Repo, root: BlobId) -> Result<Vec<Error>> {
                     }
                 }
                 NodeKind::File => {
-                    if let Some(content) = &node.content {
+                    for content in node.contents() {
                         mark_content(repo, content, &mut damage).await?;
                     }
                 }

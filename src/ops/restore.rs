@@ -38,7 +38,7 @@ use crate::lease::LeaseKind;
 use crate::ops::backup::{BackupInput, BackupOptions, TreeInput};
 use crate::ops::is_single_component;
 use crate::progress::Progress;
-use crate::read::read_content;
+use crate::read::read_file;
 use crate::repo::Repo;
 use crate::snapshot::{Node, NodeKind, Snapshot, Tree};
 use crate::source::tree::{Excludes, PathGlob};
@@ -558,8 +558,7 @@ async fn restore_file(
     .map_err(|e| Error::io("creating a file in", display(path), e.into()))?;
     let mut file = File::from(fd);
     let result: Result<u64> = async {
-        let content = node.content.clone().unwrap_or_default();
-        let written = read_content(repo, &content, &mut |piece| {
+        let written = read_file(repo, node, &mut |piece| {
             Progress::add(&progress.bytes_processed, piece.len() as u64);
             file.write_all(piece)
                 .map_err(|e| Error::io("writing", display(path), e))
@@ -746,6 +745,7 @@ async fn safety_snapshot(
             }),
             kind: "files".into(),
             allow_incomplete: false,
+            unpack: true,
             tags: vec!["pre-restore".into()],
             host: crate::host::current_host(),
             time: None,

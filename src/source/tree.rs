@@ -314,6 +314,7 @@ pub fn node_from_stat(name: &OsStr, stat: &EntryStat, kind: NodeKind, names: &Na
         user: names.user(stat.uid),
         group: names.group(stat.gid),
         changed_while_reading: None,
+        recipe: None,
     }
 }
 

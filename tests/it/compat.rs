@@ -26,6 +26,18 @@ fn format_v1_fixture_reads_and_checks() {
     for empty in ["locks", "pending"] {
         std::fs::create_dir_all(repo.join(empty)).unwrap();
     }
+    let run_cmd = |args: &[&str]| {
+        let mut cmd = larder_cmd();
+        cmd.args([
+            "--repo",
+            repo.to_str().unwrap(),
+            "--cache-dir",
+            dir.path().join("cache").to_str().unwrap(),
+        ])
+        .args(args)
+        .env("LARDER_PASSWORD", "fixture passphrase v1");
+        cmd
+    };
     let run = |args: &[&str]| {
         larder_cmd()
             .args([
@@ -52,5 +64,27 @@ fn format_v1_fixture_reads_and_checks() {
     assert!(out.stdout == numbers.as_bytes());
     let out = run(&["cat", "latest"]);
     assert!(out.stdout == format!("{numbers}extra\n").as_bytes());
+    assert_success(&run(&["check", "--read-data"]));
+
+    // A format-1 repository stays format 1: gzip input is stored as it
+    // comes (no recipe, which an older larder could not read), and still
+    // comes back byte for byte.
+    let mut gzip = std::process::Command::new("gzip");
+    gzip.arg("-c");
+    let gz = run_with_stdin(gzip, numbers.as_bytes()).stdout;
+    let out = run_with_stdin(
+        run_cmd(&["--json", "backup", "--stdin", "--source", "gz"]),
+        &gz,
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("gzip-compressed"), "{}", stderr(&out));
+    let out = run(&["cat", "latest"]);
+    assert!(out.stdout == gz);
+    let config = std::fs::read(repo.join("config")).unwrap();
+    assert_eq!(
+        config[..3],
+        [0xa3, 0x00, 0x01],
+        "the config still says format 1"
+    );
     assert_success(&run(&["check", "--read-data"]));
 }

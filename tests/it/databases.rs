@@ -491,3 +491,143 @@ fn a_directory_format_dump_is_checked_for_its_toc_and_every_data_file() {
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 1);
 }
+
+/// `gzip -6 -c` of `data` through the system's gzip, as `pg_dump | gzip`
+/// would write it.
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut cmd = Command::new("gzip");
+    cmd.args(["-6", "-c"]);
+    let out = run_with_stdin(cmd, data);
+    assert_success(&out);
+    out.stdout
+}
+
+#[test]
+fn a_gzipped_pg_dump_dedups_day_over_day_and_restores_to_the_exact_gzip_bytes() {
+    let Some(settings) = postgres() else { return };
+    let db = PgDatabase::create(&settings, "larder_it_gzip");
+    let dump = || {
+        let argv = larder::source::split_command(&db.dump_command("--format=plain")).unwrap();
+        run_ok(Command::new(&argv[0]).args(&argv[1..])).stdout
+    };
+    let day1 = dump();
+    run_ok(
+        Command::new(pg_tool("pgbench"))
+            .args(&db.conn)
+            .args(["-t", "100", "-n", &db.name]),
+    );
+    let day2 = dump();
+    let (gz1, gz2) = (gzip(&day1), gzip(&day2));
+    let added = |summary: &serde_json::Value| summary["bytes_added"].as_u64().unwrap();
+
+    let r = CliRepo::init();
+    let first = r.backup_stdin("pg", &gz1);
+    let second = r.backup_stdin("pg", &gz2);
+    assert!(first["warnings"].as_array().unwrap().is_empty(), "{first}");
+    assert!(
+        added(&second) * 10 <= added(&first) * 3,
+        "day 2 stored {} bytes, more than 30% of day 1's {}",
+        added(&second),
+        added(&first)
+    );
+    // As well as the uncompressed dumps would: the gzip costs nothing.
+    let plain = CliRepo::init();
+    plain.backup_stdin("pg", &day1);
+    let plain2 = plain.backup_stdin("pg", &day2);
+    assert!(
+        added(&second) <= added(&plain2) + added(&plain2) / 5 + (64 << 10),
+        "gzip day 2 stored {}, the plain dump {}",
+        added(&second),
+        added(&plain2)
+    );
+    // Stored as they come, the same two days cost nearly all of day 2
+    // again: the unpacking is what deduplicates them.
+    let raw = CliRepo::init();
+    for gz in [&gz1, &gz2] {
+        let out = raw.run_with_input(
+            &[
+                "--json",
+                "backup",
+                "--stdin",
+                "--source",
+                "pg",
+                "--no-unpack",
+            ],
+            gz,
+        );
+        assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if gz == &gz2 {
+            assert!(added(&summary) * 10 > gz2.len() as u64 * 8, "{summary}");
+        }
+    }
+
+    // The dump inside was checked, and so was the gzip stream.
+    let out = r.run(&["--json", "snapshots"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[1]["kind"], "postgres", "{list}");
+    assert_eq!(list[1]["dump"]["format"], "postgres-plain", "{list}");
+    assert!(
+        list[1]["dump"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("gzip: whole"),
+        "{list}"
+    );
+
+    // Byte for byte, also after the older day is forgotten and pruned (the
+    // recipe's blobs are as live as the content's).
+    let id1 = &first["snapshot_id"].as_str().unwrap()[..8];
+    let id2 = &second["snapshot_id"].as_str().unwrap()[..8];
+    let out = r.run(&["cat", id1]);
+    assert_success(&out);
+    assert!(
+        out.stdout == gz1,
+        "day 1 does not rebuild to its gzip bytes"
+    );
+    assert_success(&r.run(&["forget", id1]));
+    assert_success(&r.run(&["prune"]));
+    let out = r.run(&["cat", id2]);
+    assert_success(&out);
+    assert!(
+        out.stdout == gz2,
+        "day 2 does not rebuild to its gzip bytes"
+    );
+    let target = tempfile::tempdir().unwrap();
+    assert_success(&r.run(&["restore", id2, "--target", target.path().to_str().unwrap()]));
+    assert!(std::fs::read(target.path().join("stdin")).unwrap() == gz2);
+    assert_success(&r.run(&["check", "--read-data"]));
+}
+
+#[test]
+fn a_cut_or_damaged_gzip_dump_is_refused_like_gzip_t_would() {
+    let r = CliRepo::init();
+    let whole = gzip(&dump_text(20_000, 9));
+    let cut = &whole[..whole.len() / 2];
+    let out = r.run_with_input(&["backup", "--stdin", "--source", "gz"], cut);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cut short"), "{}", stderr(&out));
+    assert_eq!(snapshot_count(&r), 0);
+
+    let mut flipped = whole.clone();
+    let at = flipped.len() - 6;
+    flipped[at] ^= 1;
+    let out = r.run_with_input(&["backup", "--stdin", "--source", "gz"], &flipped);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("checksum"), "{}", stderr(&out));
+    assert_eq!(snapshot_count(&r), 0);
+
+    // As a plain stream nothing is checked: stored with a warning, and it
+    // still comes back exactly as it went in.
+    let out = r.run_with_input(
+        &[
+            "--json", "backup", "--stdin", "--source", "gz", "--kind", "stream",
+        ],
+        cut,
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = r.run(&["cat", &summary["snapshot_id"].as_str().unwrap()[..8]]);
+    assert_success(&out);
+    assert!(out.stdout == cut);
+}

@@ -99,6 +99,7 @@ pub fn stream_options(source: &str, input: StreamInput) -> BackupOptions {
         },
         kind: "stream".into(),
         allow_incomplete: false,
+        unpack: true,
         tags: vec![],
         host: "test-host".into(),
         time: None,

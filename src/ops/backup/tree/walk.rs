@@ -367,6 +367,7 @@ fn read_file(
         size,
         content: Some(content),
         changed_while_reading: changed.then_some(true),
+        recipe: None,
         ..fresh
     };
     if changed {
