@@ -314,6 +314,10 @@ pub async fn drill(
         tables: findings.tables,
     };
     let drill_id = repo.write_drill(&record).await?;
+    // Drills other machines recorded, so this catalog answers "the last
+    // drill of each source" for the whole repository.
+    let mut warnings = findings.warnings;
+    warnings.extend(repo.sync_drills().await?.warnings);
     Ok(DrillSummary {
         snapshot_id: *id,
         drill_id,
@@ -325,7 +329,7 @@ pub async fn drill(
         counts: record.counts,
         tables: record.tables,
         detail: record.detail,
-        warnings: findings.warnings,
+        warnings,
         requests: repo.counts(),
     })
 }
