@@ -118,7 +118,8 @@ pub struct DrillRecord {
     #[n(4)]
     pub duration_ms: u64,
     /// What it was verified as: `files`, `postgres-custom`,
-    /// `postgres-directory`, `postgres-plain`, `redis-rdb` or `neo4j-dump`.
+    /// `postgres-directory`, `postgres-plain`, `redis-rdb` or `neo4j-dump`
+    /// (`postgres` when a stream could not be read back to tell which).
     #[n(5)]
     pub kind: String,
     /// What was checked, one line each, in order; when the drill failed,

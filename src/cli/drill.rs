@@ -21,7 +21,8 @@ with --redis-server a throwaway server on a free loopback port counts the keys),
 (the dump decodes to its end). The default is what the snapshot records.
 
 Every drill, passed or failed, is recorded in the repository (drills/) and the catalog. \
-Exit codes: 0 passed, 1 failed (the result is recorded) or could not run (nothing recorded).")]
+Exit codes: 0 passed, 1 failed (the result is recorded) or could not run (nothing recorded), \
+3 passed with a warning (a scratch database that could not be dropped).")]
 pub struct DrillArgs {
     /// Snapshot id prefix, or "latest"
     #[arg(default_value = "latest")]

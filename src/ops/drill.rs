@@ -208,8 +208,10 @@ impl DrillKind {
         let full = options.database.is_some();
         match self {
             DrillKind::Files | DrillKind::Neo4jDump => vec![],
-            DrillKind::Postgres if full => vec![PG_RESTORE, PSQL],
-            DrillKind::Postgres => vec![PG_RESTORE],
+            // Custom or plain is told once the stream is read; what that
+            // needs beyond psql is looked for then.
+            DrillKind::Postgres if full => vec![PSQL],
+            DrillKind::Postgres => vec![],
             DrillKind::PostgresCustom | DrillKind::PostgresDirectory if full => {
                 vec![PG_RESTORE, PSQL]
             }
@@ -262,9 +264,15 @@ pub async fn drill(
     let result = crate::ops::leased(repo, LeaseKind::Read, async move |_lease| {
         let scratch = ScratchDir::create(&options.scratch_parent)?;
         let mut findings = Findings::default();
-        let kind =
+        let outcome =
             match materialise(repo, id, snapshot, kind, &scratch, options, &mut findings).await? {
-                Some((kind, path)) => {
+                Some((found, path)) => {
+                    if found != kind {
+                        for (program, package) in found.programs(options) {
+                            require(program, package)?;
+                        }
+                    }
+                    let kind = found;
                     let context = Context {
                         children: children.clone(),
                         scratch: scratch.path().to_path_buf(),
@@ -281,7 +289,7 @@ pub async fn drill(
                 None => (kind, findings),
             };
         drop(scratch);
-        Ok(kind)
+        Ok(outcome)
     })
     .await;
     options.progress.interrupt.clear_hooks();
