@@ -575,3 +575,36 @@ fn a_missing_verifier_is_an_error_naming_its_debian_package_and_nothing_is_recor
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("--kind"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_drill_of_a_snapshot_whose_data_is_damaged_fails_and_is_recorded() {
+    let r = CliRepo::init();
+    let kb = r.dir.path().join("kb");
+    // Incompressible values: the data pack is the largest one.
+    let text: String = random_bytes(200_000, 7)
+        .chunks(20)
+        .enumerate()
+        .map(|(i, value)| format!("key{i}: {}\n", hex::encode(value)))
+        .collect();
+    write(&kb.join("a.yaml"), &text);
+    assert_success(&r.run(&["backup", "--source", "kb", kb.to_str().unwrap()]));
+    let packs = r.objects("packs");
+    let largest = packs
+        .iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    flip_byte(largest);
+
+    let out = r.run(&["--json", "drill", "--source", "kb"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let drill = json(&out);
+    assert_eq!(drill["outcome"], "failed", "{drill}");
+    assert!(
+        drill["detail"]
+            .as_str()
+            .unwrap()
+            .contains("could not be restored because their data is damaged"),
+        "{drill}"
+    );
+    assert_eq!(r.objects("drills").len(), 1, "the failure is recorded");
+}
