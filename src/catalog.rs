@@ -18,18 +18,20 @@
 //!   damaged blobs;
 //! - `pending.rs`: prune's pending generations;
 //! - `live.rs`: prune's live set, pack usage and last checks;
-//! - `copied.rs`: which blobs `copy` brought from another repository.
+//! - `copied.rs`: which blobs `copy` brought from another repository;
+//! - `drills.rs`: restore drill records.
 
 use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
 
 use crate::error::{Error, Result};
-use crate::hash::{BlobId, GenerationId, IndexId, PackId, SnapshotId};
+use crate::hash::{BlobId, DrillId, GenerationId, IndexId, PackId, SnapshotId};
 use crate::pack::PackKind;
 
 mod blobs;
 mod copied;
+mod drills;
 mod live;
 mod pending;
 mod schema;
@@ -114,6 +116,7 @@ id_column!(
     IndexId => "index id",
     SnapshotId => "snapshot id",
     GenerationId => "generation id",
+    DrillId => "drill id",
 );
 
 /// Whether a pack's blobs may be used.

@@ -34,6 +34,7 @@ mod backup;
 mod browse;
 mod check;
 mod copy;
+mod drill;
 mod forget;
 mod init;
 mod keys;
@@ -144,6 +145,8 @@ enum Command {
     Restore(read::RestoreArgs),
     /// Verify the repository's structure, or with --read-data every byte
     Check(check::CheckArgs),
+    /// Restore a snapshot to a temporary place, verify it by kind, and record the result
+    Drill(drill::DrillArgs),
     /// Remove snapshots by a retention policy (daily/weekly/monthly…); data goes with prune
     Forget(forget::ForgetArgs),
     /// Delete data no snapshot uses, in two phases that never block backups
@@ -336,6 +339,7 @@ impl Command {
             Command::Log(_) => "log",
             Command::Restore(_) => "restore",
             Command::Check(_) => "check",
+            Command::Drill(_) => "drill",
             Command::Forget(_) => "forget",
             Command::Prune(_) => "prune",
             Command::Stats => "stats",
@@ -359,6 +363,7 @@ async fn dispatch(global: &GlobalArgs, command: Command) -> Result<Outcome> {
         Command::Log(args) => browse::log(&global, args).await,
         Command::Restore(args) => read::restore(&global, args).await,
         Command::Check(args) => check::run(&global, args).await,
+        Command::Drill(args) => drill::run(&global, args).await,
         Command::Forget(args) => forget::forget(&global, args).await,
         Command::Prune(args) => forget::prune(&global, args).await,
         Command::Stats => stats::run(&global).await,

@@ -178,6 +178,40 @@ pub enum Error {
         detail: String,
     },
 
+    /// A program a restore drill needs is not installed.
+    #[error(
+        "{program} is not installed (or not on the PATH); install the Debian package {package}"
+    )]
+    VerifierMissing {
+        /// The program, such as `pg_restore`.
+        program: String,
+        /// The Debian package that has it.
+        package: String,
+    },
+
+    /// A restore drill could not be set up (a scratch database, a
+    /// throwaway server): no verdict on the data, nothing recorded.
+    #[error("the drill could not {what}: {reason}{}", stderr_block(.output_tail))]
+    DrillSetup {
+        /// What it tried, such as `create scratch database larder_drill_…`.
+        what: String,
+        /// Why that failed.
+        reason: String,
+        /// The last lines the program wrote, if any.
+        output_tail: String,
+    },
+
+    /// A snapshot's kind does not say how to verify it.
+    #[error(
+        "snapshot {snapshot} is of kind {kind}, which says nothing of how to verify it; name the kind to drill it as"
+    )]
+    DrillKindUnknown {
+        /// The snapshot's short id.
+        snapshot: String,
+        /// Its recorded kind (and format, if any).
+        kind: String,
+    },
+
     /// No snapshot matches what the caller named.
     #[error("no snapshot matches {0}")]
     SnapshotNotFound(String),

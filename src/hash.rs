@@ -8,8 +8,8 @@
 //!   key, so the storage cannot confirm that it holds known content.
 //! - [`PackId`]: plain BLAKE3 of the pack's stored bytes, so anyone can check a
 //!   pack against its name without keys.
-//! - [`SnapshotId`], [`IndexId`], [`KeyId`], [`GenerationId`]: 32 random bytes, chosen when the
-//!   object is written.
+//! - [`SnapshotId`], [`IndexId`], [`KeyId`], [`GenerationId`], [`DrillId`]: 32 random bytes,
+//!   chosen when the object is written.
 
 use std::fmt;
 use std::str::FromStr;
@@ -131,6 +131,10 @@ id_type!(
     GenerationId
 );
 id_type!(
+    /// Random id of a drill record (the result of one restore drill).
+    DrillId
+);
+id_type!(
     /// Random id of the repository, chosen at `init`.
     RepoId
 );
@@ -165,7 +169,7 @@ macro_rules! random_id {
         }
     )*};
 }
-random_id!(SnapshotId, IndexId, KeyId, RepoId, GenerationId);
+random_id!(SnapshotId, IndexId, KeyId, RepoId, GenerationId, DrillId);
 
 impl PackId {
     /// Computes a pack's id from its complete stored bytes.

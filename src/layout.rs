@@ -1,10 +1,27 @@
 //! Where each object lives in a repository: the top-level prefixes and
 //! the name of every object kind, in one place (docs/FORMAT.md, "Objects").
 
-use crate::hash::{GenerationId, IndexId, KeyId, PackId, SnapshotId};
+use crate::hash::{DrillId, GenerationId, IndexId, KeyId, PackId, SnapshotId};
 
 /// The top-level prefixes of a repository, in the order `init` creates them.
-pub const DIRECTORIES: [&str; 6] = ["keys", "packs", "index", "snapshots", "locks", "pending"];
+pub const DIRECTORIES: [&str; 7] = [
+    "keys",
+    "packs",
+    "index",
+    "snapshots",
+    "locks",
+    "pending",
+    "drills",
+];
+
+/// Whether a repository may lack the top-level directory `prefix` (`drills`)
+/// without damage: repositories made before that prefix existed get the
+/// directory with their first object under it, so until then its absence
+/// means no objects. Every other prefix exists from `init` on, and its
+/// absence is damage.
+pub fn may_be_absent(prefix: &str) -> bool {
+    prefix.trim_end_matches('/') == "drills"
+}
 
 /// The object name of a key file.
 pub fn key_path(id: &KeyId) -> String {
@@ -38,6 +55,11 @@ pub fn snapshot_path(id: &SnapshotId) -> String {
 /// The object name of a pending generation.
 pub fn pending_path(id: &GenerationId) -> String {
     format!("pending/{id}")
+}
+
+/// The object name of a drill record.
+pub fn drill_path(id: &DrillId) -> String {
+    format!("drills/{id}")
 }
 
 #[cfg(test)]

@@ -95,6 +95,9 @@ fn flag_hint(error: &anyhow::Error) -> Option<&'static str> {
         larder::Error::IncompleteDump { .. } => {
             "fix the dump; --allow-incomplete stores it anyway, tagged incomplete"
         }
+        larder::Error::DrillKindUnknown { .. } => {
+            "pass --kind files, postgres-custom, postgres-directory, postgres-plain, redis-rdb or neo4j-dump"
+        }
         larder::Error::TargetFilesExist { .. } => {
             "pass --overwrite always to replace them after a safety snapshot, or restore into an empty directory"
         }

@@ -24,6 +24,8 @@ pub enum ObjectKind {
     Lease = 8,
     /// A pending-deletion list.
     Pending = 9,
+    /// The record of a restore drill.
+    Drill = 10,
 }
 
 impl ObjectKind {
@@ -40,6 +42,7 @@ impl ObjectKind {
             7 => Config,
             8 => Lease,
             9 => Pending,
+            10 => Drill,
             _ => return None,
         })
     }

@@ -11,6 +11,7 @@ pub mod cat;
 pub mod check;
 pub mod copy;
 pub mod diff;
+pub mod drill;
 pub mod find;
 pub mod forget;
 pub mod keys;

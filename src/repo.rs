@@ -21,7 +21,7 @@ mod unlock;
 
 pub use blobs::BlobOpener;
 pub use leases::LeaseGuard;
-pub use objects::{MAX_SNAPSHOT_SIZE, list_ids};
+pub use objects::{MAX_DRILL_SIZE, MAX_SNAPSHOT_SIZE, list_ids, list_prefix};
 pub use sync::{DamagedObject, SyncReport};
 pub use unlock::{MAX_KEY_FILES, MAX_OPEN_KDF_WORK, list_key_ids};
 
@@ -344,7 +344,7 @@ impl Repo {
     }
 
     /// Replaces the catalog with an empty one (its files are deleted) and
-    /// absorbs the whole repository again.
+    /// absorbs the whole repository again, drill records included.
     pub async fn reset_catalog(&self) -> Result<SyncReport> {
         {
             let mut catalog = self.catalog();
@@ -361,7 +361,11 @@ impl Repo {
             }
             *catalog = Catalog::open(&path)?;
         }
-        self.sync().await
+        let mut report = self.sync().await?;
+        let drills = self.sync_drills().await?;
+        report.drills_added = drills.drills_added;
+        report.warnings.extend(drills.warnings);
+        Ok(report)
     }
 
     /// This repository's cache directory.

@@ -96,6 +96,66 @@ pub struct DumpRecord {
     pub detail: String,
 }
 
+/// The record of one restore drill of a snapshot (`drills/<id>`; spec:
+/// `docs/FORMAT.md`, "Drill records"). Written whether the drill passed or
+/// failed.
+#[derive(Clone, Debug, PartialEq, Eq, minicbor::Encode, minicbor::Decode)]
+#[cbor(map)]
+pub struct DrillRecord {
+    /// The snapshot drilled (it may have been forgotten since).
+    #[n(0)]
+    pub snapshot: SnapshotId,
+    /// The snapshot's source name.
+    #[n(1)]
+    pub source: String,
+    /// When the drill started, nanoseconds since the epoch.
+    #[n(2)]
+    pub time_ns: i64,
+    /// `passed` or `failed`.
+    #[n(3)]
+    pub outcome: String,
+    /// How long the drill took, in milliseconds.
+    #[n(4)]
+    pub duration_ms: u64,
+    /// What it was verified as: `files`, `postgres-custom`,
+    /// `postgres-directory`, `postgres-plain`, `redis-rdb` or `neo4j-dump`
+    /// (`postgres` when a stream could not be read back to tell which).
+    #[n(5)]
+    pub kind: String,
+    /// What was checked, one line each, in order; when the drill failed,
+    /// the failing check is among them.
+    #[n(6)]
+    pub checked: Vec<String>,
+    /// Why it failed, or a summary of what passed.
+    #[n(7)]
+    pub detail: String,
+    /// Counts found (`tables`, `rows`, `keys`, `yaml_files`, …).
+    #[n(8)]
+    pub counts: std::collections::BTreeMap<String, u64>,
+    /// The host the drill ran on.
+    #[n(9)]
+    pub host: String,
+    /// The program that ran it, such as `larder 0.1.0`.
+    #[n(10)]
+    pub program: String,
+    /// Rows per table (`schema.table`), for database drills that restored
+    /// into a scratch database.
+    #[n(11)]
+    pub tables: std::collections::BTreeMap<String, u64>,
+}
+
+impl DrillRecord {
+    /// The `outcome` of a drill that passed.
+    pub const PASSED: &str = "passed";
+    /// The `outcome` of a drill that failed.
+    pub const FAILED: &str = "failed";
+
+    /// Whether the drill passed.
+    pub fn passed(&self) -> bool {
+        self.outcome == Self::PASSED
+    }
+}
+
 /// How a dump command ran.
 #[derive(Clone, Debug, PartialEq, Eq, minicbor::Encode, minicbor::Decode)]
 #[cbor(map)]

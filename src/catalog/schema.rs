@@ -6,7 +6,7 @@ use super::{Catalog, sql_error};
 use crate::error::{Error, Result};
 
 /// The schema version this build creates and reads.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// The whole schema, as a new catalog gets it.
 const SCHEMA: &str = include_str!("schema.sql");
@@ -38,6 +38,19 @@ CREATE TABLE pending_packs (
     gen  BLOB NOT NULL,
     PRIMARY KEY (pack, gen)
 ) WITHOUT ROWID;",
+    ),
+    // Adds drill records.
+    (
+        4,
+        "CREATE TABLE drills (
+    id       BLOB PRIMARY KEY,
+    snapshot BLOB NOT NULL,
+    source   TEXT NOT NULL,
+    time_ns  INTEGER NOT NULL,
+    passed   INTEGER NOT NULL,
+    body     BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX drills_by_source ON drills (source, time_ns);",
     ),
 ];
 
@@ -133,9 +146,13 @@ mod tests {
         let older = [
             (
                 1,
-                "DROP TABLE copied_blobs; DROP TABLE pending_objects; DROP TABLE pending_packs;",
+                "DROP TABLE copied_blobs; DROP TABLE pending_objects; DROP TABLE pending_packs; DROP TABLE drills;",
             ),
-            (2, "DROP TABLE pending_objects; DROP TABLE pending_packs;"),
+            (
+                2,
+                "DROP TABLE pending_objects; DROP TABLE pending_packs; DROP TABLE drills;",
+            ),
+            (3, "DROP TABLE drills;"),
         ];
         for (version, undo) in older {
             let path = dir.path().join(format!("v{version}.sqlite"));
@@ -163,7 +180,7 @@ mod tests {
             .unwrap();
         drop(cat);
         let conn = Connection::open(&path).unwrap();
-        conn.execute_batch("DROP TABLE copied_blobs; DROP TABLE pending_objects; DROP TABLE pending_packs; PRAGMA user_version = 1;")
+        conn.execute_batch("DROP TABLE copied_blobs; DROP TABLE pending_objects; DROP TABLE pending_packs; DROP TABLE drills; PRAGMA user_version = 1;")
             .unwrap();
         drop(conn);
         let mut cat = Catalog::open(&path).unwrap();

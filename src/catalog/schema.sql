@@ -84,3 +84,17 @@ CREATE TABLE pending_packs (
     gen  BLOB NOT NULL,           -- GenerationId
     PRIMARY KEY (pack, gen)
 ) WITHOUT ROWID;
+
+-- Restore drills absorbed from `drills/` objects, whatever their outcome.
+-- Not tied to snapshot rows: the record of a drill outlives the snapshot it
+-- drilled, so "when did this source last pass a drill" survives retention.
+CREATE TABLE drills (
+    id       BLOB PRIMARY KEY,    -- DrillId
+    snapshot BLOB NOT NULL,       -- SnapshotId drilled
+    source   TEXT NOT NULL,
+    time_ns  INTEGER NOT NULL,    -- when the drill started
+    passed   INTEGER NOT NULL,    -- 1 passed, 0 failed
+    body     BLOB NOT NULL        -- CBOR DrillRecord
+) WITHOUT ROWID;
+
+CREATE INDEX drills_by_source ON drills (source, time_ns);

@@ -151,6 +151,7 @@ struct Entry {
     dump_id: i64,
     desc: String,
     tag: String,
+    namespace: String,
     /// Directory format: the file holding its data.
     file: Option<String>,
 }
@@ -315,7 +316,7 @@ impl<R: Read> Archive<R> {
         self.string()?; // definition
         self.string()?; // drop statement
         self.string()?; // copy statement
-        self.string()?; // namespace
+        let namespace = self.string()?.unwrap_or_default();
         self.string()?; // tablespace
         if v >= (1, 14) {
             self.string()?; // table access method
@@ -333,6 +334,7 @@ impl<R: Read> Archive<R> {
                 dump_id,
                 desc,
                 tag,
+                namespace,
                 file: Some(file),
             }));
         }
@@ -343,6 +345,7 @@ impl<R: Read> Archive<R> {
             dump_id,
             desc,
             tag,
+            namespace,
             file: None,
         }))
     }
@@ -412,6 +415,51 @@ impl<R: Read> Archive<R> {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
         Ok(Some(String::from_utf8_lossy(&kept).into_owned()))
+    }
+}
+
+/// What an archive's table of contents lists, for a restore drill to
+/// compare with what a restore produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableOfContents {
+    /// Entries in the table of contents.
+    pub entries: u64,
+    /// The tables it holds rows for (its `TABLE DATA` entries), as
+    /// `schema.table`, in archive order.
+    pub table_data: Vec<String>,
+}
+
+/// Reads the header and table of contents of a custom-format archive, or
+/// with `directory` of a directory dump's `toc.dat`. The outer error is the
+/// reader's; the inner one says why the archive cannot be read (cut,
+/// damaged, or a version this build does not know).
+pub fn read_toc(
+    reader: impl Read,
+    directory: bool,
+) -> io::Result<std::result::Result<TableOfContents, String>> {
+    let mut a = Archive {
+        r: reader,
+        format: if directory {
+            FORMAT_DIRECTORY
+        } else {
+            FORMAT_CUSTOM
+        },
+        int_size: 4,
+        off_size: 8,
+        version: (0, 0),
+    };
+    match a.toc() {
+        Ok(Toc::Entries(count, with_data)) => Ok(Ok(TableOfContents {
+            entries: count as u64,
+            table_data: with_data
+                .into_iter()
+                .filter(|e| e.desc == "TABLE DATA")
+                .map(|e| format!("{}.{}", e.namespace, e.tag))
+                .collect(),
+        })),
+        Ok(Toc::Unchecked(verdict)) => Ok(Err(verdict.detail)),
+        Err(Broken::Io(e)) => Err(e),
+        Err(Broken::Incomplete(why)) => Ok(Err(why)),
     }
 }
 

@@ -1,7 +1,7 @@
 //! `catalog rebuild`: recreates the catalog from the repository alone.
 //!
-//! The catalog is emptied and every snapshot and index object absorbed
-//! again. Packs that no index object names (index objects lost, or a backup
+//! The catalog is emptied and every snapshot, index object and drill
+//! record absorbed again. Packs that no index object names (index objects lost, or a backup
 //! interrupted between its packs and its index) are read by their tails:
 //! their headers are opened and written into a new index object, so every
 //! machine's catalog agrees on what exists and prune treats those packs like
@@ -27,6 +27,8 @@ pub struct RebuildSummary {
     pub snapshots: usize,
     /// Index objects absorbed.
     pub index_objects: usize,
+    /// Drill records absorbed.
+    pub drills: usize,
     /// Packs no index object named, read from their headers.
     pub packs_from_headers: usize,
     /// The index objects written for them (one per
@@ -50,6 +52,7 @@ pub async fn rebuild_catalog(repo: &Repo) -> Result<RebuildSummary> {
         let mut summary = RebuildSummary {
             snapshots: sync.snapshots_added,
             index_objects: sync.indexes_added,
+            drills: sync.drills_added,
             warnings: sync.warnings,
             ..RebuildSummary::default()
         };

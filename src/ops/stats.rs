@@ -78,7 +78,7 @@ pub async fn stats(repo: &Repo) -> Result<StatsSummary> {
     let started = Instant::now();
     let mut objects = Vec::new();
     for prefix in DIRECTORIES {
-        let listed = repo.backend().list(&format!("{prefix}/")).await?;
+        let listed = crate::repo::list_prefix(repo.backend(), &format!("{prefix}/")).await?;
         objects.push(ObjectGroup {
             prefix,
             count: listed.len() as u64,

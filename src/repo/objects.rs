@@ -1,22 +1,27 @@
 //! Metadata objects: sealing and storing, reading and opening snapshots,
-//! index objects and pending generations; listing and resolving snapshots.
+//! index objects, pending generations and drill records; listing and
+//! resolving snapshots.
 
 use bytes::Bytes;
 
 use crate::backend::{Backend, ObjectInfo, Put};
 use crate::catalog::SnapshotFilter;
 use crate::error::{Error, Result};
-use crate::hash::{GenerationId, IndexId, SnapshotId};
+use crate::hash::{DrillId, GenerationId, IndexId, SnapshotId};
 use crate::index::{IndexObject, MAX_INDEX_SIZE, MAX_PENDING_SIZE, PendingObject};
-use crate::layout::{index_path, pending_path, snapshot_path};
+use crate::layout::{drill_path, index_path, pending_path, snapshot_path};
 use crate::seal::{ObjectKind, with_codec};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{DrillRecord, Snapshot};
 
 use super::sync::generation_time;
 use super::{LeaseGuard, Repo};
 
 /// Largest snapshot object plaintext accepted (16 MiB).
 pub const MAX_SNAPSHOT_SIZE: usize = 16 << 20;
+
+/// Largest drill record plaintext accepted (1 MiB: a list of checks, a
+/// detail and per-table counts).
+pub const MAX_DRILL_SIZE: usize = 1 << 20;
 
 fn filter_matches(filter: &SnapshotFilter, snapshot: &Snapshot) -> bool {
     filter.source.as_ref().is_none_or(|s| *s == snapshot.source)
@@ -48,6 +53,22 @@ pub async fn list_ids<T: std::str::FromStr>(
         .into_iter()
         .filter_map(|o| Some((o.name.strip_prefix(prefix)?.parse().ok()?, o)))
         .collect())
+}
+
+/// Lists the objects under `prefix`, where a missing top-level directory
+/// of a prefix [`crate::layout::may_be_absent`] allows (a repository made
+/// before drills existed has no `drills/`) lists as empty. For every other
+/// prefix a listing error stays an error: never emptiness.
+pub async fn list_prefix(backend: &dyn Backend, prefix: &str) -> Result<Vec<ObjectInfo>> {
+    match backend.list(prefix).await {
+        Err(Error::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound
+                && crate::layout::may_be_absent(prefix) =>
+        {
+            Ok(Vec::new())
+        }
+        listed => listed,
+    }
 }
 
 impl Repo {
@@ -137,6 +158,26 @@ impl Repo {
             .await?;
         minicbor::decode(&plain)
             .map_err(|e| Error::corrupt(name, format!("pending generation does not parse: {e}")))
+    }
+
+    /// Reads a drill record from the repository.
+    pub async fn load_drill(&self, id: &DrillId) -> Result<DrillRecord> {
+        let name = drill_path(id);
+        let plain = self
+            .get_object(ObjectKind::Drill, &name, id.as_bytes(), MAX_DRILL_SIZE)
+            .await?;
+        minicbor::decode(&plain)
+            .map_err(|e| Error::corrupt(name, format!("drill record does not parse: {e}")))
+    }
+
+    /// Stores a drill record and absorbs it into the catalog.
+    pub async fn write_drill(&self, drill: &DrillRecord) -> Result<DrillId> {
+        let id = DrillId::random();
+        let plain = minicbor::to_vec(drill).expect("encoding to a Vec cannot fail");
+        self.put_object(ObjectKind::Drill, &drill_path(&id), id.as_bytes(), &plain)
+            .await?;
+        self.catalog().insert_drill(&id, drill)?;
+        Ok(id)
     }
 
     /// Stores a new pending generation and absorbs it into the catalog,

@@ -6,11 +6,11 @@ use std::collections::{HashMap, HashSet};
 use futures::StreamExt;
 
 use crate::error::{Error, Result};
-use crate::hash::{GenerationId, IndexId, SnapshotId};
-use crate::layout::{index_path, pending_path, snapshot_path};
+use crate::hash::{DrillId, GenerationId, IndexId, SnapshotId};
+use crate::layout::{drill_path, index_path, pending_path, snapshot_path};
 use crate::snapshot::Snapshot;
 
-use super::objects::list_ids;
+use super::objects::{list_ids, list_prefix};
 use super::{Repo, SYNC_CONCURRENCY};
 
 /// A pending generation's time in nanoseconds from its storage time.
@@ -33,6 +33,10 @@ pub struct SyncReport {
     pub indexes_added: usize,
     /// Index objects forgotten.
     pub indexes_removed: usize,
+    /// Drill records absorbed (only by [`Repo::sync_drills`]).
+    pub drills_added: usize,
+    /// Drill records forgotten because they left the repository.
+    pub drills_removed: usize,
     /// Objects that could not be read, with the reason. They were skipped.
     pub warnings: Vec<String>,
     /// The snapshot, index and pending objects among them that are damaged
@@ -210,6 +214,45 @@ impl Repo {
             }
         }
         *self.damaged.lock().expect("damage lock") = report.damaged.clone();
+        Ok(report)
+    }
+
+    /// Brings the catalog's drill records in step with `drills/`. Not part
+    /// of [`Repo::sync`]: only the commands that report on drills need
+    /// them, so opening a repository does not pay a listing for them.
+    /// A drill record that cannot be read is a warning (it protects and
+    /// references nothing) and is tried again by the next call.
+    pub async fn sync_drills(&self) -> Result<SyncReport> {
+        let mut report = SyncReport::default();
+        let known = self.catalog().drill_ids()?;
+        let listed: HashSet<DrillId> = list_prefix(&self.backend, "drills/")
+            .await?
+            .into_iter()
+            .filter_map(|o| o.name.strip_prefix("drills/")?.parse().ok())
+            .collect();
+        let gone: Vec<DrillId> = known.difference(&listed).copied().collect();
+        report.drills_removed = gone.len();
+        self.catalog
+            .lock()
+            .expect("catalog lock")
+            .remove_drills(&gone)?;
+        let new: Vec<DrillId> = listed.difference(&known).copied().collect();
+        let mut loads = futures::stream::iter(new)
+            .map(|id| async move { (id, self.load_drill(&id).await) })
+            .buffer_unordered(SYNC_CONCURRENCY);
+        while let Some((id, drill)) = loads.next().await {
+            match drill {
+                Ok(drill) => {
+                    self.catalog().insert_drill(&id, &drill)?;
+                    report.drills_added += 1;
+                }
+                Err(Error::NotFound { .. }) => {}
+                Err(e) if e.is_damage() => report
+                    .warnings
+                    .push(format!("skipped drill record {}: {e}", drill_path(&id))),
+                Err(e) => return Err(e),
+            }
+        }
         Ok(report)
     }
 

@@ -204,7 +204,9 @@ pub fn is_secret_variable(name: &std::ffi::OsStr) -> bool {
         .is_some_and(|n| n.starts_with("LARDER_") && n.contains("PASSWORD"))
 }
 
-fn describe_status(program: &str, status: ExitStatus) -> String {
+/// How a process ended, for messages: `PROGRAM exited with status N`, or
+/// the signal that killed it.
+pub(crate) fn describe_status(program: &str, status: ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     if let Some(code) = status.code() {
         format!("{program} exited with status {code}")
@@ -261,7 +263,7 @@ fn dumper_version(program: &str) -> Option<String> {
 /// A command for `program` without larder's own secrets in its
 /// environment: a command that prints its environment (or a dumper that
 /// logs it) must not store the passphrase in a snapshot.
-fn without_secrets(program: &str) -> Command {
+pub(crate) fn without_secrets(program: &str) -> Command {
     let mut command = Command::new(program);
     for (name, _) in std::env::vars_os() {
         if is_secret_variable(&name) {
@@ -273,7 +275,7 @@ fn without_secrets(program: &str) -> Command {
 
 /// The end of a command's output: the last [`STDERR_TAIL`] bytes, whole
 /// lines where possible, at most the last 20.
-fn tail_lines(bytes: &[u8]) -> String {
+pub(crate) fn tail_lines(bytes: &[u8]) -> String {
     let start = bytes.len().saturating_sub(STDERR_TAIL);
     let text = String::from_utf8_lossy(&bytes[start..]);
     let lines: Vec<&str> = text.lines().collect();

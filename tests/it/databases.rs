@@ -8,7 +8,7 @@ use crate::support::*;
 
 /// `pg_dump`-style connection arguments from `LARDER_TEST_PG`
 /// ("host=… port=… user=…").
-fn pg_args(settings: &str) -> Vec<String> {
+pub(crate) fn pg_args(settings: &str) -> Vec<String> {
     let mut args = Vec::new();
     for pair in settings.split_whitespace() {
         let (key, value) = pair.split_once('=').unwrap();
@@ -24,14 +24,14 @@ fn pg_args(settings: &str) -> Vec<String> {
     args
 }
 
-fn pg_tool(tool: &str) -> String {
+pub(crate) fn pg_tool(tool: &str) -> String {
     match std::env::var("LARDER_TEST_PG_BIN") {
         Ok(dir) => format!("{dir}/{tool}"),
         Err(_) => tool.to_string(),
     }
 }
 
-fn run_ok(cmd: &mut Command) -> Output {
+pub(crate) fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap();
     assert!(
         out.status.success(),

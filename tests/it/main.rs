@@ -9,6 +9,7 @@
 //! - `compat`: repositories written by earlier releases still read.
 //! - `copy`: snapshots replicated between repositories.
 //! - `databases`: real PostgreSQL and Redis dumps on loopback.
+//! - `drill`: restore drills of real dumps and file trees, and their records.
 //! - `trees`: file-tree backups, browsing and restore, split by behaviour
 //!   under `trees/`: `backup` (re-scans, dedup), `walk` (symlink loops,
 //!   unreadable, special and vanishing files, excludes), `limits` (odd
@@ -36,6 +37,7 @@ mod compat;
 mod copy;
 mod databases;
 mod dedup;
+mod drill;
 mod fault_proxy;
 mod faults;
 mod hostile;
