@@ -46,7 +46,7 @@ use crate::hash::{DrillId, SnapshotId};
 use crate::lease::LeaseKind;
 use crate::ops::restore::{Overwrite, RestoreOptions};
 use crate::progress::Progress;
-use crate::read::read_content;
+use crate::read::read_file;
 use crate::repo::Repo;
 use crate::snapshot::{DrillRecord, Snapshot};
 use crate::source::command::{tail_lines, without_secrets};
@@ -440,7 +440,7 @@ async fn materialise(
 
     let (name, node) = crate::ops::cat::find_file(repo, id, snapshot, None).await?;
     let path = scratch.path().join("dump");
-    let mut file = std::io::BufWriter::with_capacity(
+    let file = std::io::BufWriter::with_capacity(
         1 << 20,
         std::fs::OpenOptions::new()
             .write(true)
@@ -448,17 +448,22 @@ async fn materialise(
             .open(&path)
             .map_err(|e| Error::io("creating", &path, e))?,
     );
-    let mut head = Vec::new();
+    // A gzip dump stored through a recipe is rebuilt to its exact bytes
+    // (proving the recipe) and inflated on the way to the file, which the
+    // verifiers read as the dump itself.
+    let unpacked = node.recipe.is_some();
+    let mut out = if unpacked {
+        DumpFile::Gzip(flate2::write::MultiGzDecoder::new(Head::new(file)))
+    } else {
+        DumpFile::Plain(Head::new(file))
+    };
     let progress = Arc::clone(&options.progress);
-    let read = read_content(repo, &node.content.unwrap_or_default(), &mut |piece| {
+    let read = read_file(repo, &node, &mut |piece| {
         if let Some(signal) = progress.interrupt.raised() {
             return Err(Error::Interrupted { signal });
         }
-        if head.len() < 16 {
-            head.extend_from_slice(&piece[..piece.len().min(16 - head.len())]);
-        }
         Progress::add(&progress.bytes_processed, piece.len() as u64);
-        file.write_all(piece)
+        out.write_all(piece)
             .map_err(|e| Error::io("writing", &path, e))
     })
     .await;
@@ -470,10 +475,27 @@ async fn materialise(
         }
         Err(e) => return Err(e),
     };
+    let written = match out {
+        DumpFile::Plain(head) => Ok(head),
+        DumpFile::Gzip(decoder) => decoder.finish(),
+    };
+    let Head { inner: file, head } = match written {
+        Ok(written) => written,
+        Err(e) if unpacked && e.kind() != std::io::ErrorKind::StorageFull => {
+            findings.failed(format!("inflate {name}"), e.to_string());
+            return Ok(None);
+        }
+        Err(e) => return Err(Error::io("writing", &path, e)),
+    };
     file.into_inner()
         .map_err(|e| Error::io("writing", &path, e.into_error()))?
         .sync_all()
         .map_err(|e| Error::io("writing", &path, e))?;
+    if unpacked {
+        findings.passed(format!(
+            "rebuilt {name} from its recipe: the exact gzip bytes, and they inflate whole"
+        ));
+    }
     findings.passed(format!(
         "read {name} back: {bytes} bytes, every chunk verified"
     ));
@@ -484,6 +506,49 @@ async fn materialise(
         kind => kind,
     };
     Ok(Some((kind, path)))
+}
+
+/// Where a drill writes a stream dump: as read, or inflated.
+enum DumpFile {
+    Plain(Head<std::io::BufWriter<std::fs::File>>),
+    Gzip(flate2::write::MultiGzDecoder<Head<std::io::BufWriter<std::fs::File>>>),
+}
+
+impl DumpFile {
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            DumpFile::Plain(w) => w.write_all(bytes),
+            DumpFile::Gzip(w) => w.write_all(bytes),
+        }
+    }
+}
+
+/// A writer that keeps the first bytes written, to tell the format by.
+struct Head<W> {
+    inner: W,
+    head: Vec<u8>,
+}
+
+impl<W> Head<W> {
+    fn new(inner: W) -> Head<W> {
+        Head {
+            inner,
+            head: Vec::with_capacity(16),
+        }
+    }
+}
+
+impl<W: Write> Write for Head<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        let keep = (16 - self.head.len().min(16)).min(n);
+        self.head.extend_from_slice(&buf[..keep]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Runs the kind's checks on what [`materialise`] wrote (blocking).

@@ -260,6 +260,26 @@ fn a_plain_pg_dump_drill_checks_the_trailer_and_restores_with_psql() {
     assert_eq!(drill["tables"]["audit.Log Entries"], 17, "{drill}");
 }
 
+#[test]
+fn a_gzipped_pg_dump_drill_rebuilds_the_gzip_and_restores_its_contents() {
+    let Some(settings) = postgres() else { return };
+    let db = SourceDb::create(&settings, "larder_it_drill_gzip");
+    let mut gzip = std::process::Command::new("gzip");
+    gzip.arg("-c");
+    let gz = run_with_stdin(gzip, &db.dump("--format=plain")).stdout;
+    let r = CliRepo::init();
+    assert_success(&r.run_with_input(&["backup", "--source", "gz", "--stdin"], &gz));
+    let out = r.run(&["--json", "drill", "--source", "gz", "--database", &settings]);
+    assert_success(&out);
+    let drill = json(&out);
+    assert_eq!(drill["kind"], "postgres-plain", "{drill}");
+    assert!(
+        drill["checked"].to_string().contains("from its recipe"),
+        "{drill}"
+    );
+    assert_eq!(drill["counts"]["rows"], 270, "{drill}");
+}
+
 fn stdout_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
