@@ -10,6 +10,8 @@
 #   PGBENCH_SCALE      pgbench -i -s                      [20]
 #   PGBENCH_TX         pgbench -t (transactions/client)   [4000]
 #   PGBENCH_CLIENTS    pgbench -c                         [1]
+#   PGBENCH_FILLER     "md5": give every account row a distinct filler
+#                      (pgbench's own is blanks, which no real table is)  []
 #   APPEND_ROWS        rows of the append-mostly table    [1000000]
 #   APPEND_PCT         % rows appended on day 2           [1]
 #   BENCH_INPUTS       which input pairs to use           ["pgbench append"]
@@ -23,6 +25,7 @@ PG_PORT=${PG_PORT:-55500}
 PGBENCH_SCALE=${PGBENCH_SCALE:-20}
 PGBENCH_TX=${PGBENCH_TX:-4000}
 PGBENCH_CLIENTS=${PGBENCH_CLIENTS:-1}
+PGBENCH_FILLER=${PGBENCH_FILLER:-}
 APPEND_ROWS=${APPEND_ROWS:-1000000}
 APPEND_PCT=${APPEND_PCT:-1}
 GNU_TIME=/usr/bin/time
@@ -159,7 +162,7 @@ pg_dump_plain() { # DB OUTFILE
 # ---- inputs ---------------------------------------------------------------
 # Sets PGB_DIR / APP_DIR (each holding day1.sql and day2.sql) and INPUT_NAMES.
 ensure_inputs() {
-    PGB_DIR=$BENCH_DIR/inputs/pgbench-s$PGBENCH_SCALE-t$PGBENCH_TX-c$PGBENCH_CLIENTS
+    PGB_DIR=$BENCH_DIR/inputs/pgbench-s$PGBENCH_SCALE-t$PGBENCH_TX-c$PGBENCH_CLIENTS${PGBENCH_FILLER:+-$PGBENCH_FILLER}
     APP_DIR=$BENCH_DIR/inputs/append-r$APPEND_ROWS-p$APPEND_PCT
     INPUT_NAMES=(${BENCH_INPUTS:-pgbench append})
     local need_pgb=0 need_app=0 i
@@ -183,6 +186,11 @@ ensure_inputs() {
         pg_as "$PG_BIN/pgbench" -h "$_PG_DIR/sock" -p "$PG_PORT" -U postgres -i -q \
             -s "$PGBENCH_SCALE" bench >"$PGB_DIR/pgbench-init.log" 2>&1 \
             || { cat "$PGB_DIR/pgbench-init.log" >&2; die "pgbench -i failed"; }
+        if [[ $PGBENCH_FILLER == md5 ]]; then
+            log "distinct fillers"
+            psql_q -d bench -c "UPDATE pgbench_accounts SET filler = md5(aid::text) || md5((aid * 7)::text)" \
+                -c 'VACUUM FULL pgbench_accounts'
+        fi
         log "pg_dump day 1"
         pg_dump_plain bench "$PGB_DIR/day1.sql"
         log "pgbench -t $PGBENCH_TX -c $PGBENCH_CLIENTS (scattered updates)"
