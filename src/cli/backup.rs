@@ -49,7 +49,7 @@ pub struct BackupArgs {
     /// Store gzip input as it comes. By default a gzip stream (pg_dump | gzip, an old .sql.gz) is unpacked so unchanged rows deduplicate across days, with a small recipe that rebuilds the exact compressed bytes on restore and is proven before the snapshot is written
     #[arg(long)]
     no_unpack: bool,
-    /// Skip paths matching GLOB: without '/' it matches a name anywhere (*.tmp), with '/' the absolute path (repeatable)
+    /// Skip paths matching GLOB: without '/' it matches a name anywhere (*.tmp); starting with '/' the absolute path (/home/*/.cache); with '/' inside, a path ending at any depth (cache/tmp) (repeatable)
     #[arg(long = "exclude", value_name = "GLOB")]
     excludes: Vec<String>,
     /// Read exclude patterns from FILE, one per line (repeatable)

@@ -34,7 +34,7 @@ pub struct RestoreArgs {
     /// Whether existing files may be replaced (always: after a safety snapshot of them)
     #[arg(long, value_enum, default_value_t = OverwriteArg::Never)]
     overwrite: OverwriteArg,
-    /// Restore only paths matching GLOB (with '/': the whole snapshot path; without: a name); a matching directory brings its contents (repeatable)
+    /// Restore only paths matching GLOB (starting with '/': the whole snapshot path; with '/' inside: a path ending at any depth, such as */knowledge/*; without: a name); a matching directory brings its contents; nothing matching is a warning (exit 3) (repeatable)
     #[arg(long = "include", value_name = "GLOB")]
     include: Vec<String>,
     /// Leave out paths matching GLOB (repeatable)

@@ -114,7 +114,7 @@ impl Selection {
                 .collect::<Result<Vec<_>>>()
         };
         let include_prefixes = (!options.include.is_empty()
-            && options.include.iter().all(|p| p.contains('/')))
+            && options.include.iter().all(|p| p.starts_with('/')))
         .then(|| {
             options
                 .include
@@ -325,6 +325,15 @@ pub async fn restore(
                 }
                 _ => {}
             }
+        }
+        if !options.include.is_empty()
+            && summary.files + summary.dirs + summary.symlinks == 0
+            && summary.damaged.is_empty()
+        {
+            summary.skipped.push(format!(
+                "no path in the snapshot matches the include patterns ({}); nothing was restored",
+                options.include.join(", ")
+            ));
         }
         summary.duration_s = started.elapsed().as_secs_f64();
         summary.requests = repo.counts();

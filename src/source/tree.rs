@@ -101,7 +101,7 @@ impl Excludes {
             };
             if pattern.contains('/') {
                 let pattern = pattern.trim_end_matches('/');
-                paths.add(glob(pattern)?);
+                paths.add(glob(&anchored(pattern))?);
             } else {
                 names.add(glob(pattern)?);
             }
@@ -141,8 +141,21 @@ impl Excludes {
     }
 }
 
+/// A path pattern as matched against absolute paths: one with a `/` that
+/// does not start with `/` (or `**`) matches at any depth, as if it began
+/// with `**/` (restic's rule: `*/knowledge/*` finds
+/// `/opt/data/knowledge/a.yaml`).
+pub fn anchored(pattern: &str) -> std::borrow::Cow<'_, str> {
+    if pattern.contains('/') && !pattern.starts_with('/') && !pattern.starts_with("**") {
+        format!("**/{pattern}").into()
+    } else {
+        pattern.into()
+    }
+}
+
 /// A glob over snapshot paths, for `find` and `restore --include`: with a
-/// `/` it matches the whole path, without one the last component.
+/// `/` it matches the whole path (a relative one at any depth, see
+/// [`anchored`]), without one the last component.
 #[derive(Clone, Debug)]
 pub struct PathGlob {
     matcher: globset::GlobMatcher,
@@ -153,7 +166,7 @@ impl PathGlob {
     /// Compiles `pattern`.
     pub fn new(pattern: &str) -> Result<PathGlob> {
         let whole_path = pattern.contains('/');
-        let glob: Glob = GlobBuilder::new(pattern)
+        let glob: Glob = GlobBuilder::new(&anchored(pattern))
             .literal_separator(whole_path)
             .backslash_escape(true)
             .build()

@@ -364,6 +364,16 @@ fn restore_include_and_exclude_select_files_and_an_included_directory_brings_its
             vec!["conf/x.yaml", "conf/deep/y.yaml"],
         ),
         (vec!["--include", &yaml_path], vec!["conf/x.yaml"]),
+        // Relative patterns with a '/' match at any depth.
+        (vec!["--include", "conf/*.yaml"], vec!["conf/x.yaml"]),
+        (
+            vec!["--include", "*/deep/*"],
+            vec!["conf/deep/y.yaml", "conf/deep/z.txt"],
+        ),
+        (
+            vec!["--exclude", "docs/img", "--include", "docs/*"],
+            vec!["docs/a.md", "docs/b.md"],
+        ),
         (
             vec!["--include", &docs],
             vec!["docs/a.md", "docs/b.md", "docs/img/logo.png"],
@@ -411,4 +421,27 @@ fn restore_include_and_exclude_select_files_and_an_included_directory_brings_its
             assert_eq!(std::fs::read(target.join(w)).unwrap(), name.as_bytes());
         }
     }
+}
+
+#[test]
+fn a_restore_whose_includes_match_nothing_warns_and_exits_3() {
+    let r = CliRepo::init();
+    let (dir, src) = TreeBuilder::new().file("kb/a.yaml", "a: 1\n").build();
+    let id = snap_id(&backup_clean(&r, "none", &[&src], &[]));
+    let target = dir.path().join("restore");
+    let out = r.run(&[
+        "restore",
+        &id,
+        "--target",
+        target.to_str().unwrap(),
+        "--include",
+        "nowhere/*.yaml",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no path in the snapshot matches"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(files_rel(&target).is_empty());
 }
