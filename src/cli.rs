@@ -44,6 +44,7 @@ mod read;
 mod render;
 mod snapshots;
 mod stats;
+mod status;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -153,6 +154,8 @@ enum Command {
     Prune(forget::PruneArgs),
     /// Show the repository's size, object counts, compression and deduplication
     Stats,
+    /// Show each source's newest good snapshot, its age and last drill; with --max-age, exit 1 when one is stale or its last drill failed
+    Status(status::StatusArgs),
     /// Copy snapshots into another repository (such as an off-site S3 bucket)
     Copy(copy::CopyArgs),
     /// Manage the passphrases (key files) that open the repository
@@ -322,6 +325,7 @@ impl Command {
                 | Command::Diff(_)
                 | Command::Log(_)
                 | Command::Stats
+                | Command::Status(_)
                 | Command::Key(keys::KeyCommand::List)
         )
     }
@@ -343,6 +347,7 @@ impl Command {
             Command::Forget(_) => "forget",
             Command::Prune(_) => "prune",
             Command::Stats => "stats",
+            Command::Status(_) => "status",
             Command::Copy(_) => "copy",
             Command::Key(_) => "key",
             Command::Catalog(_) => "catalog",
@@ -367,6 +372,7 @@ async fn dispatch(global: &GlobalArgs, command: Command) -> Result<Outcome> {
         Command::Forget(args) => forget::forget(&global, args).await,
         Command::Prune(args) => forget::prune(&global, args).await,
         Command::Stats => stats::run(&global).await,
+        Command::Status(args) => status::run(&global, args).await,
         Command::Copy(args) => copy::run(&global, args).await,
         Command::Key(command) => keys::run(&global, command).await,
         Command::Catalog(CatalogCommand::Rebuild) => {

@@ -21,6 +21,7 @@ pub mod prune;
 pub mod rebuild;
 pub mod restore;
 pub mod stats;
+pub mod status;
 
 use crate::error::Result;
 use crate::lease::LeaseKind;
@@ -63,6 +64,9 @@ pub fn format_time(ns: i64) -> String {
 pub fn hex_id<S: serde::Serializer, T: std::fmt::Display>(id: &T, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(id)
 }
+
+/// Serialises a value as its `Display` text (timestamps as RFC 3339).
+pub use hex_id as as_text;
 
 #[cfg(test)]
 mod tests {

@@ -122,6 +122,17 @@ impl std::str::FromStr for Within {
     }
 }
 
+impl Within {
+    /// The moment this long before `now`, in the local time zone (so a day
+    /// is a calendar day across daylight-saving changes).
+    pub fn before(&self, now: Timestamp) -> Timestamp {
+        now.to_zoned(jiff::tz::TimeZone::system())
+            .checked_sub(self.span)
+            .map(|z| z.timestamp())
+            .unwrap_or(Timestamp::MIN)
+    }
+}
+
 impl PartialEq for Within {
     fn eq(&self, other: &Within) -> bool {
         self.text == other.text

@@ -446,3 +446,84 @@ fn stats_counts_objects_in_storage_and_dedup_from_the_catalog() {
     let text = String::from_utf8(human.stdout).unwrap();
     assert!(text.contains("dedup 2.0x"), "{text}");
 }
+
+#[test]
+fn status_max_age_fails_for_a_stale_source_and_passes_once_it_is_backed_up() {
+    let r = CliRepo::init();
+    let ago = |hours: i64| {
+        (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(hours))
+            .round(jiff::Unit::Second)
+            .unwrap()
+            .to_string()
+    };
+    let backup_at = |source: &str, time: &str| {
+        let out = r.run_with_input(
+            &["backup", "--stdin", "--source", source, "--time", time],
+            format!("{source} at {time}\n").as_bytes(),
+        );
+        assert_success(&out);
+    };
+    backup_at("orders", &ago(2));
+    let out = r.run(&["status", "--max-age", "1h"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("orders: the newest good snapshot is 2h"),
+        "{}",
+        stderr(&out)
+    );
+    // Without a limit, age alone is no failure.
+    assert_success(&r.run(&["status"]));
+    assert_success(&r.run(&["status", "--max-age", "3h"]));
+
+    let out = r.run_with_input(&["backup", "--stdin", "--source", "orders"], b"now\n");
+    assert_success(&out);
+    assert_success(&r.run(&["status", "--max-age", "1h"]));
+
+    backup_at("cache", &ago(30));
+    let out = r.run(&["--json", "status", "--max-age", "1d"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["ok"], false);
+    let sources = summary["sources"].as_array().unwrap();
+    assert_eq!(sources.len(), 2);
+    assert_eq!(sources[0]["source"], "cache");
+    assert!(sources[0]["latest"]["age_s"].as_i64().unwrap() >= 30 * 3600);
+    assert!(sources[1]["problems"].as_array().unwrap().is_empty());
+    assert_success(&r.run(&["status", "--max-age", "1d", "--source", "orders"]));
+    let out = r.run(&["status", "--source", "nosuch"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("cache, orders"), "{}", stderr(&out));
+}
+
+#[test]
+fn status_counts_only_complete_dumps_as_good_backups() {
+    let r = CliRepo::init();
+    let dump = dump_text(1000, 3);
+    let cut = &dump[..dump.len() / 2];
+    let out = r.run_with_input(
+        &[
+            "backup",
+            "--stdin",
+            "--source",
+            "pg",
+            "--kind",
+            "postgres",
+            "--allow-incomplete",
+        ],
+        cut,
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let out = r.run(&["status"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("pg: no good snapshot"),
+        "{}",
+        stderr(&out)
+    );
+    let out = r.run_with_input(
+        &["backup", "--stdin", "--source", "pg", "--kind", "postgres"],
+        &dump,
+    );
+    assert_success(&out);
+    assert_success(&r.run(&["status", "--max-age", "1h"]));
+}

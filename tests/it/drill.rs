@@ -343,6 +343,16 @@ fn a_drill_of_a_truncated_pg_archive_fails_and_is_recorded_as_failed() {
     let out = r.run_with_cache(&other, &["--json", "catalog", "rebuild"]);
     assert_success(&out);
     assert_eq!(json(&out)["drills"], 1);
+
+    // Monitoring sees it: the source's only snapshot is incomplete, and its
+    // last drill failed.
+    let out = r.run(&["status", "--source", "cut-db"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cut-db: the last drill failed"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// An RDB file made by a private redis-server (the shared one is flushed
