@@ -2,7 +2,7 @@
 
 use std::os::unix::ffi::OsStrExt;
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use larder::catalog::SnapshotFilter;
 use larder::ops::ls::Entry;
@@ -53,7 +53,7 @@ pub struct DiffArgs {
 
 #[derive(Args, Debug)]
 pub struct LogArgs {
-    /// Absolute path of the file in the snapshots (such as /opt/kb/a.yaml)
+    /// Path of the file in the snapshots (such as /opt/kb/a.yaml); a relative one is taken from the current directory
     path: std::ffi::OsString,
     /// Only snapshots of this source
     #[arg(long, value_name = "NAME")]
@@ -193,7 +193,8 @@ pub async fn log(global: &GlobalArgs, args: LogArgs) -> Result<Outcome> {
         host: args.host,
         tags: vec![],
     };
-    let summary = larder::ops::log::log(&repo, args.path.as_bytes(), &filter).await?;
+    let path = absolute_lexically(std::path::Path::new(&args.path))?;
+    let summary = larder::ops::log::log(&repo, path.as_os_str().as_bytes(), &filter).await?;
     if global.json {
         render::print_json(&summary)?;
     } else {
@@ -207,9 +208,33 @@ pub async fn log(global: &GlobalArgs, args: LogArgs) -> Result<Outcome> {
                 v.source
             )?;
         }
-        if summary.versions.is_empty() && !global.quiet {
-            errln!("{} is in no snapshot", args.path.to_string_lossy());
-        }
+    }
+    if summary.versions.is_empty() {
+        bail!("{} is in no snapshot", path.display());
     }
     Ok(Outcome::Success)
+}
+
+/// `path` made absolute against the current directory, with `.` and `..`
+/// resolved by name (the file need not exist here any more).
+fn absolute_lexically(path: &std::path::Path) -> Result<std::path::PathBuf> {
+    use std::path::Component;
+    let joined = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .context("finding the current directory")?
+            .join(path)
+    };
+    let mut out = std::path::PathBuf::from("/");
+    for component in joined.components() {
+        match component {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(name) => out.push(name),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    Ok(out)
 }

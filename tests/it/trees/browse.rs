@@ -335,4 +335,25 @@ fn log_shows_a_files_versions_added_unchanged_modified() {
     let last = log["versions"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["snapshot"], s4.as_str(), "{log}");
     assert_eq!(last["change"], "removed", "{log}");
+
+    // A relative path is taken from the current directory; a path in no
+    // snapshot is an error.
+    let out = r
+        .cmd(&["--json", "log", "./sub/../tracked.yaml"])
+        .current_dir(&src)
+        .output()
+        .unwrap();
+    assert_success(&out);
+    assert_eq!(json_of(&out)["versions"], log["versions"]);
+    let out = r
+        .cmd(&["log", "nosuch.yaml"])
+        .current_dir(&src)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("nosuch.yaml is in no snapshot"),
+        "{}",
+        stderr(&out)
+    );
 }
