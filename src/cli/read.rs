@@ -60,7 +60,18 @@ fn filter(source: Option<String>) -> SnapshotFilter {
 
 pub async fn cat(global: &GlobalArgs, args: CatArgs) -> Result<Outcome> {
     let repo = open_leased(global, LeaseKind::Read).await?;
-    let (id, snapshot) = repo.resolve_snapshot(&args.snapshot, &filter(args.source))?;
+    let (id, snapshot) = match (&args.path, &args.source) {
+        // `latest` with a path and no source: the newest snapshot that
+        // holds the path, not the newest of any source.
+        (Some(path), None) if args.snapshot == "latest" => {
+            larder::ops::cat::latest_holding(
+                &repo,
+                std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()),
+            )
+            .await?
+        }
+        _ => repo.resolve_snapshot(&args.snapshot, &filter(args.source))?,
+    };
     // Chunks are written whole; a large buffer keeps syscalls few on pipes.
     let mut stdout = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
     let summary = larder::ops::cat::cat(

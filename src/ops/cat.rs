@@ -6,6 +6,7 @@ use std::io::Write;
 use std::time::Instant;
 
 use crate::backend::RequestCounts;
+use crate::catalog::SnapshotFilter;
 use crate::error::{Error, Result};
 use crate::hash::SnapshotId;
 use crate::lease::LeaseKind;
@@ -64,6 +65,36 @@ pub async fn find_file(
         )));
     }
     Ok((path, node))
+}
+
+/// The newest snapshot, of any source, that holds `path`: for `latest`
+/// without a source, where the newest snapshot overall may be another
+/// source's (a stream, say). Looks at the newest snapshot of each source,
+/// newest first; when none holds the path, the error names the sources.
+pub async fn latest_holding(repo: &Repo, path: &[u8]) -> Result<(SnapshotId, Snapshot)> {
+    let mut all = repo.catalog().snapshots(&SnapshotFilter::default())?;
+    all.sort_by(|(a_id, a), (b_id, b)| (b.time_ns, b_id).cmp(&(a.time_ns, a_id)));
+    let mut seen = std::collections::BTreeSet::new();
+    for (id, snapshot) in all {
+        if !seen.insert(snapshot.source.clone()) {
+            continue;
+        }
+        match repo.lookup(&snapshot.root, path).await {
+            Ok(Some(_)) => return Ok((id, snapshot)),
+            Ok(None) => {}
+            Err(e) if e.is_damage() => return Err(e),
+            Err(_) => {}
+        }
+    }
+    Err(Error::InvalidArgument(format!(
+        "{} is in the latest snapshot of no source (sources: {}); name the snapshot or its source",
+        String::from_utf8_lossy(path),
+        if seen.is_empty() {
+            "none".to_string()
+        } else {
+            seen.into_iter().collect::<Vec<_>>().join(", ")
+        }
+    )))
 }
 
 /// Writes one file of a snapshot to `out`. The bytes are verified blob by

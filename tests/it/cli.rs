@@ -205,6 +205,10 @@ fn unknown_snapshots_and_paths_are_one_line_errors() {
     );
     assert_one_clean_error(
         &r.run(&["cat", "latest", "no/such/file"]),
+        "is in the latest snapshot of no source (sources: db)",
+    );
+    assert_one_clean_error(
+        &r.run(&["cat", "latest", "--source", "db", "no/such/file"]),
         "does not exist in snapshot",
     );
     assert_one_clean_error(
@@ -526,4 +530,22 @@ fn status_counts_only_complete_dumps_as_good_backups() {
     );
     assert_success(&out);
     assert_success(&r.run(&["status", "--max-age", "1h"]));
+}
+
+#[test]
+fn cat_latest_with_a_path_reads_the_newest_snapshot_that_holds_it() {
+    let r = CliRepo::init();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("kb.yaml");
+    std::fs::write(&file, "a: 1\n").unwrap();
+    assert_success(&r.run(&["backup", "--source", "kb", dir.path().to_str().unwrap()]));
+    // A newer snapshot of another source (a stream) does not hide it.
+    r.backup_stdin("db", b"dump\n");
+    let out = r.run(&["cat", "latest", file.to_str().unwrap()]);
+    assert_success(&out);
+    assert_eq!(out.stdout, b"a: 1\n");
+    // Without a path, latest is the newest snapshot of any source.
+    let out = r.run(&["cat", "latest"]);
+    assert_success(&out);
+    assert_eq!(out.stdout, b"dump\n");
 }
