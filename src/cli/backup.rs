@@ -215,11 +215,11 @@ async fn take(global: &GlobalArgs, args: BackupArgs) -> Result<(Outcome, Snapsho
             String::new()
         };
         outln!(
-            "snapshot {} saved: read {}, added {} ({} new blobs, {} reused){files} in {:.1} s",
+            "snapshot {} saved: read {}, added {} ({}, {} reused){files} in {:.1} s",
             summary.snapshot_id.short(),
             render::size(summary.bytes_read),
             render::size(summary.bytes_added),
-            summary.blobs_new,
+            render::count(summary.blobs_new, "new blob"),
             summary.blobs_reused,
             summary.duration_s
         )?;

@@ -146,9 +146,9 @@ pub async fn find(global: &GlobalArgs, args: FindArgs) -> Result<Outcome> {
         }
         if !global.quiet {
             errln!(
-                "{} matches in {} snapshots",
-                summary.matches.len(),
-                summary.snapshots
+                "{} in {}",
+                render::count(summary.matches.len() as u64, "match"),
+                render::count(summary.snapshots as u64, "snapshot")
             );
         }
     }

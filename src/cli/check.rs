@@ -57,14 +57,14 @@ pub async fn run(global: &GlobalArgs, args: CheckArgs) -> Result<Outcome> {
                 outln!("note: {n}")?;
             }
             outln!(
-                "checked {} snapshots, {} packs{}",
-                summary.snapshots_checked,
-                summary.packs,
+                "checked {}, {}{}",
+                render::count(summary.snapshots_checked as u64, "snapshot"),
+                render::count(summary.packs as u64, "pack"),
                 if args.read_data {
                     format!(
-                        "; read {} packs, {} blobs, {}",
-                        summary.packs_read,
-                        summary.blobs_read,
+                        "; read {}, {}, {}",
+                        render::count(summary.packs_read as u64, "pack"),
+                        render::count(summary.blobs_read as u64, "blob"),
                         render::size(summary.bytes_read)
                     )
                 } else {
@@ -75,9 +75,9 @@ pub async fn run(global: &GlobalArgs, args: CheckArgs) -> Result<Outcome> {
     }
     if !summary.is_ok() {
         bail!(
-            "check found {} damaged or missing objects affecting {} snapshots",
-            summary.problems.len(),
-            summary.affected_snapshots.len()
+            "check found {} affecting {}",
+            render::count(summary.problems.len() as u64, "damaged or missing object"),
+            render::count(summary.affected_snapshots.len() as u64, "snapshot")
         );
     }
     if !global.quiet && !global.json {

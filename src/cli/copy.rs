@@ -86,12 +86,12 @@ pub async fn run(global: &GlobalArgs, args: CopyArgs) -> Result<Outcome> {
             )?;
         }
         outln!(
-            "{} copied, {} already there; {} read, {} added ({} new blobs, {} reused) in {:.1}s",
+            "{} copied, {} already there; {} read, {} added ({}, {} reused) in {:.1}s",
             summary.copied,
             summary.skipped,
             render::size(summary.bytes_read),
             render::size(summary.bytes_added),
-            summary.blobs_new,
+            render::count(summary.blobs_new, "new blob"),
             summary.blobs_reused,
             summary.duration_s
         )?;

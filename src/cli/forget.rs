@@ -249,13 +249,13 @@ fn print_forget(summary: &ForgetSummary) -> Result<()> {
         )?;
     }
     outln!(
-        "{} {} snapshots, keeping {}",
+        "{} {}, keeping {}",
         if summary.dry_run {
             "would remove"
         } else {
             "removed"
         },
-        summary.removed,
+        render::count(summary.removed as u64, "snapshot"),
         summary.kept
     )
 }
@@ -263,10 +263,10 @@ fn print_forget(summary: &ForgetSummary) -> Result<()> {
 fn print_prune(summary: &PruneSummary) -> Result<()> {
     let size = render::size;
     outln!(
-        "marked {} snapshots: {} live blobs; {} packs, {}",
-        summary.snapshots,
-        summary.live_blobs,
-        summary.packs_total,
+        "marked {}: {}; {}, {}",
+        render::count(summary.snapshots as u64, "snapshot"),
+        render::count(summary.live_blobs as u64, "live blob"),
+        render::count(summary.packs_total as u64, "pack"),
         size(summary.bytes_total)
     )?;
     outln!(
@@ -312,12 +312,12 @@ fn print_prune(summary: &PruneSummary) -> Result<()> {
         outln!("dry run: nothing changed")?;
     } else {
         outln!(
-            "deleted {} packs, freed {}; index objects {} written, {} replaced; {} expired leases removed",
-            summary.packs_deleted,
+            "deleted {}, freed {}; index objects {} written, {} replaced; {} removed",
+            render::count(summary.packs_deleted as u64, "pack"),
             size(summary.bytes_freed),
             summary.indexes_written,
             summary.indexes_deleted,
-            summary.leases_removed
+            render::count(summary.leases_removed as u64, "expired lease")
         )?;
     }
     render::warn_all(&summary.warnings);

@@ -131,12 +131,12 @@ pub async fn restore(global: &GlobalArgs, args: RestoreArgs) -> Result<Outcome> 
         render::print_json(&summary)?;
     } else if !global.quiet {
         outln!(
-            "restored snapshot {} to {}: {} files, {} directories, {} symlinks, {} in {:.1} s",
+            "restored snapshot {} to {}: {}, {}, {}, {} in {:.1} s",
             id.short(),
             args.target.display(),
-            summary.files,
-            summary.dirs,
-            summary.symlinks,
+            render::count(summary.files, "file"),
+            render::count(summary.dirs, "directory"),
+            render::count(summary.symlinks, "symlink"),
             render::size(summary.bytes),
             summary.duration_s
         )?;

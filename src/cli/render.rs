@@ -72,6 +72,25 @@ pub fn warn_all(warnings: &[String]) {
     }
 }
 
+/// `n` and the noun, its last word in the plural unless `n` is 1: "1
+/// file", "2 files", "3 new blobs", "2 directories", "4 matches".
+pub fn count(n: impl Into<u64>, noun: &str) -> String {
+    let n = n.into();
+    if n == 1 {
+        return format!("1 {noun}");
+    }
+    let plural = if let Some(stem) = noun.strip_suffix('y')
+        && !stem.ends_with(['a', 'e', 'o', 'u'])
+    {
+        format!("{stem}ies")
+    } else if noun.ends_with("ch") || noun.ends_with("sh") || noun.ends_with(['s', 'x']) {
+        format!("{noun}es")
+    } else {
+        format!("{noun}s")
+    };
+    format!("{n} {plural}")
+}
+
 /// Bytes in binary units with one decimal ("1.5 GiB").
 pub fn size(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];

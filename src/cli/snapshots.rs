@@ -99,7 +99,7 @@ pub async fn run(global: &GlobalArgs, args: SnapshotsArgs) -> Result<Outcome> {
         )?;
     }
     if !global.quiet {
-        outln!("{} snapshots", snapshots.len())?;
+        outln!("{}", render::count(snapshots.len() as u64, "snapshot"))?;
     }
     Ok(Outcome::Success)
 }
