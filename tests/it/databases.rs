@@ -506,6 +506,16 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 fn a_gzipped_pg_dump_dedups_day_over_day_and_restores_to_the_exact_gzip_bytes() {
     let Some(settings) = postgres() else { return };
     let db = PgDatabase::create(&settings, "larder_it_gzip");
+    // Distinct fillers, as real rows have: pgbench's blank ones make gzip's
+    // own output repeat itself (benches/gzip.sh).
+    run_ok(Command::new(pg_tool("psql")).args(&db.conn).args([
+        "-d",
+        &db.name,
+        "-c",
+        "UPDATE pgbench_accounts SET filler = md5(aid::text)",
+        "-c",
+        "VACUUM FULL pgbench_accounts",
+    ]));
     let dump = || {
         let argv = larder::source::split_command(&db.dump_command("--format=plain")).unwrap();
         run_ok(Command::new(&argv[0]).args(&argv[1..])).stdout
@@ -530,15 +540,17 @@ fn a_gzipped_pg_dump_dedups_day_over_day_and_restores_to_the_exact_gzip_bytes() 
         added(&second),
         added(&first)
     );
-    // As well as the uncompressed dumps would: the gzip costs nothing.
+    // As well as the uncompressed dumps would, but for the recipe (the
+    // DEFLATE corrections, a few percent of the gzip size, new each day).
     let plain = CliRepo::init();
     plain.backup_stdin("pg", &day1);
     let plain2 = plain.backup_stdin("pg", &day2);
     assert!(
-        added(&second) <= added(&plain2) + added(&plain2) / 5 + (64 << 10),
-        "gzip day 2 stored {}, the plain dump {}",
+        added(&second) <= added(&plain2) + gz2.len() as u64 / 15,
+        "gzip day 2 stored {}, the plain dump {}, the gzip is {} bytes",
         added(&second),
-        added(&plain2)
+        added(&plain2),
+        gz2.len()
     );
     // Stored as they come, the same two days cost nearly all of day 2
     // again: the unpacking is what deduplicates them.
@@ -585,7 +597,7 @@ fn a_gzipped_pg_dump_dedups_day_over_day_and_restores_to_the_exact_gzip_bytes() 
         out.stdout == gz1,
         "day 1 does not rebuild to its gzip bytes"
     );
-    assert_success(&r.run(&["forget", id1]));
+    assert_success(&r.run(&["forget", "--source", "pg", "--keep-last", "1"]));
     assert_success(&r.run(&["prune"]));
     let out = r.run(&["cat", id2]);
     assert_success(&out);

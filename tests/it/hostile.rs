@@ -306,7 +306,7 @@ fn an_oversized_snapshot_is_skipped_with_a_warning_and_stops_prune() {
     assert_eq!(m.code(), Some(3), "{}", m.stderr());
     assert!(m.stderr().contains(&name), "{}", m.stderr());
     assert!(
-        String::from_utf8_lossy(&m.out.stdout).contains("1 snapshots"),
+        String::from_utf8_lossy(&m.out.stdout).contains("1 snapshot\n"),
         "the readable snapshot is listed"
     );
     m.assert_bounded("oversized snapshot, listing");
@@ -354,7 +354,7 @@ fn an_oversized_pending_generation_is_reported_and_ignored() {
     let m = run_measured(&r, &fresh_cache(&r, "list"), &["snapshots"]);
     assert_eq!(m.code(), Some(3), "{}", m.stderr());
     assert!(m.stderr().contains(&name), "{}", m.stderr());
-    assert!(String::from_utf8_lossy(&m.out.stdout).contains("1 snapshots"));
+    assert!(String::from_utf8_lossy(&m.out.stdout).contains("1 snapshot\n"));
     m.assert_bounded("oversized pending generation, listing");
 
     let m = run_measured(&r, &fresh_cache(&r, "cat"), &["cat", "latest"]);
@@ -570,7 +570,7 @@ fn junk_key_files_sorting_first_do_not_hide_the_real_key() {
     }
     let m = run_measured(&r, &fresh_cache(&r, "fresh"), &["snapshots"]);
     assert_eq!(m.code(), Some(0), "{}", m.stderr());
-    assert!(String::from_utf8_lossy(&m.out.stdout).contains("1 snapshots"));
+    assert!(String::from_utf8_lossy(&m.out.stdout).contains("1 snapshot\n"));
     m.assert_bounded("20 junk key files");
 }
 
@@ -631,7 +631,7 @@ fn plausible_key_files_that_do_not_open_do_not_hide_the_real_key() {
 
     let m = run_measured(&r, &fresh_cache(&r, "fresh"), &["snapshots"]);
     assert_eq!(m.code(), Some(0), "{}", m.stderr());
-    assert!(String::from_utf8_lossy(&m.out.stdout).contains("1 snapshots"));
+    assert!(String::from_utf8_lossy(&m.out.stdout).contains("1 snapshot\n"));
     m.assert_bounded("20 plausible key files");
 }
 
