@@ -255,7 +255,7 @@ fn print_forget(summary: &ForgetSummary) -> Result<()> {
         } else {
             "removed"
         },
-        render::count(summary.removed as u64, "snapshot"),
+        render::count(summary.removed, "snapshot"),
         summary.kept
     )
 }
@@ -264,9 +264,9 @@ fn print_prune(summary: &PruneSummary) -> Result<()> {
     let size = render::size;
     outln!(
         "marked {}: {}; {}, {}",
-        render::count(summary.snapshots as u64, "snapshot"),
-        render::count(summary.live_blobs as u64, "live blob"),
-        render::count(summary.packs_total as u64, "pack"),
+        render::count(summary.snapshots, "snapshot"),
+        render::count(summary.live_blobs, "live blob"),
+        render::count(summary.packs_total, "pack"),
         size(summary.bytes_total)
     )?;
     outln!(
@@ -313,11 +313,11 @@ fn print_prune(summary: &PruneSummary) -> Result<()> {
     } else {
         outln!(
             "deleted {}, freed {}; index objects {} written, {} replaced; {} removed",
-            render::count(summary.packs_deleted as u64, "pack"),
+            render::count(summary.packs_deleted, "pack"),
             size(summary.bytes_freed),
             summary.indexes_written,
             summary.indexes_deleted,
-            render::count(summary.leases_removed as u64, "expired lease")
+            render::count(summary.leases_removed, "expired lease")
         )?;
     }
     render::warn_all(&summary.warnings);
