@@ -37,7 +37,7 @@
 
 pub mod local;
 pub mod memory;
-pub mod metered;
+pub(crate) mod metered;
 pub mod s3;
 
 use std::fmt::Debug;
@@ -122,7 +122,7 @@ pub trait Backend: Send + Sync + Debug {
 
 /// Deletes every named object, a few at a time; the first failure is
 /// returned (objects already deleted stay deleted).
-pub async fn delete_all(
+pub(crate) async fn delete_all(
     backend: &dyn Backend,
     names: impl IntoIterator<Item = String>,
 ) -> Result<()> {
@@ -138,7 +138,7 @@ pub async fn delete_all(
 }
 
 /// The error for an object larger than its kind allows.
-pub fn too_large(name: &str, size: u64, max_size: u64) -> Error {
+pub(crate) fn too_large(name: &str, size: u64, max_size: u64) -> Error {
     Error::corrupt(
         name,
         format!(
@@ -172,7 +172,7 @@ pub fn open(url: &str) -> Result<Arc<dyn Backend>> {
 
 /// Checks that `name` is a well-formed object name: non-empty `/`-separated
 /// components of `[a-z0-9._-]`, none of them `.` or `..`.
-pub fn validate_name(name: &str) -> Result<()> {
+pub(crate) fn validate_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.split('/').all(|c| {
             !c.is_empty()

@@ -38,14 +38,13 @@ mod schema;
 mod snapshots;
 
 pub use blobs::BlobLocation;
-pub use live::{LiveCheck, PackUsage};
-pub use schema::SCHEMA_VERSION;
+pub(crate) use live::PackUsage;
 pub use snapshots::SnapshotFilter;
 
 /// Creates `dir` (and missing parents) readable by its owner only, and
 /// narrows it to that if it exists: the catalog and tree cache hold
 /// decrypted snapshot metadata (source names, hosts, commands, file names).
-pub fn create_private_dir(dir: &Path) -> Result<()> {
+pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -121,7 +120,7 @@ id_column!(
 
 /// Whether a pack's blobs may be used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PackState {
+pub(crate) enum PackState {
     /// Normal.
     Usable,
     /// Listed by prune for deletion: backups store its blobs again.
@@ -150,7 +149,7 @@ impl PackState {
 
 /// A pack as the catalog knows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PackRecord {
+pub(crate) struct PackRecord {
     /// The pack.
     pub id: PackId,
     /// Data or tree.
@@ -184,7 +183,7 @@ impl Catalog {
     }
 
     /// A catalog held in memory (tests, and one-off inspection).
-    pub fn open_in_memory() -> Result<Catalog> {
+    pub(crate) fn open_in_memory() -> Result<Catalog> {
         let path = Path::new(":memory:");
         let conn = Connection::open_in_memory().map_err(sql_error(path, "opening"))?;
         let mut catalog = Catalog {
@@ -261,7 +260,7 @@ impl Catalog {
     }
 
     /// Runs SQLite's own consistency check; returns its complaints.
-    pub fn integrity_check(&self) -> Result<Vec<String>> {
+    pub(crate) fn integrity_check(&self) -> Result<Vec<String>> {
         let mut stmt = self
             .conn
             .prepare("PRAGMA quick_check")

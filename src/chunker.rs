@@ -54,7 +54,7 @@ impl Chunker {
 
     /// Like [`Chunker::chunks`], for a reader expected to hold about
     /// `size_hint` bytes (a file's size): small inputs get small buffers.
-    pub fn chunks_with_hint<R: Read>(&self, reader: R, size_hint: Option<u64>) -> Chunks<R> {
+    pub(crate) fn chunks_with_hint<R: Read>(&self, reader: R, size_hint: Option<u64>) -> Chunks<R> {
         let block_size = match size_hint {
             // One byte more than expected, so the end is seen in one read.
             Some(hint) => usize::try_from(hint.saturating_add(1))

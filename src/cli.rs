@@ -52,8 +52,8 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use larder::LeaseKind;
 use larder::Repo;
-use larder::lease::LeaseKind;
 
 /// How a successful run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -26,15 +26,15 @@ pub const FORMAT_VERSION: u32 = 2;
 /// The oldest repository format version this build reads and writes.
 /// Repositories keep the version they were created with; features newer
 /// than it are not used in them.
-pub const OLDEST_FORMAT_VERSION: u32 = 1;
+pub(crate) const OLDEST_FORMAT_VERSION: u32 = 1;
 
 /// The first format version with recipe-rebuilt file nodes.
-pub const RECIPES_SINCE: u32 = 2;
+pub(crate) const RECIPES_SINCE: u32 = 2;
 
 /// Name of the chunker profile for dump streams (stdin and commands).
 pub const STREAM_PROFILE: &str = "stream";
 /// Name of the chunker profile for file trees.
-pub const FILES_PROFILE: &str = "files";
+pub(crate) const FILES_PROFILE: &str = "files";
 
 /// FastCDC sizes for one kind of source.
 #[derive(Clone, Debug, PartialEq, Eq, minicbor::Encode, minicbor::Decode)]
@@ -57,7 +57,7 @@ pub struct ChunkerProfile {
 impl ChunkerProfile {
     /// Checks the sizes against what FastCDC accepts and what larder bounds
     /// blobs to.
-    pub fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         let ok = (64..=1 << 20).contains(&self.min)
             && (256..=4 << 20).contains(&self.avg)
             && (1024..=MAX_BLOB_SIZE as u32).contains(&self.max)
@@ -120,7 +120,7 @@ fn parse_size(s: &str) -> Option<u32> {
 }
 
 /// Largest blob larder writes or accepts (16 MiB, FastCDC's largest maximum).
-pub const MAX_BLOB_SIZE: usize = 16 << 20;
+pub(crate) const MAX_BLOB_SIZE: usize = 16 << 20;
 
 /// The sealed part of the config.
 #[derive(Clone, Debug, PartialEq, Eq, minicbor::Encode, minicbor::Decode)]
@@ -191,13 +191,13 @@ impl Config {
     }
 
     /// Replaces (or adds) a profile.
-    pub fn set_profile(&mut self, profile: ChunkerProfile) {
+    pub(crate) fn set_profile(&mut self, profile: ChunkerProfile) {
         self.profiles.retain(|p| p.name != profile.name);
         self.profiles.push(profile);
     }
 
     /// Checks every field against the bounds readers and writers rely on.
-    pub fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         for p in &self.profiles {
             p.validate()?;
         }
@@ -219,7 +219,7 @@ impl Config {
 }
 
 /// Largest `config` object read (its sealed body opens to at most 1 MiB).
-pub const MAX_CONFIG_SIZE: u64 = (1 << 20) + 4096;
+pub(crate) const MAX_CONFIG_SIZE: u64 = (1 << 20) + 4096;
 
 /// The plaintext outer layer of the `config` object.
 #[derive(Clone, Debug, minicbor::Encode, minicbor::Decode)]

@@ -16,7 +16,7 @@ pub mod redis;
 
 /// The tag a snapshot of an incomplete dump carries (stored only with
 /// `allow_incomplete`); retention never counts it as a good backup.
-pub const INCOMPLETE_TAG: &str = "incomplete";
+pub(crate) const INCOMPLETE_TAG: &str = "incomplete";
 
 /// What a stream source is, as `--kind` names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,7 +65,7 @@ impl Kind {
 
 /// What a completeness check found.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Verdict {
+pub(crate) struct Verdict {
     /// The format checked, such as `postgres-custom` or `redis-rdb`.
     pub format: &'static str,
     /// Whether the dump is whole.
@@ -106,7 +106,7 @@ impl Verdict {
     }
 
     /// A check that could not run to its end: the dump is not vouched for.
-    pub fn failed_check(why: String) -> Verdict {
+    pub(crate) fn failed_check(why: String) -> Verdict {
         Verdict {
             format: "unknown",
             complete: false,
@@ -145,7 +145,7 @@ const HEAD: usize = 64;
 /// Checks a stream of kind `kind` read from `reader` to its end; `None`
 /// when nothing is checked (`stream`, or `auto` on an unknown format).
 /// Errors are the reader's own.
-pub fn check(kind: Kind, mut reader: impl Read) -> io::Result<Option<Verdict>> {
+pub(crate) fn check(kind: Kind, mut reader: impl Read) -> io::Result<Option<Verdict>> {
     let mut head = Vec::with_capacity(HEAD);
     (&mut reader).take(HEAD as u64).read_to_end(&mut head)?;
     let custom = head.starts_with(b"PGDMP");
@@ -174,7 +174,7 @@ pub fn check(kind: Kind, mut reader: impl Read) -> io::Result<Option<Verdict>> {
 
 /// Returns a warning if `head` (the first bytes of a stream) shows a
 /// compressed format.
-pub fn inspect_head(head: &[u8]) -> Option<String> {
+pub(crate) fn inspect_head(head: &[u8]) -> Option<String> {
     if let Some(warning) = inspect_pg_custom(head) {
         return Some(warning);
     }

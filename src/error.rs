@@ -336,7 +336,7 @@ fn stderr_block(tail: &str) -> String {
 
 impl Error {
     /// Builds an [`Error::Corrupt`].
-    pub fn corrupt(object: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub(crate) fn corrupt(object: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::Corrupt {
             object: object.into(),
             reason: reason.into(),
@@ -354,7 +354,7 @@ impl Error {
 
     /// True when the local catalog's database file itself is damaged (it is
     /// derived data: set it aside and rebuild).
-    pub fn is_catalog_corrupt(&self) -> bool {
+    pub(crate) fn is_catalog_corrupt(&self) -> bool {
         matches!(self, Error::Catalog { source, .. } if source.is_corrupt())
     }
 

@@ -151,7 +151,7 @@ pub fn random_bytes() -> [u8; 32] {
 
 /// Fills `buf` from the operating system's random number generator, aborting
 /// on failure (see [`random_bytes`]).
-pub fn fill_random(buf: &mut [u8]) {
+pub(crate) fn fill_random(buf: &mut [u8]) {
     if let Err(e) = getrandom::fill(buf) {
         // Invariant: no key, nonce or id is ever made from anything but the
         // OS generator; without it nothing can be written safely.
@@ -173,14 +173,14 @@ random_id!(SnapshotId, IndexId, KeyId, RepoId, GenerationId, DrillId);
 
 impl PackId {
     /// Computes a pack's id from its complete stored bytes.
-    pub fn of_pack(bytes: &[u8]) -> Self {
+    pub(crate) fn of_pack(bytes: &[u8]) -> Self {
         PackId(*blake3::hash(bytes).as_bytes())
     }
 }
 
 /// A short, stable tag for a repository location (16 hex digits of its
 /// BLAKE3), used to name its cache directory.
-pub fn location_tag(location: &str) -> String {
+pub(crate) fn location_tag(location: &str) -> String {
     blake3::hash(location.as_bytes()).to_hex()[..16].to_string()
 }
 

@@ -10,7 +10,7 @@ pub fn current_user() -> String {
 }
 
 /// The login name of `uid`, if the user database has one.
-pub fn user_name(uid: u32) -> Option<String> {
+pub(crate) fn user_name(uid: u32) -> Option<String> {
     // SAFETY: an all-zero passwd is a valid value to be written over, and
     // getpwuid_r's arguments are exactly those `lookup_r` passes.
     lookup_r(|buf, found: &mut *mut libc::passwd| unsafe {
@@ -21,7 +21,7 @@ pub fn user_name(uid: u32) -> Option<String> {
 }
 
 /// The name of group `gid`, if the group database has one.
-pub fn group_name(gid: u32) -> Option<String> {
+pub(crate) fn group_name(gid: u32) -> Option<String> {
     // SAFETY: as for `user_name`, with getgrgid_r.
     lookup_r(|buf, found: &mut *mut libc::group| unsafe {
         let mut entry: libc::group = std::mem::zeroed();
@@ -65,6 +65,6 @@ pub fn current_host() -> String {
 }
 
 /// Nanoseconds since the epoch, now.
-pub fn now_ns() -> i64 {
+pub(crate) fn now_ns() -> i64 {
     i64::try_from(jiff::Timestamp::now().as_nanosecond()).unwrap_or(i64::MAX)
 }

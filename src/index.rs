@@ -18,10 +18,10 @@ use crate::seal::ObjectKind;
 /// index object once it holds [`INDEX_FLUSH_BLOBS`] blobs (about 6 MiB of
 /// CBOR), so this leaves room for one more pack whose header is as large
 /// as [`crate::pack::MAX_HEADER_SIZE`] allows.
-pub const MAX_INDEX_SIZE: usize = crate::pack::MAX_HEADER_SIZE + (16 << 20);
+pub(crate) const MAX_INDEX_SIZE: usize = crate::pack::MAX_HEADER_SIZE + (16 << 20);
 
 /// Blobs per index object before a writer starts another one.
-pub const INDEX_FLUSH_BLOBS: usize = 65_536;
+pub(crate) const INDEX_FLUSH_BLOBS: usize = 65_536;
 
 /// One pack and its blobs.
 #[derive(Clone, Debug, PartialEq, Eq, minicbor::Encode, minicbor::Decode)]
@@ -43,7 +43,7 @@ pub struct IndexedPack {
 
 impl IndexedPack {
     /// The pack kind, if known.
-    pub fn pack_kind(&self) -> Option<PackKind> {
+    pub(crate) fn pack_kind(&self) -> Option<PackKind> {
         PackKind::from_code(self.kind)
     }
 }
@@ -72,7 +72,7 @@ impl IndexObject {
     /// lengths within what larder writes. (The object is authenticated, so
     /// only a key holder or a writer bug can produce a bad one; either way
     /// it must be an error, never a panic or a wrong read.)
-    pub fn validate(&self, object: &str) -> Result<()> {
+    pub(crate) fn validate(&self, object: &str) -> Result<()> {
         for pack in &self.packs {
             let Some(kind) = pack.pack_kind() else {
                 return Err(Error::corrupt(
@@ -120,15 +120,15 @@ impl IndexObject {
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, minicbor::Encode, minicbor::Decode)]
 #[cbor(map)]
-pub struct PendingObject {
+pub(crate) struct PendingObject {
     /// The packs to delete.
     #[n(0)]
     pub packs: Vec<PackId>,
 }
 
 /// Largest pending object plaintext accepted (64 MiB: two million packs).
-pub const MAX_PENDING_SIZE: usize = 64 << 20;
+pub(crate) const MAX_PENDING_SIZE: usize = 64 << 20;
 
 /// Largest tree or list blob accepted (a directory of about a million
 /// entries).
-pub const MAX_METADATA_BLOB: usize = 256 << 20;
+pub(crate) const MAX_METADATA_BLOB: usize = 256 << 20;

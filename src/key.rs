@@ -34,17 +34,17 @@ const KEY_FILE_CHECKSUM_CONTEXT: &str = "larder 2026-12-02 key file checksum";
 
 /// Largest key file read: one is a few hundred bytes, so anything far
 /// larger is not one and is never read into memory.
-pub const MAX_KEY_FILE_SIZE: u64 = 64 << 10;
+pub(crate) const MAX_KEY_FILE_SIZE: u64 = 64 << 10;
 
 /// Largest Argon2 memory cost a key file may ask for, in KiB (2 GiB).
-pub const MAX_KDF_MEMORY_KIB: u32 = 2 * 1024 * 1024;
+pub(crate) const MAX_KDF_MEMORY_KIB: u32 = 2 * 1024 * 1024;
 /// Largest Argon2 pass count a key file may ask for.
-pub const MAX_KDF_PASSES: u32 = 16;
+pub(crate) const MAX_KDF_PASSES: u32 = 16;
 /// Largest Argon2 lane count a key file may ask for.
-pub const MAX_KDF_LANES: u32 = 16;
+pub(crate) const MAX_KDF_LANES: u32 = 16;
 /// Largest total Argon2 work (memory in KiB times passes) a key file may ask
 /// for: 8 GiB·passes, tens of seconds on one core.
-pub const MAX_KDF_WORK: u64 = 8 * 1024 * 1024;
+pub(crate) const MAX_KDF_WORK: u64 = 8 * 1024 * 1024;
 
 /// Argon2id parameters for wrapping a master key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, minicbor::Encode, minicbor::Decode)]
@@ -75,7 +75,7 @@ impl Default for KdfParams {
 
 impl KdfParams {
     /// Checks the parameters against larder's bounds and Argon2's own rules.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    pub(crate) fn validate(&self) -> std::result::Result<(), String> {
         if self.memory_kib > MAX_KDF_MEMORY_KIB {
             return Err(format!(
                 "memory cost {} KiB exceeds the limit of {} KiB",
@@ -123,25 +123,25 @@ impl KdfParams {
 
 /// The repository's master key. Never leaves memory unwrapped; zeroed on drop.
 #[derive(Clone)]
-pub struct MasterKey {
+pub(crate) struct MasterKey {
     bytes: [u8; 32],
 }
 
 impl MasterKey {
     /// A fresh random master key, for `init`.
-    pub fn generate() -> Self {
+    pub(crate) fn generate() -> Self {
         MasterKey {
             bytes: random_bytes(),
         }
     }
 
     /// The key that seals every stored object (XChaCha20-Poly1305).
-    pub fn sealing_key(&self) -> Zeroizing<[u8; 32]> {
+    pub(crate) fn sealing_key(&self) -> Zeroizing<[u8; 32]> {
         Zeroizing::new(blake3::derive_key(SEALING_CONTEXT, &self.bytes))
     }
 
     /// The key of the keyed BLAKE3 that names blobs.
-    pub fn blob_id_key(&self) -> Zeroizing<[u8; 32]> {
+    pub(crate) fn blob_id_key(&self) -> Zeroizing<[u8; 32]> {
         Zeroizing::new(blake3::derive_key(BLOB_ID_CONTEXT, &self.bytes))
     }
 }
@@ -220,7 +220,7 @@ impl KeyFileRaw {
 
 /// Whether a key file's bytes are as written, judged without any key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KeyFileIntegrity {
+pub(crate) enum KeyFileIntegrity {
     /// Its checksum matches.
     Intact,
     /// It predates checksums; only the passphrase can tell.
@@ -231,7 +231,7 @@ pub enum KeyFileIntegrity {
 
 /// A parsed key file.
 #[derive(Clone, Debug)]
-pub struct KeyFile {
+pub(crate) struct KeyFile {
     /// The key file's id (its object name).
     pub id: KeyId,
     /// The authenticated header. Only trust it after [`KeyFile::unwrap`]
@@ -319,7 +319,7 @@ impl KeyFile {
     }
 
     /// The Argon2 work this key file asks for, in KiB times passes.
-    pub fn kdf_work(&self) -> u64 {
+    pub(crate) fn kdf_work(&self) -> u64 {
         u64::from(self.header.kdf.memory_kib) * u64::from(self.header.kdf.passes)
     }
 

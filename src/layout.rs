@@ -4,7 +4,7 @@
 use crate::hash::{DrillId, GenerationId, IndexId, KeyId, PackId, SnapshotId};
 
 /// The top-level prefixes of a repository, in the order `init` creates them.
-pub const DIRECTORIES: [&str; 7] = [
+pub(crate) const DIRECTORIES: [&str; 7] = [
     "keys",
     "packs",
     "index",
@@ -19,12 +19,12 @@ pub const DIRECTORIES: [&str; 7] = [
 /// directory with their first object under it, so until then its absence
 /// means no objects. Every other prefix exists from `init` on, and its
 /// absence is damage.
-pub fn may_be_absent(prefix: &str) -> bool {
+pub(crate) fn may_be_absent(prefix: &str) -> bool {
     prefix.trim_end_matches('/') == "drills"
 }
 
 /// The object name of a key file.
-pub fn key_path(id: &KeyId) -> String {
+pub(crate) fn key_path(id: &KeyId) -> String {
     format!("keys/{id}")
 }
 
@@ -35,7 +35,7 @@ pub fn pack_path(id: &PackId) -> String {
 }
 
 /// The pack a name under `packs/` names, if it is a well-formed pack name.
-pub fn parse_pack_path(path: &str) -> Option<PackId> {
+pub(crate) fn parse_pack_path(path: &str) -> Option<PackId> {
     let rest = path.strip_prefix("packs/")?;
     let (dir, name) = rest.split_once('/')?;
     let id: PackId = name.parse().ok()?;
@@ -48,17 +48,17 @@ pub fn index_path(id: &IndexId) -> String {
 }
 
 /// The object name of a snapshot.
-pub fn snapshot_path(id: &SnapshotId) -> String {
+pub(crate) fn snapshot_path(id: &SnapshotId) -> String {
     format!("snapshots/{id}")
 }
 
 /// The object name of a pending generation.
-pub fn pending_path(id: &GenerationId) -> String {
+pub(crate) fn pending_path(id: &GenerationId) -> String {
     format!("pending/{id}")
 }
 
 /// The object name of a drill record.
-pub fn drill_path(id: &DrillId) -> String {
+pub(crate) fn drill_path(id: &DrillId) -> String {
     format!("drills/{id}")
 }
 

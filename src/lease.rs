@@ -49,12 +49,12 @@ use crate::seal::{ObjectKind, Sealer, with_codec};
 pub const DEFAULT_TTL: Duration = Duration::from_secs(600);
 
 /// Environment variable overriding the lease lifetime, in seconds.
-pub const TTL_ENV: &str = "LARDER_LEASE_SECONDS";
+pub(crate) const TTL_ENV: &str = "LARDER_LEASE_SECONDS";
 
 /// The longest lease lifetime this build takes (from `LARDER_LEASE_SECONDS`).
 /// A longer one in another process's lease name is honoured only if its
 /// body opens with the repository key, like every lease.
-pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Largest lease object accepted.
 const MAX_LEASE_SIZE: usize = 64 << 10;
@@ -89,7 +89,7 @@ impl LeaseKind {
 /// is honoured (its body still opens with the key), just never found dead.
 #[derive(Clone, Debug, PartialEq, Eq, minicbor::Encode, minicbor::Decode)]
 #[cbor(map)]
-pub struct LeaseBody {
+pub(crate) struct LeaseBody {
     /// User name of the holder.
     #[n(0)]
     pub user: String,
@@ -124,7 +124,7 @@ impl LeaseBody {
     /// Whether the holder is a process of this machine (same host name,
     /// boot and pid namespace) that no longer runs. `false` whenever that
     /// cannot be told for sure.
-    pub fn is_dead_here(&self) -> bool {
+    pub(crate) fn is_dead_here(&self) -> bool {
         let here = Holder::current();
         let (Some(boot_id), Some(pid_ns), Some(start)) =
             (&self.boot_id, self.pid_ns, self.start_ticks)
@@ -199,7 +199,7 @@ fn process_start_ticks(pid: u32) -> Option<u64> {
 
 /// One lease as a listing shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LeaseInfo {
+pub(crate) struct LeaseInfo {
     /// The lease id (hex).
     pub id: String,
     /// Its kind's name.
@@ -227,19 +227,19 @@ impl LeaseInfo {
     /// Whether it is live at storage time `now`: it is, until its expiry
     /// plus the storage's clock resolution has passed, unless its holder is
     /// a process of this machine that no longer runs.
-    pub fn is_live(&self, now: Timestamp, resolution: Duration) -> bool {
+    pub(crate) fn is_live(&self, now: Timestamp, resolution: Duration) -> bool {
         now <= add(self.expires(), resolution) && !self.is_dead_here()
     }
 
     /// Whether its holder is a process of this machine that no longer runs.
-    pub fn is_dead_here(&self) -> bool {
+    pub(crate) fn is_dead_here(&self) -> bool {
         self.holder.as_ref().is_some_and(LeaseBody::is_dead_here)
     }
 }
 
 /// What a refresh saw: the storage's time and every lease.
 #[derive(Clone, Debug)]
-pub struct LeaseView {
+pub(crate) struct LeaseView {
     /// The storage's time of this refresh.
     pub now: Timestamp,
     /// The refreshing lease's id.
@@ -256,12 +256,12 @@ pub struct LeaseView {
 
 impl LeaseView {
     /// The refreshing lease.
-    pub fn me(&self) -> Option<&LeaseInfo> {
+    pub(crate) fn me(&self) -> Option<&LeaseInfo> {
         self.leases.iter().find(|l| l.id == self.mine)
     }
 
     /// Other leases still live.
-    pub fn others_live(&self, resolution: Duration) -> impl Iterator<Item = &LeaseInfo> {
+    pub(crate) fn others_live(&self, resolution: Duration) -> impl Iterator<Item = &LeaseInfo> {
         self.leases
             .iter()
             .filter(move |l| l.id != self.mine && l.is_live(self.now, resolution))
@@ -270,7 +270,7 @@ impl LeaseView {
 
 /// What [`Lease::remove_dead`] did.
 #[derive(Clone, Debug, Default)]
-pub struct Cleanup {
+pub(crate) struct Cleanup {
     /// Each lease removed, described, with why.
     pub removed: Vec<String>,
     /// Objects under `locks/` that are not leases of this repository.
@@ -290,7 +290,7 @@ pub fn sub(t: Timestamp, d: Duration) -> Timestamp {
 }
 
 /// A storage time for messages, in the same form as snapshot times.
-pub fn format_storage_time(t: Timestamp) -> String {
+pub(crate) fn format_storage_time(t: Timestamp) -> String {
     crate::ops::format_time(i64::try_from(t.as_nanosecond()).unwrap_or(i64::MAX))
 }
 
@@ -410,7 +410,7 @@ enum Verdict {
 }
 
 /// The lease lifetime: `LARDER_LEASE_SECONDS` or [`DEFAULT_TTL`].
-pub fn configured_ttl() -> Result<Duration> {
+pub(crate) fn configured_ttl() -> Result<Duration> {
     match std::env::var(TTL_ENV) {
         Ok(v) => match v.trim().parse::<u64>() {
             Ok(s) if (1..=MAX_TTL.as_secs()).contains(&s) => Ok(Duration::from_secs(s)),
@@ -470,7 +470,7 @@ impl Drop for Lease {
 impl Lease {
     /// Takes a lease of `kind`: writes its first object and starts
     /// refreshing it.
-    pub async fn acquire(
+    pub(crate) async fn acquire(
         backend: &Metered,
         sealer: &Sealer,
         level: i32,
@@ -522,20 +522,20 @@ impl Lease {
     }
 
     /// The storage's clock resolution this lease allows for.
-    pub fn resolution(&self) -> Duration {
+    pub(crate) fn resolution(&self) -> Duration {
         self.inner.resolution
     }
 
     /// Renews the lease now and returns what the storage showed: its time
     /// and every lease.
-    pub async fn refresh(&self) -> Result<LeaseView> {
+    pub(crate) async fn refresh(&self) -> Result<LeaseView> {
         self.inner.refresh().await
     }
 
     /// Renews the lease and fails with [`Error::LeaseLapsed`] if it ever
     /// went unrenewed for longer than its lifetime. Called just before a
     /// commit.
-    pub async fn confirm(&self) -> Result<LeaseView> {
+    pub(crate) async fn confirm(&self) -> Result<LeaseView> {
         let view = self.inner.refresh().await?;
         match self.inner.state.lock().await.lapsed {
             Some(gap) => Err(Error::LeaseLapsed {
@@ -547,7 +547,7 @@ impl Lease {
     }
 
     /// Describes another lease for a message: its kind, holder and expiry.
-    pub fn describe(&self, other: &LeaseInfo) -> String {
+    pub(crate) fn describe(&self, other: &LeaseInfo) -> String {
         let holder = match &other.holder {
             Some(body) => format!(" by {}@{} (pid {})", body.user, body.host, body.pid),
             None => String::new(),
@@ -564,7 +564,7 @@ impl Lease {
     /// Renews the lease and deletes the objects of every other lease that
     /// is no longer live: expired, or held by a process of this machine
     /// that no longer runs. Says what it removed and what it ignored.
-    pub async fn remove_dead(&self) -> Result<Cleanup> {
+    pub(crate) async fn remove_dead(&self) -> Result<Cleanup> {
         let view = self.refresh().await?;
         let mut removed = Vec::new();
         for other in &view.leases {

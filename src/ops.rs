@@ -42,14 +42,14 @@ pub(crate) async fn leased<T>(
 }
 
 /// `larder <version>`, recorded in snapshots.
-pub fn program_version() -> String {
+pub(crate) fn program_version() -> String {
     format!("larder {}", env!("CARGO_PKG_VERSION"))
 }
 
 /// True if `name` is exactly one normal path component: non-empty, no `/`,
 /// no NUL, and not `.` or `..`. Every name stored in or restored from a
 /// snapshot must pass this.
-pub fn is_single_component(name: &[u8]) -> bool {
+pub(crate) fn is_single_component(name: &[u8]) -> bool {
     !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/') && !name.contains(&0)
 }
 
@@ -61,12 +61,15 @@ pub fn format_time(ns: i64) -> String {
 }
 
 /// Serialises a 32-byte id as hex (for `--json`).
-pub fn hex_id<S: serde::Serializer, T: std::fmt::Display>(id: &T, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn hex_id<S: serde::Serializer, T: std::fmt::Display>(
+    id: &T,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     s.collect_str(id)
 }
 
 /// Serialises a value as its `Display` text (timestamps as RFC 3339).
-pub use hex_id as as_text;
+pub(crate) use hex_id as as_text;
 
 #[cfg(test)]
 mod tests {

@@ -14,17 +14,17 @@
 
 pub mod writer;
 
-pub use writer::{FinishedPack, PackWriter};
+pub(crate) use writer::{FinishedPack, PackWriter};
 
 use crate::error::{Error, Result};
 use crate::hash::BlobId;
 use crate::seal::{Codec, ObjectKind, Sealer};
 
 /// Largest plaintext pack header accepted (64 MiB).
-pub const MAX_HEADER_SIZE: usize = 64 << 20;
+pub(crate) const MAX_HEADER_SIZE: usize = 64 << 20;
 
 /// The associated-data id of every pack header.
-pub const HEADER_ID: [u8; 32] = [0; 32];
+pub(crate) const HEADER_ID: [u8; 32] = [0; 32];
 
 /// Where one blob sits in a pack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, minicbor::Encode, minicbor::Decode)]
@@ -49,7 +49,7 @@ pub struct PackEntry {
 
 impl PackEntry {
     /// The blob kind, if the code is one larder knows.
-    pub fn object_kind(&self) -> Option<ObjectKind> {
+    pub(crate) fn object_kind(&self) -> Option<ObjectKind> {
         ObjectKind::from_code(self.kind).filter(|k| k.is_blob())
     }
 }
@@ -65,7 +65,7 @@ pub enum PackKind {
 
 impl PackKind {
     /// The pack kind that holds blobs of `kind`.
-    pub fn for_blob(kind: ObjectKind) -> PackKind {
+    pub(crate) fn for_blob(kind: ObjectKind) -> PackKind {
         match kind {
             ObjectKind::DataBlob => PackKind::Data,
             _ => PackKind::Tree,
@@ -81,7 +81,7 @@ impl PackKind {
     }
 
     /// Parses [`PackKind::code`].
-    pub fn from_code(code: u8) -> Option<PackKind> {
+    pub(crate) fn from_code(code: u8) -> Option<PackKind> {
         match code {
             0 => Some(PackKind::Data),
             1 => Some(PackKind::Tree),
@@ -93,7 +93,7 @@ impl PackKind {
 /// The plaintext of a pack header.
 #[derive(Clone, Debug, PartialEq, Eq, minicbor::Encode, minicbor::Decode)]
 #[cbor(map)]
-pub struct PackHeader {
+pub(crate) struct PackHeader {
     /// Every blob in the pack, in pack order.
     #[n(0)]
     pub entries: Vec<PackEntry>,
@@ -101,7 +101,11 @@ pub struct PackHeader {
 
 /// Given the last bytes of a pack (at least 4) and the pack's total length,
 /// returns the byte range of the sealed header within the pack.
-pub fn header_range(tail: &[u8], pack_len: u64, object: &str) -> Result<std::ops::Range<u64>> {
+pub(crate) fn header_range(
+    tail: &[u8],
+    pack_len: u64,
+    object: &str,
+) -> Result<std::ops::Range<u64>> {
     if tail.len() < 4 || pack_len < 4 {
         return Err(Error::corrupt(
             object,
@@ -126,7 +130,7 @@ pub fn header_range(tail: &[u8], pack_len: u64, object: &str) -> Result<std::ops
 
 /// Opens a sealed pack header and checks that its entries lie inside the
 /// first `blobs_end` bytes of the pack without overlapping.
-pub fn open_header(
+pub(crate) fn open_header(
     sealer: &Sealer,
     codec: &mut Codec,
     sealed: &[u8],
@@ -165,7 +169,7 @@ pub fn open_header(
 }
 
 /// Reads the header of a complete pack held in memory.
-pub fn read_header(
+pub(crate) fn read_header(
     sealer: &Sealer,
     codec: &mut Codec,
     pack: &[u8],

@@ -59,7 +59,7 @@ impl Interrupt {
     }
 
     /// The signal raised, if any.
-    pub fn raised(&self) -> Option<i32> {
+    pub(crate) fn raised(&self) -> Option<i32> {
         match self.signal.load(Ordering::SeqCst) {
             0 => None,
             signal => Some(signal),
@@ -68,12 +68,12 @@ impl Interrupt {
 
     /// Drops every hook: the operation that registered them has ended, so
     /// a later interrupt finds nobody listening.
-    pub fn clear_hooks(&self) {
+    pub(crate) fn clear_hooks(&self) {
         self.hooks.lock().expect("interrupt lock").clear();
     }
 
     /// Calls `hook` when the interrupt is raised (at once if it was).
-    pub fn on_raise(&self, hook: impl Fn(i32) + Send + Sync + 'static) {
+    pub(crate) fn on_raise(&self, hook: impl Fn(i32) + Send + Sync + 'static) {
         let mut hooks = self.hooks.lock().expect("interrupt lock");
         if let Some(signal) = self.raised() {
             hook(signal);

@@ -175,8 +175,6 @@ pub struct Unpacked {
     pub integrity: Integrity,
     /// Original bytes read.
     pub read: u64,
-    /// Content bytes produced.
-    pub unpacked: u64,
     /// Input bytes passed through as they came (not unpacked).
     pub passed_through: u64,
 }
@@ -219,7 +217,6 @@ pub fn unpack_gzip(
         },
         integrity,
         read: u.read,
-        unpacked: u.unpacked,
         passed_through,
     })
 }

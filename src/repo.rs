@@ -19,11 +19,11 @@ mod objects;
 mod sync;
 mod unlock;
 
-pub use blobs::BlobOpener;
+pub(crate) use blobs::BlobOpener;
 pub use leases::LeaseGuard;
-pub use objects::{MAX_DRILL_SIZE, MAX_SNAPSHOT_SIZE, list_ids, list_prefix};
+pub(crate) use objects::{list_ids, list_prefix};
 pub use sync::{DamagedObject, SyncReport};
-pub use unlock::{MAX_KEY_FILES, MAX_OPEN_KDF_WORK, list_key_ids};
+pub(crate) use unlock::list_key_ids;
 
 use crate::host::now_ns;
 use leases::LeaseSlot;
@@ -39,10 +39,12 @@ use crate::backend::{Backend, Metered, Put, RequestCounts};
 use crate::catalog::Catalog;
 use crate::config::{ChunkerProfile, Config, ConfigEnvelope, FORMAT_VERSION};
 use crate::error::{Error, Result};
-use crate::hash::{BlobHasher, KeyId, RepoId};
+use crate::hash::{BlobHasher, DrillId, KeyId, PackId, RepoId, SnapshotId};
 use crate::key::{KdfParams, KeyFile, MasterKey};
 use crate::lease::LeaseKind;
+use crate::pack::PackKind;
 use crate::seal::{ObjectKind, Sealer, with_codec};
+use crate::snapshot::{DrillRecord, Snapshot};
 
 /// Concurrent requests when absorbing new objects.
 const SYNC_CONCURRENCY: usize = 8;
@@ -308,13 +310,13 @@ impl Repo {
     }
 
     /// The repository's format version (see [`crate::config::FORMAT_VERSION`]).
-    pub fn format_version(&self) -> u32 {
+    pub(crate) fn format_version(&self) -> u32 {
         self.format_version
     }
 
     /// Whether file nodes rebuilt through a recipe may be written here
     /// (format 2 on; an older repository stores such input as it came).
-    pub fn stores_recipes(&self) -> bool {
+    pub(crate) fn stores_recipes(&self) -> bool {
         self.format_version >= crate::config::RECIPES_SINCE
     }
 
@@ -345,7 +347,7 @@ impl Repo {
 
     /// Replaces the catalog with an empty one (its files are deleted) and
     /// absorbs the whole repository again, drill records included.
-    pub async fn reset_catalog(&self) -> Result<SyncReport> {
+    pub(crate) async fn reset_catalog(&self) -> Result<SyncReport> {
         {
             let mut catalog = self.catalog();
             let path = catalog.path().to_path_buf();
@@ -375,10 +377,50 @@ impl Repo {
 
     /// Locks the catalog. Held only for short, synchronous queries; never
     /// across an await.
-    pub fn catalog(&self) -> MutexGuard<'_, Catalog> {
+    pub(crate) fn catalog(&self) -> MutexGuard<'_, Catalog> {
         self.catalog
             .lock()
             .expect("catalog lock poisoned by a panic")
+    }
+
+    /// The snapshot with this id, as the catalog knows it (no storage
+    /// request); `None` if the catalog has no such snapshot.
+    pub fn snapshot(&self, id: &SnapshotId) -> Result<Option<Snapshot>> {
+        self.catalog().snapshot(id)
+    }
+
+    /// Number of blobs the catalog knows a location for.
+    pub fn blob_count(&self) -> Result<u64> {
+        self.catalog().blob_count()
+    }
+
+    /// The catalogued packs holding blobs of `kind`'s sort, in id order.
+    pub fn pack_ids(&self, kind: PackKind) -> Result<Vec<PackId>> {
+        Ok(self
+            .catalog()
+            .packs()?
+            .into_iter()
+            .filter(|pack| pack.kind == kind)
+            .map(|pack| pack.id)
+            .collect())
+    }
+
+    /// The packs holding at least one intact blob of the live set that the
+    /// last prune through this `Repo` marked, in id order.
+    pub fn live_pack_ids(&self) -> Result<Vec<PackId>> {
+        Ok(self
+            .catalog()
+            .pack_usage()?
+            .into_iter()
+            .filter(|usage| usage.live_blobs > 0)
+            .map(|usage| usage.pack.id)
+            .collect())
+    }
+
+    /// The drill records the catalog holds, of one source or of all, oldest
+    /// first. Only [`Repo::sync_drills`] brings in records written since.
+    pub fn drill_records(&self, source: Option<&str>) -> Result<Vec<(DrillId, DrillRecord)>> {
+        self.catalog().drills(source)
     }
 }
 

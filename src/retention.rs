@@ -29,7 +29,7 @@ use jiff::tz::TimeZone;
 use jiff::{Span, Timestamp, Zoned};
 
 use crate::error::{Error, Result};
-pub use crate::snapshot::CLOCK_SKEW_ALLOWANCE;
+pub(crate) use crate::snapshot::CLOCK_SKEW_ALLOWANCE;
 
 /// A retention policy. Rules left at `None` do not apply.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -197,7 +197,7 @@ impl Rule {
 
 /// One snapshot as retention sees it.
 #[derive(Clone, Copy, Debug)]
-pub struct Item<'a> {
+pub(crate) struct Item<'a> {
     /// When it was taken.
     pub time: Timestamp,
     /// Its tags.
@@ -206,7 +206,7 @@ pub struct Item<'a> {
 
 /// What the policy decided for one snapshot.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Decision {
+pub(crate) struct Decision {
     /// Keep it.
     pub keep: bool,
     /// The rules that kept it, such as `daily 3/7`, `within 30d`, `tag keep`.
@@ -223,7 +223,12 @@ pub struct Decision {
 /// item, in the items' order. Snapshots dated after `now` by more than
 /// [`CLOCK_SKEW_ALLOWANCE`] are kept as suspicious and skipped by every rule
 /// (see the module docs).
-pub fn apply(items: &[Item<'_>], policy: &Policy, now: Timestamp, tz: &TimeZone) -> Vec<Decision> {
+pub(crate) fn apply(
+    items: &[Item<'_>],
+    policy: &Policy,
+    now: Timestamp,
+    tz: &TimeZone,
+) -> Vec<Decision> {
     let mut decisions = vec![
         Decision {
             keep: false,

@@ -22,7 +22,7 @@ use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 use crate::hash::{RepoId, fill_random};
 
 /// Bytes a sealed object adds to its (possibly compressed) payload.
-pub const SEAL_OVERHEAD: usize = 24 + 1 + 16;
+pub(crate) const SEAL_OVERHEAD: usize = 24 + 1 + 16;
 
 const MODE_STORED: u8 = 0;
 const MODE_ZSTD: u8 = 1;
@@ -109,7 +109,7 @@ thread_local! {
 /// Runs `f` with this thread's codec for `level`, creating it on first use.
 /// For occasional objects (metadata) sealed outside the worker pools, which
 /// own their codecs.
-pub fn with_codec<T>(level: i32, f: impl FnOnce(&mut Codec) -> T) -> T {
+pub(crate) fn with_codec<T>(level: i32, f: impl FnOnce(&mut Codec) -> T) -> T {
     THREAD_CODEC.with(|cell| {
         let mut slot = cell.borrow_mut();
         if !matches!(&*slot, Some((l, _)) if *l == level) {

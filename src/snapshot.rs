@@ -13,7 +13,7 @@ use minicbor::bytes::ByteVec;
 /// How far ahead of the local clock a snapshot's time may be: clocks drift
 /// and storage clocks differ. `backup --time` refuses later times, and
 /// retention treats snapshots beyond it as suspicious.
-pub const CLOCK_SKEW_ALLOWANCE: std::time::Duration = std::time::Duration::from_secs(300);
+pub(crate) const CLOCK_SKEW_ALLOWANCE: std::time::Duration = std::time::Duration::from_secs(300);
 
 use crate::error::{Error, Result};
 use crate::hash::{BlobHasher, BlobId, SnapshotId};
@@ -21,11 +21,11 @@ use crate::hash::{BlobHasher, BlobId, SnapshotId};
 /// Most chunk refs kept inline in a node. Longer lists go into list blobs,
 /// so an unchanged large file or stream shares its whole list with earlier
 /// snapshots and a re-backup stores only a new tree and snapshot.
-pub const MAX_INLINE_REFS: usize = 64;
+pub(crate) const MAX_INLINE_REFS: usize = 64;
 
 /// Deepest content list accepted (a fanout of 2 at depth 64 already covers
 /// more than any file).
-pub const MAX_CONTENT_DEPTH: u8 = 64;
+pub(crate) const MAX_CONTENT_DEPTH: u8 = 64;
 
 /// A snapshot object: the commit record of one backup.
 #[derive(Clone, Debug, PartialEq, Eq, minicbor::Encode, minicbor::Decode)]
@@ -146,7 +146,7 @@ pub struct DrillRecord {
 
 impl DrillRecord {
     /// The `outcome` of a drill that passed.
-    pub const PASSED: &str = "passed";
+    pub(crate) const PASSED: &str = "passed";
     /// The `outcome` of a drill that failed.
     pub const FAILED: &str = "failed";
 
@@ -228,7 +228,7 @@ impl Tree {
 
     /// Decodes a tree blob's plaintext and checks that its names are
     /// sorted and unique (lookups rely on it; larder never writes otherwise).
-    pub fn decode(bytes: &[u8], object: &str) -> Result<Tree> {
+    pub(crate) fn decode(bytes: &[u8], object: &str) -> Result<Tree> {
         let tree: Tree = minicbor::decode(bytes)
             .map_err(|e| Error::corrupt(object, format!("tree does not parse: {e}")))?;
         if tree
@@ -364,7 +364,7 @@ impl Node {
     }
 
     /// The name as text, with invalid UTF-8 replaced, for display.
-    pub fn display_name(&self) -> String {
+    pub(crate) fn display_name(&self) -> String {
         String::from_utf8_lossy(&self.name).into_owned()
     }
 }
@@ -409,7 +409,7 @@ impl Content {
     }
 
     /// Decodes a list blob that should hold content of `expected_depth`.
-    pub fn decode_list(bytes: &[u8], expected_depth: u8, object: &str) -> Result<Content> {
+    pub(crate) fn decode_list(bytes: &[u8], expected_depth: u8, object: &str) -> Result<Content> {
         let content: Content = minicbor::decode(bytes)
             .map_err(|e| Error::corrupt(object, format!("content list does not parse: {e}")))?;
         if content.depth != expected_depth {
@@ -427,14 +427,14 @@ impl Content {
 
 /// Builds a [`Content`] from chunk ids in file order, emitting a list blob
 /// whenever a level fills up, so memory stays at one level's worth per depth.
-pub struct ContentBuilder {
+pub(crate) struct ContentBuilder {
     fanout: usize,
     hasher: BlobHasher,
     levels: Vec<Vec<ContentRef>>,
 }
 
 /// A list blob the builder made: store it as an [`crate::seal::ObjectKind::ListBlob`].
-pub type ListBlob = (BlobId, Vec<u8>);
+pub(crate) type ListBlob = (BlobId, Vec<u8>);
 
 impl ContentBuilder {
     /// A builder making list blobs of at most `fanout` entries.

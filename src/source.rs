@@ -11,7 +11,7 @@ pub mod tree;
 
 use std::io::Read;
 
-pub use command::RunningCommand;
+pub(crate) use command::RunningCommand;
 
 /// A stream to back up.
 pub enum StreamInput {
@@ -40,7 +40,7 @@ impl std::fmt::Debug for StreamInput {
 /// Asks the kernel for a 1 MiB buffer on a pipe, so the reader gets large
 /// reads instead of 64 KiB ones. Best effort: not a pipe, or a limit below
 /// 1 MiB (`/proc/sys/fs/pipe-max-size`), leaves it as it was.
-pub fn enlarge_pipe(fd: std::os::fd::BorrowedFd<'_>) {
+pub(crate) fn enlarge_pipe(fd: std::os::fd::BorrowedFd<'_>) {
     let _ = rustix::pipe::fcntl_setpipe_size(fd, 1 << 20);
 }
 

@@ -35,8 +35,9 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use tokio::task::JoinSet;
 
+pub use pipeline::Abort;
+pub(crate) use pipeline::queue_depth;
 pub(crate) use pipeline::spawn_thread;
-pub use pipeline::{Abort, queue_depth};
 
 use crate::backend::{Backend, Put};
 use crate::error::{Error, Result};

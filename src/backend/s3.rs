@@ -51,7 +51,7 @@ use super::{Backend, ObjectInfo, Put, validate_name};
 use crate::error::{Error, Result};
 
 /// Objects S3 returns per LIST page.
-pub const LIST_PAGE: usize = 1000;
+pub(crate) const LIST_PAGE: usize = 1000;
 
 /// Tunables of the S3 client; [`S3Settings::from_env`] reads the `LARDER_S3_*`
 /// overrides, and explicit values win over the `AWS_*` environment.
@@ -99,7 +99,7 @@ impl Default for S3Settings {
 impl S3Settings {
     /// Defaults with the `LARDER_S3_RETRY_SECONDS` and
     /// `LARDER_S3_TIMEOUT_SECONDS` overrides applied.
-    pub fn from_env() -> Result<S3Settings> {
+    pub(crate) fn from_env() -> Result<S3Settings> {
         let mut settings = S3Settings::default();
         if let Some(secs) = env_seconds("LARDER_S3_RETRY_SECONDS")? {
             settings.retry_timeout = secs;
@@ -141,7 +141,7 @@ pub struct S3Backend {
 impl S3Backend {
     /// A backend for `url` (`s3://bucket[/prefix]`), configured from the
     /// environment.
-    pub fn from_url(url: &str) -> Result<S3Backend> {
+    pub(crate) fn from_url(url: &str) -> Result<S3Backend> {
         S3Backend::new(url, S3Settings::from_env()?)
     }
 

@@ -62,7 +62,7 @@ impl Catalog {
     /// Every readable stored copy of the blob: usable packs first, then
     /// packs pending deletion (still present until prune sweeps them, and
     /// needed by a snapshot that prune's re-check will rescue them for).
-    pub fn locate_all(&self, id: &BlobId) -> Result<Vec<BlobLocation>> {
+    pub(crate) fn locate_all(&self, id: &BlobId) -> Result<Vec<BlobLocation>> {
         let mut stmt = self
             .conn
             .prepare_cached(
@@ -101,7 +101,7 @@ impl Catalog {
 
     /// A pack holding an unusable copy of the blob (damaged, or in a damaged
     /// or pending pack), to explain why [`Catalog::locate`] found none.
-    pub fn unusable_copy(&self, id: &BlobId) -> Result<Option<PackId>> {
+    pub(crate) fn unusable_copy(&self, id: &BlobId) -> Result<Option<PackId>> {
         let pack: Option<Vec<u8>> = self
             .conn
             .query_row(
@@ -124,7 +124,7 @@ impl Catalog {
 
     /// Distinct blobs by kind code: `(kind, count, sealed bytes, plaintext
     /// bytes)`, each blob counted once however many packs hold a copy.
-    pub fn blob_totals(&self) -> Result<Vec<(u8, u64, u64, u64)>> {
+    pub(crate) fn blob_totals(&self) -> Result<Vec<(u8, u64, u64, u64)>> {
         let mut stmt = self
             .conn
             .prepare(
@@ -148,7 +148,7 @@ impl Catalog {
     }
 
     /// Index objects already absorbed.
-    pub fn index_ids(&self) -> Result<HashSet<IndexId>> {
+    pub(crate) fn index_ids(&self) -> Result<HashSet<IndexId>> {
         self.ids("SELECT id FROM index_objects", [], "listing index objects")
     }
 
@@ -214,7 +214,7 @@ impl Catalog {
     /// Forgets index objects that left the repository, and every pack (with
     /// its blobs) that no remaining index object names. Returns the number of
     /// packs forgotten.
-    pub fn drop_indexes(&mut self, ids: &[IndexId]) -> Result<usize> {
+    pub(crate) fn drop_indexes(&mut self, ids: &[IndexId]) -> Result<usize> {
         if ids.is_empty() {
             return Ok(0);
         }
@@ -252,7 +252,7 @@ impl Catalog {
     }
 
     /// Index objects that name any of `packs`.
-    pub fn indexes_naming(&self, packs: &[PackId]) -> Result<HashSet<IndexId>> {
+    pub(crate) fn indexes_naming(&self, packs: &[PackId]) -> Result<HashSet<IndexId>> {
         let mut out = HashSet::new();
         for pack in packs {
             let found: Vec<IndexId> = self.ids(
@@ -267,7 +267,7 @@ impl Catalog {
     }
 
     /// Index objects with how many packs each names.
-    pub fn index_sizes(&self) -> Result<Vec<(IndexId, u64)>> {
+    pub(crate) fn index_sizes(&self) -> Result<Vec<(IndexId, u64)>> {
         let mut stmt = self
             .conn
             .prepare_cached(
@@ -287,7 +287,7 @@ impl Catalog {
     }
 
     /// Every pack, in id order.
-    pub fn packs(&self) -> Result<Vec<PackRecord>> {
+    pub(crate) fn packs(&self) -> Result<Vec<PackRecord>> {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT id, kind, size, state FROM packs ORDER BY id")
@@ -316,7 +316,7 @@ impl Catalog {
     }
 
     /// One pack, if an absorbed index object names it.
-    pub fn pack(&self, id: &PackId) -> Result<Option<PackRecord>> {
+    pub(crate) fn pack(&self, id: &PackId) -> Result<Option<PackRecord>> {
         let row: Option<(i64, i64, i64)> = self
             .conn
             .query_row(
@@ -340,7 +340,7 @@ impl Catalog {
     /// Marks a pack's state (check marks damaged packs so backups store their
     /// blobs again; a later clean check marks them usable). Pending packs
     /// are left as they are.
-    pub fn set_pack_state(&self, id: &PackId, state: PackState) -> Result<()> {
+    pub(crate) fn set_pack_state(&self, id: &PackId, state: PackState) -> Result<()> {
         self.conn
             .execute(
                 // A pending pack stays pending whatever check finds: it is
@@ -354,7 +354,7 @@ impl Catalog {
 
     /// Records which blobs of a pack `check --read-data` found damaged,
     /// replacing what an earlier check recorded for that pack.
-    pub fn set_damaged_blobs(&mut self, pack: &PackId, blobs: &[BlobId]) -> Result<()> {
+    pub(crate) fn set_damaged_blobs(&mut self, pack: &PackId, blobs: &[BlobId]) -> Result<()> {
         let err = sql_error(&self.path, "recording damaged blobs");
         let tx = self.conn.transaction().map_err(err)?;
         let rowid: Option<i64> = tx
@@ -380,7 +380,7 @@ impl Catalog {
     }
 
     /// Blob copies recorded as damaged.
-    pub fn damaged_blob_count(&self) -> Result<u64> {
+    pub(crate) fn damaged_blob_count(&self) -> Result<u64> {
         self.conn
             .query_row(
                 "SELECT count(*) FROM damaged_blobs d WHERE NOT EXISTS (

@@ -11,7 +11,7 @@ use crate::hash::{BlobId, RepoId};
 impl Catalog {
     /// The id here of a blob `copy` brought from repository `src_repo`,
     /// if it is still stored here.
-    pub fn copied_blob(&self, src_repo: &RepoId, src_id: &BlobId) -> Result<Option<BlobId>> {
+    pub(crate) fn copied_blob(&self, src_repo: &RepoId, src_id: &BlobId) -> Result<Option<BlobId>> {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT dst_id FROM copied_blobs WHERE src_repo = ?1 AND src_id = ?2")
@@ -27,7 +27,7 @@ impl Catalog {
     }
 
     /// Records blobs `copy` stored here, as (id there, id here) pairs.
-    pub fn record_copied_blobs(
+    pub(crate) fn record_copied_blobs(
         &mut self,
         src_repo: &RepoId,
         pairs: &[(BlobId, BlobId)],

@@ -13,12 +13,12 @@ use crate::snapshot::DrillRecord;
 
 impl Catalog {
     /// The drill records absorbed.
-    pub fn drill_ids(&self) -> Result<HashSet<DrillId>> {
+    pub(crate) fn drill_ids(&self) -> Result<HashSet<DrillId>> {
         self.ids("SELECT id FROM drills", [], "listing drills")
     }
 
     /// Records a drill.
-    pub fn insert_drill(&self, id: &DrillId, drill: &DrillRecord) -> Result<()> {
+    pub(crate) fn insert_drill(&self, id: &DrillId, drill: &DrillRecord) -> Result<()> {
         let body = minicbor::to_vec(drill).expect("encoding to a Vec cannot fail");
         self.conn
             .execute(
@@ -38,7 +38,7 @@ impl Catalog {
     }
 
     /// Forgets drill records that left the repository.
-    pub fn remove_drills(&mut self, ids: &[DrillId]) -> Result<()> {
+    pub(crate) fn remove_drills(&mut self, ids: &[DrillId]) -> Result<()> {
         let err = sql_error(&self.path, "forgetting drills");
         let tx = self.conn.transaction().map_err(err)?;
         for id in ids {
@@ -58,7 +58,7 @@ impl Catalog {
     }
 
     /// The newest drill record of each source, by source name.
-    pub fn last_drill_per_source(&self) -> Result<Vec<(DrillId, DrillRecord)>> {
+    pub(crate) fn last_drill_per_source(&self) -> Result<Vec<(DrillId, DrillRecord)>> {
         // SQLite takes the bare columns of a MAX() aggregate from the row
         // holding the maximum.
         self.drill_rows(

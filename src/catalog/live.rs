@@ -12,7 +12,7 @@ use crate::pack::PackKind;
 
 /// How much of a pack the live set uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PackUsage {
+pub(crate) struct PackUsage {
     /// The pack.
     pub pack: PackRecord,
     /// Blobs the catalog knows in it.
@@ -27,7 +27,7 @@ pub struct PackUsage {
 
 /// What [`Catalog::verify_live`] found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LiveCheck {
+pub(crate) struct LiveCheck {
     /// Live blobs in no pack the catalog knows.
     pub unlocated: u64,
     /// Some of them.
@@ -45,7 +45,7 @@ pub struct LiveCheck {
 impl Catalog {
     /// Empties the live-blob set prune marks into (a temporary table, so
     /// marking costs disk, not memory).
-    pub fn live_reset(&self) -> Result<()> {
+    pub(crate) fn live_reset(&self) -> Result<()> {
         self.conn
             .execute_batch(
                 "CREATE TEMP TABLE IF NOT EXISTS live (id BLOB PRIMARY KEY) WITHOUT ROWID;
@@ -55,7 +55,7 @@ impl Catalog {
     }
 
     /// Adds blobs to the live set; returns, per blob, whether it was new.
-    pub fn live_insert(&mut self, ids: &[BlobId]) -> Result<Vec<bool>> {
+    pub(crate) fn live_insert(&mut self, ids: &[BlobId]) -> Result<Vec<bool>> {
         let err = sql_error(&self.path, "marking live blobs");
         let tx = self.conn.transaction().map_err(err)?;
         let mut out = Vec::with_capacity(ids.len());
@@ -72,7 +72,7 @@ impl Catalog {
     }
 
     /// Whether a blob is in the live set.
-    pub fn is_live(&self, id: &BlobId) -> Result<bool> {
+    pub(crate) fn is_live(&self, id: &BlobId) -> Result<bool> {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT 1 FROM temp.live WHERE id = ?1")
@@ -82,7 +82,7 @@ impl Catalog {
     }
 
     /// Number of blobs in the live set.
-    pub fn live_count(&self) -> Result<u64> {
+    pub(crate) fn live_count(&self) -> Result<u64> {
         self.conn
             .query_row("SELECT COUNT(*) FROM temp.live", [], |r| r.get::<_, i64>(0))
             .map(|n| n as u64)
@@ -91,7 +91,7 @@ impl Catalog {
 
     /// Per pack: blobs, and live blobs with their sealed bytes, from one
     /// pass over the blob table. Damaged copies count as unused.
-    pub fn pack_usage(&self) -> Result<Vec<PackUsage>> {
+    pub(crate) fn pack_usage(&self) -> Result<Vec<PackUsage>> {
         let mut stats: HashMap<i64, (u64, u64, u64, u64)> = HashMap::new();
         {
             let mut stmt = self
@@ -157,7 +157,7 @@ impl Catalog {
     /// Packs of a pending generation that prune must not delete after all:
     /// they hold a live blob that no usable pack holds (a snapshot committed
     /// since the generation was recorded uses it).
-    pub fn needed_packs(&self, generation: &GenerationId) -> Result<Vec<PackId>> {
+    pub(crate) fn needed_packs(&self, generation: &GenerationId) -> Result<Vec<PackId>> {
         // Driven from the live set (CROSS JOIN fixes the order): one B-tree
         // descent per live blob, instead of a scan of the blob table per pack.
         self.ids(
@@ -179,7 +179,7 @@ impl Catalog {
     /// pack outside `doomed` holds, split into those in no pack at all (no
     /// absorbed index object locates them: damage, or an index object
     /// missing) and those only in `doomed` (deleting would lose them).
-    pub fn verify_live(&mut self, doomed: &[PackId], sample: usize) -> Result<LiveCheck> {
+    pub(crate) fn verify_live(&mut self, doomed: &[PackId], sample: usize) -> Result<LiveCheck> {
         let err = sql_error(&self.path, "verifying live blobs");
         let tx = self.conn.transaction().map_err(err)?;
         tx.execute_batch(

@@ -16,7 +16,7 @@ pub(super) const MARK_PENDING: &str = "UPDATE packs SET state = 1
 
 impl Catalog {
     /// Pending generations absorbed, with their storage times.
-    pub fn pending_generations(&self) -> Result<Vec<(GenerationId, i64)>> {
+    pub(crate) fn pending_generations(&self) -> Result<Vec<(GenerationId, i64)>> {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT id, time_ns FROM pending_objects ORDER BY time_ns, id")
@@ -33,7 +33,7 @@ impl Catalog {
     }
 
     /// Records a pending generation and marks its packs pending.
-    pub fn absorb_pending(
+    pub(crate) fn absorb_pending(
         &mut self,
         id: &GenerationId,
         time_ns: i64,
@@ -62,7 +62,7 @@ impl Catalog {
 
     /// Forgets pending generations that left the repository; packs no
     /// remaining generation names become usable again (prune rescued them).
-    pub fn drop_pending(&mut self, ids: &[GenerationId]) -> Result<()> {
+    pub(crate) fn drop_pending(&mut self, ids: &[GenerationId]) -> Result<()> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -84,7 +84,7 @@ impl Catalog {
     }
 
     /// The packs a pending generation names.
-    pub fn generation_packs(&self, id: &GenerationId) -> Result<Vec<PackId>> {
+    pub(crate) fn generation_packs(&self, id: &GenerationId) -> Result<Vec<PackId>> {
         self.ids(
             "SELECT pack FROM pending_packs WHERE gen = ?1 ORDER BY pack",
             [id.as_bytes()],
@@ -93,7 +93,7 @@ impl Catalog {
     }
 
     /// Every pack some pending generation names.
-    pub fn pending_pack_ids(&self) -> Result<HashSet<PackId>> {
+    pub(crate) fn pending_pack_ids(&self) -> Result<HashSet<PackId>> {
         self.ids(
             "SELECT DISTINCT pack FROM pending_packs",
             [],

@@ -6,7 +6,7 @@ use super::{Catalog, sql_error};
 use crate::error::{Error, Result};
 
 /// The schema version this build creates and reads.
-pub const SCHEMA_VERSION: i64 = 4;
+pub(crate) const SCHEMA_VERSION: i64 = 4;
 
 /// The whole schema, as a new catalog gets it.
 const SCHEMA: &str = include_str!("schema.sql");

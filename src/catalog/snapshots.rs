@@ -23,12 +23,12 @@ pub struct SnapshotFilter {
 
 impl Catalog {
     /// Snapshots already absorbed.
-    pub fn snapshot_ids(&self) -> Result<HashSet<SnapshotId>> {
+    pub(crate) fn snapshot_ids(&self) -> Result<HashSet<SnapshotId>> {
         self.ids("SELECT id FROM snapshots", [], "listing snapshots")
     }
 
     /// Records a snapshot.
-    pub fn insert_snapshot(&self, id: &SnapshotId, snapshot: &Snapshot) -> Result<()> {
+    pub(crate) fn insert_snapshot(&self, id: &SnapshotId, snapshot: &Snapshot) -> Result<()> {
         let body = minicbor::to_vec(snapshot).expect("encoding to a Vec cannot fail");
         self.conn
             .execute(
@@ -49,7 +49,7 @@ impl Catalog {
     }
 
     /// Forgets snapshots that left the repository.
-    pub fn remove_snapshots(&mut self, ids: &[SnapshotId]) -> Result<()> {
+    pub(crate) fn remove_snapshots(&mut self, ids: &[SnapshotId]) -> Result<()> {
         let err = sql_error(&self.path, "forgetting snapshots");
         let tx = self.conn.transaction().map_err(err)?;
         for id in ids {
@@ -88,7 +88,7 @@ impl Catalog {
     }
 
     /// Snapshot ids whose hex form starts with `prefix`.
-    pub fn snapshots_with_prefix(&self, prefix: &str) -> Result<Vec<SnapshotId>> {
+    pub(crate) fn snapshots_with_prefix(&self, prefix: &str) -> Result<Vec<SnapshotId>> {
         self.ids(
             "SELECT id FROM snapshots WHERE lower(hex(id)) LIKE ?1 || '%' ORDER BY time_ns",
             [prefix.to_ascii_lowercase()],

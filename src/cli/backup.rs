@@ -5,15 +5,15 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use larder::catalog::SnapshotFilter;
+use larder::Progress;
+use larder::SnapshotFilter;
 use larder::hash::SnapshotId;
 use larder::ops::backup::{BackupInput, BackupOptions, TreeInput, backup};
-use larder::progress::Progress;
 use larder::source::command::run_hook;
 use larder::source::tree::{Excludes, absolute_path, check_paths};
 use larder::source::{StreamInput, split_command};
 
-use larder::lease::LeaseKind;
+use larder::LeaseKind;
 
 use super::{GlobalArgs, Outcome, open_leased, progress_bar::Bar, render};
 

@@ -4,10 +4,10 @@ use std::os::unix::ffi::OsStrExt;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use larder::catalog::SnapshotFilter;
+use larder::SnapshotFilter;
 use larder::ops::ls::Entry;
 
-use larder::lease::LeaseKind;
+use larder::LeaseKind;
 
 use super::{GlobalArgs, Outcome, open_leased, render};
 
@@ -138,7 +138,7 @@ pub async fn find(global: &GlobalArgs, args: FindArgs) -> Result<Outcome> {
         for m in &summary.matches {
             outln!(
                 "{}  {}  {:>10}  {}",
-                &m.snapshot[..8],
+                m.snapshot.short(),
                 &m.time[..m.time.len().min(19)],
                 m.entry.size,
                 m.entry.path
@@ -201,7 +201,7 @@ pub async fn log(global: &GlobalArgs, args: LogArgs) -> Result<Outcome> {
         for v in &summary.versions {
             outln!(
                 "{}  {}  {:<9}  {:>10}  {}",
-                &v.snapshot[..8],
+                v.snapshot.short(),
                 &v.time[..v.time.len().min(19)],
                 v.change,
                 v.size,

@@ -4,10 +4,10 @@ use std::sync::Arc;
 
 use anyhow::{Result, bail};
 use clap::Args;
+use larder::Progress;
 use larder::ops::check::{CheckOptions, check};
-use larder::progress::Progress;
 
-use larder::lease::LeaseKind;
+use larder::LeaseKind;
 
 use super::{GlobalArgs, Outcome, open_leased, progress_bar::Bar, render};
 
@@ -44,7 +44,7 @@ pub async fn run(global: &GlobalArgs, args: CheckArgs) -> Result<Outcome> {
         for s in &summary.affected_snapshots {
             errln!(
                 "affected: snapshot {} ({} {}):",
-                &s.id[..8],
+                s.id.short(),
                 s.source,
                 s.time
             );

@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use larder::catalog::SnapshotFilter;
-use larder::progress::Progress;
+use larder::Progress;
+use larder::SnapshotFilter;
 use larder::repo::Repo;
 
-use larder::lease::LeaseKind;
+use larder::LeaseKind;
 
 use super::{GlobalArgs, Outcome, open_leased, passphrase, progress_bar::Bar, render};
 

@@ -4,10 +4,10 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use larder::catalog::SnapshotFilter;
-use larder::lease::LeaseKind;
+use larder::LeaseKind;
+use larder::Progress;
+use larder::SnapshotFilter;
 use larder::ops::drill::{DrillOptions, drill};
-use larder::progress::Progress;
 
 use super::{GlobalArgs, Outcome, open_leased, render};
 

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
-use larder::catalog::SnapshotFilter;
-use larder::lease::LeaseKind;
+use larder::LeaseKind;
+use larder::SnapshotFilter;
 use larder::ops::forget::{ForgetOptions, ForgetSummary, GroupBy};
 use larder::ops::prune::{
     DEFAULT_MAX_UNUSED_PERCENT, DEFAULT_MAX_WAIT, PruneOptions, PruneSummary,
@@ -243,7 +243,7 @@ fn print_forget(summary: &ForgetSummary) -> Result<()> {
         outln!(
             "  {:<6}  {}  {}  {}",
             if entry.keep { "keep" } else { "remove" },
-            &entry.id[..8],
+            entry.id.short(),
             entry.time,
             entry.reasons.join(", ")
         )?;

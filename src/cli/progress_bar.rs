@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use larder::progress::Progress;
+use larder::Progress;
 
 /// A bar that redraws until dropped.
 pub struct Bar {

@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use larder::catalog::SnapshotFilter;
+use larder::Progress;
+use larder::SnapshotFilter;
 use larder::ops::restore::{Overwrite, RestoreOptions};
-use larder::progress::Progress;
 
-use larder::lease::LeaseKind;
+use larder::LeaseKind;
 
 use super::{GlobalArgs, Outcome, open_leased, progress_bar::Bar, render};
 
@@ -123,7 +123,7 @@ pub async fn restore(global: &GlobalArgs, args: RestoreArgs) -> Result<Outcome> 
     if let Some(safety) = &summary.safety_snapshot {
         errln!(
             "larder: saved the files about to be replaced as snapshot {} (source {}.pre-restore)",
-            &safety[..8],
+            safety.short(),
             snapshot.source
         );
     }

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::Args;
-use larder::catalog::SnapshotFilter;
+use larder::SnapshotFilter;
 
 use super::{GlobalArgs, Outcome, open, render};
 

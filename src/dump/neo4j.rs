@@ -6,11 +6,11 @@ use std::io::{self, Read};
 use super::Verdict;
 
 /// The magic of a zstd-compressed Neo4j dump.
-pub const MAGIC: &[u8; 4] = b"DZV1";
+pub(crate) const MAGIC: &[u8; 4] = b"DZV1";
 
 /// Checks a Neo4j dump: the magic, then zstd frames that decode cleanly to
 /// the end of the stream (a cut or damaged stream fails to decode).
-pub fn check(mut reader: impl Read) -> io::Result<Verdict> {
+pub(crate) fn check(mut reader: impl Read) -> io::Result<Verdict> {
     let format = "neo4j-dump";
     let mut magic = [0u8; 4];
     if let Err(e) = reader.read_exact(&mut magic) {

@@ -14,7 +14,7 @@ const TRAILERS: [&[u8]; 2] = [
 ];
 
 /// Whether `head` starts like a plain `pg_dump` or `pg_dumpall` script.
-pub fn is_plain(head: &[u8]) -> bool {
+pub(crate) fn is_plain(head: &[u8]) -> bool {
     head.starts_with(b"--\n-- PostgreSQL database dump")
         || head.starts_with(b"--\n-- PostgreSQL database cluster dump")
 }
@@ -29,7 +29,7 @@ const TAIL: usize = 64 << 10;
 /// by nothing but blank lines, comment lines and, when the dump began with
 /// `\restrict KEY` (pg_dump from 17.6, 16.10, 15.14 on), the whole line
 /// `\unrestrict KEY`.
-pub fn check_plain(reader: impl Read) -> io::Result<Verdict> {
+pub(crate) fn check_plain(reader: impl Read) -> io::Result<Verdict> {
     let mut tail: Vec<u8> = Vec::with_capacity(2 * TAIL);
     let mut start: Vec<u8> = Vec::new();
     super::for_each_block(reader, |block| {
@@ -117,7 +117,7 @@ const MAX_TOC_ENTRIES: i64 = 50_000_000;
 /// file): header and table of contents parse, and every entry the table
 /// announces data for has its data block, ended by its terminating
 /// zero-length chunk, before the stream ends.
-pub fn check_custom(reader: impl Read) -> io::Result<Verdict> {
+pub(crate) fn check_custom(reader: impl Read) -> io::Result<Verdict> {
     let mut a = Archive {
         r: reader,
         format: FORMAT_CUSTOM,
@@ -421,7 +421,7 @@ impl<R: Read> Archive<R> {
 /// What an archive's table of contents lists, for a restore drill to
 /// compare with what a restore produced.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TableOfContents {
+pub(crate) struct TableOfContents {
     /// Entries in the table of contents.
     pub entries: u64,
     /// The tables it holds rows for (its `TABLE DATA` entries), as
@@ -433,7 +433,7 @@ pub struct TableOfContents {
 /// with `directory` of a directory dump's `toc.dat`. The outer error is the
 /// reader's; the inner one says why the archive cannot be read (cut,
 /// damaged, or a version this build does not know).
-pub fn read_toc(
+pub(crate) fn read_toc(
     reader: impl Read,
     directory: bool,
 ) -> io::Result<std::result::Result<TableOfContents, String>> {
@@ -466,7 +466,7 @@ pub fn read_toc(
 /// Checks a directory-format dump (`pg_dump -Fd`): `toc.dat`, which
 /// pg_dump writes last, exists and parses, and every data file its table
 /// of contents names is present (compressed or not).
-pub fn check_directory(dir: &std::path::Path) -> io::Result<Verdict> {
+pub(crate) fn check_directory(dir: &std::path::Path) -> io::Result<Verdict> {
     let name = "postgres-directory";
     let toc = match std::fs::File::open(dir.join("toc.dat")) {
         Ok(file) => file,

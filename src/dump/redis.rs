@@ -20,7 +20,7 @@ const MARK: usize = 40;
 const FIRST_WITH_CHECKSUM: u32 = 5;
 
 /// Whether `head` starts like an RDB file.
-pub fn is_rdb(head: &[u8]) -> bool {
+pub(crate) fn is_rdb(head: &[u8]) -> bool {
     head.len() >= 9 && head.starts_with(b"REDIS") && head[5..9].iter().all(u8::is_ascii_digit)
 }
 
@@ -28,7 +28,7 @@ pub fn is_rdb(head: &[u8]) -> bool {
 /// before the checksum, and the checksum (CRC-64/Jones, as Redis computes
 /// it) over everything before the checksum. A checksum of zero means the
 /// server has `rdbchecksum no`; then only the opcode is checked.
-pub fn check(mut reader: impl Read) -> io::Result<Verdict> {
+pub(crate) fn check(mut reader: impl Read) -> io::Result<Verdict> {
     let mut header = [0u8; 9];
     if let Err(e) = reader.read_exact(&mut header) {
         return match e.kind() {

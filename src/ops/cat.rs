@@ -29,7 +29,7 @@ pub struct CatSummary {
 
 /// Finds the file `path` names in `snapshot`; with no path, the single file
 /// of a stream snapshot.
-pub async fn find_file(
+pub(crate) async fn find_file(
     repo: &Repo,
     id: &SnapshotId,
     snapshot: &Snapshot,

@@ -25,7 +25,7 @@ use futures::StreamExt;
 use crate::backend::RequestCounts;
 use crate::catalog::{PackState, SnapshotFilter};
 use crate::error::{Error, Result};
-use crate::hash::{BlobId, IndexId, PackId};
+use crate::hash::{BlobId, IndexId, PackId, SnapshotId};
 use crate::index::IndexedPack;
 use crate::pack::read_header;
 use crate::progress::Progress;
@@ -60,7 +60,7 @@ pub struct Problem {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct AffectedSnapshot {
     /// Snapshot id.
-    pub id: String,
+    pub id: SnapshotId,
     /// Snapshot time, RFC 3339.
     pub time: String,
     /// Source name.
@@ -421,7 +421,7 @@ async fn check_snapshots(repo: &Repo, summary: &mut CheckSummary) -> Result<()> 
                 ));
             }
             summary.affected_snapshots.push(AffectedSnapshot {
-                id: id.to_hex(),
+                id,
                 time: crate::ops::format_time(snapshot.time_ns),
                 source: snapshot.source.clone(),
                 reasons: listed,

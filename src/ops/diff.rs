@@ -15,7 +15,7 @@ use crate::repo::Repo;
 use crate::snapshot::{Node, NodeKind, Snapshot, Tree};
 
 /// Largest file shown as a unified diff with `content`.
-pub const MAX_DIFF_SIZE: u64 = 1 << 20;
+pub(crate) const MAX_DIFF_SIZE: u64 = 1 << 20;
 
 /// One difference.
 #[derive(Clone, Debug, serde::Serialize)]

@@ -173,7 +173,7 @@ impl DrillKind {
 
     /// What `snapshot` records itself to be: its dump format if it has
     /// one, else its source kind.
-    pub fn of_snapshot(id: &SnapshotId, snapshot: &Snapshot) -> Result<DrillKind> {
+    pub(crate) fn of_snapshot(id: &SnapshotId, snapshot: &Snapshot) -> Result<DrillKind> {
         let format = snapshot
             .dump
             .as_ref()
@@ -513,6 +513,8 @@ async fn materialise(
 /// Where a drill writes a stream dump: as read, or inflated.
 enum DumpFile {
     Plain(Head<std::io::BufWriter<std::fs::File>>),
+    // Boxed: the decoder's state is several times the size of the plain
+    // writer, and one value lives per drill.
     Gzip(Box<flate2::write::MultiGzDecoder<Head<std::io::BufWriter<std::fs::File>>>>),
 }
 

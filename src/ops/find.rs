@@ -9,7 +9,7 @@ use std::time::Instant;
 use crate::backend::RequestCounts;
 use crate::catalog::SnapshotFilter;
 use crate::error::Result;
-use crate::hash::BlobId;
+use crate::hash::{BlobId, SnapshotId};
 use crate::lease::LeaseKind;
 use crate::ops::ls::Entry;
 use crate::repo::Repo;
@@ -20,7 +20,7 @@ use crate::source::tree::PathGlob;
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Match {
     /// Snapshot id.
-    pub snapshot: String,
+    pub snapshot: SnapshotId,
     /// Snapshot time, RFC 3339.
     pub time: String,
     /// Snapshot source.
@@ -56,7 +56,7 @@ pub async fn find(repo: &Repo, pattern: &str, filter: &SnapshotFilter) -> Result
         for (id, snapshot) in &snapshots {
             for entry in search(repo, &glob, snapshot.root, Vec::new(), &mut memo).await? {
                 matches.push(Match {
-                    snapshot: id.to_hex(),
+                    snapshot: *id,
                     time: crate::ops::format_time(snapshot.time_ns),
                     source: snapshot.source.clone(),
                     entry,

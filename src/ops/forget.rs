@@ -92,7 +92,7 @@ pub struct ForgetOptions {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ForgetEntry {
     /// Snapshot id.
-    pub id: String,
+    pub id: SnapshotId,
     /// RFC 3339 time.
     pub time: String,
     /// Source name.
@@ -198,7 +198,7 @@ pub async fn forget(repo: &Repo, options: &ForgetOptions) -> Result<ForgetSummar
                 ));
             }
             summary.snapshots.push(ForgetEntry {
-                id: id.to_hex(),
+                id: *id,
                 time: crate::ops::format_time(snapshot.time_ns),
                 source: snapshot.source.clone(),
                 host: snapshot.host.clone(),

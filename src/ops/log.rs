@@ -6,6 +6,7 @@ use std::time::Instant;
 use crate::backend::RequestCounts;
 use crate::catalog::SnapshotFilter;
 use crate::error::Result;
+use crate::hash::SnapshotId;
 use crate::lease::LeaseKind;
 use crate::repo::Repo;
 use crate::snapshot::Content;
@@ -14,7 +15,7 @@ use crate::snapshot::Content;
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Version {
     /// Snapshot id.
-    pub snapshot: String,
+    pub snapshot: SnapshotId,
     /// Snapshot time, RFC 3339.
     pub time: String,
     /// Snapshot source.
@@ -53,7 +54,7 @@ pub async fn log(repo: &Repo, path: &[u8], filter: &SnapshotFilter) -> Result<Lo
                 .or_default();
             let node = repo.lookup(&snapshot.root, path).await?;
             let version = |change, size, mtime| Version {
-                snapshot: id.to_hex(),
+                snapshot: id,
                 time: crate::ops::format_time(snapshot.time_ns),
                 source: snapshot.source.clone(),
                 change,

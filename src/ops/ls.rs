@@ -56,7 +56,7 @@ impl Entry {
 }
 
 /// `file`, `dir` or `symlink`.
-pub fn kind_name(kind: NodeKind) -> &'static str {
+pub(crate) fn kind_name(kind: NodeKind) -> &'static str {
     match kind {
         NodeKind::File => "file",
         NodeKind::Dir => "dir",

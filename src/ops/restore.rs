@@ -83,7 +83,7 @@ pub struct RestoreSummary {
     /// Files and symlinks that replaced existing ones.
     pub replaced: u64,
     /// The safety snapshot of replaced files, with `Overwrite::Always`.
-    pub safety_snapshot: Option<String>,
+    pub safety_snapshot: Option<SnapshotId>,
     /// Entries not restored, each with the reason.
     pub skipped: Vec<String>,
     /// Files not restored because their data is damaged or missing in the
@@ -224,7 +224,7 @@ pub async fn restore(
                 }
                 Overwrite::Always => {
                     let safety = safety_snapshot(repo, snapshot, existing).await?;
-                    summary.safety_snapshot = Some(safety.to_hex());
+                    summary.safety_snapshot = Some(safety);
                 }
             }
         }

@@ -7,7 +7,7 @@ use crate::seal::{Codec, ObjectKind, Sealer};
 
 /// A pack being assembled in memory.
 #[derive(Debug)]
-pub struct PackWriter {
+pub(crate) struct PackWriter {
     kind: PackKind,
     bytes: Vec<u8>,
     entries: Vec<PackEntry>,
@@ -15,7 +15,7 @@ pub struct PackWriter {
 
 /// A complete pack, ready to store under [`super::pack_path`].
 #[derive(Debug)]
-pub struct FinishedPack {
+pub(crate) struct FinishedPack {
     /// BLAKE3 of `bytes`.
     pub id: PackId,
     /// Data or tree pack.

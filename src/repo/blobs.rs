@@ -19,7 +19,7 @@ use super::Repo;
 
 /// Opens blobs fetched from packs; see [`Repo::blob_opener`].
 #[derive(Clone, Debug)]
-pub struct BlobOpener {
+pub(crate) struct BlobOpener {
     sealer: Sealer,
     hasher: BlobHasher,
     level: i32,
@@ -130,7 +130,7 @@ impl Repo {
     /// names; `size` is its size from a listing. Bounded: the header length
     /// field is checked against the largest header larder writes before
     /// anything more is read.
-    pub async fn read_pack_header(&self, name: &str, size: u64) -> Result<Vec<PackEntry>> {
+    pub(crate) async fn read_pack_header(&self, name: &str, size: u64) -> Result<Vec<PackEntry>> {
         // Bytes read from a pack's end in the first request; most headers fit.
         const TAIL_GUESS: u64 = 256 << 10;
         let guess = size.min(TAIL_GUESS);
@@ -194,7 +194,7 @@ impl Repo {
 
     /// Keeps a copy of a tree pack in the local cache (best effort: a cache
     /// that cannot be written only costs requests later).
-    pub fn cache_tree_pack(&self, pack: &PackId, bytes: &[u8]) {
+    pub(crate) fn cache_tree_pack(&self, pack: &PackId, bytes: &[u8]) {
         let dir = self.pack_cache_dir();
         let target = self.cached_pack_path(pack);
         if target.exists() || crate::catalog::create_private_dir(&dir).is_err() {
@@ -230,7 +230,7 @@ impl Repo {
     }
 
     /// A cheap, thread-safe handle for opening blobs on worker threads.
-    pub fn blob_opener(&self) -> BlobOpener {
+    pub(crate) fn blob_opener(&self) -> BlobOpener {
         BlobOpener {
             sealer: self.sealer.clone(),
             hasher: self.hasher.clone(),
@@ -239,7 +239,7 @@ impl Repo {
     }
 
     /// Reads and decodes a tree blob.
-    pub async fn load_tree(&self, id: &BlobId) -> Result<Tree> {
+    pub(crate) async fn load_tree(&self, id: &BlobId) -> Result<Tree> {
         let plain = self.read_blob(ObjectKind::TreeBlob, id).await?;
         Tree::decode(&plain, &format!("tree {id}"))
     }
@@ -289,7 +289,7 @@ impl Repo {
     }
 
     /// Reads and decodes a list blob expected at `depth`.
-    pub async fn load_list(&self, id: &BlobId, depth: u8) -> Result<Content> {
+    pub(crate) async fn load_list(&self, id: &BlobId, depth: u8) -> Result<Content> {
         let plain = self.read_blob(ObjectKind::ListBlob, id).await?;
         Content::decode_list(&plain, depth, &format!("content list {id}"))
     }

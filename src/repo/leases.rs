@@ -179,7 +179,7 @@ impl Repo {
     /// Before a commit: fails if the lease `guard` holds ever lapsed (see
     /// [`Lease::confirm`]), or is no longer this handle's (it was released:
     /// whatever the run decided under it is no longer protected).
-    pub async fn confirm_lease(&self, guard: &LeaseGuard) -> Result<()> {
+    pub(crate) async fn confirm_lease(&self, guard: &LeaseGuard) -> Result<()> {
         let current = self.lease();
         if !current.is_some_and(|held| Arc::ptr_eq(&held, &guard.lease)) {
             return Err(Error::InvalidArgument(

@@ -17,11 +17,11 @@ use super::sync::generation_time;
 use super::{LeaseGuard, Repo};
 
 /// Largest snapshot object plaintext accepted (16 MiB).
-pub const MAX_SNAPSHOT_SIZE: usize = 16 << 20;
+pub(crate) const MAX_SNAPSHOT_SIZE: usize = 16 << 20;
 
 /// Largest drill record plaintext accepted (1 MiB: a list of checks, a
 /// detail and per-table counts).
-pub const MAX_DRILL_SIZE: usize = 1 << 20;
+pub(crate) const MAX_DRILL_SIZE: usize = 1 << 20;
 
 fn filter_matches(filter: &SnapshotFilter, snapshot: &Snapshot) -> bool {
     filter.source.as_ref().is_none_or(|s| *s == snapshot.source)
@@ -43,7 +43,7 @@ fn describe_filter(spec: &str, filter: &SnapshotFilter) -> String {
 /// Lists the objects under `prefix` (such as `"index/"`) whose names, past
 /// the prefix, parse as ids of type `T`, each with its listing entry.
 /// Other names are not larder's and are skipped.
-pub async fn list_ids<T: std::str::FromStr>(
+pub(crate) async fn list_ids<T: std::str::FromStr>(
     backend: &dyn Backend,
     prefix: &str,
 ) -> Result<Vec<(T, ObjectInfo)>> {
@@ -59,7 +59,7 @@ pub async fn list_ids<T: std::str::FromStr>(
 /// of a prefix [`crate::layout::may_be_absent`] allows (a repository made
 /// before drills existed has no `drills/`) lists as empty. For every other
 /// prefix a listing error stays an error: never emptiness.
-pub async fn list_prefix(backend: &dyn Backend, prefix: &str) -> Result<Vec<ObjectInfo>> {
+pub(crate) async fn list_prefix(backend: &dyn Backend, prefix: &str) -> Result<Vec<ObjectInfo>> {
     match backend.list(prefix).await {
         Err(Error::Io { source, .. })
             if source.kind() == std::io::ErrorKind::NotFound
@@ -99,7 +99,7 @@ impl Repo {
     }
 
     /// Reads and opens a metadata object.
-    pub async fn get_object(
+    pub(crate) async fn get_object(
         &self,
         kind: ObjectKind,
         name: &str,
@@ -124,7 +124,7 @@ impl Repo {
     }
 
     /// Reads a snapshot object from the repository.
-    pub async fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
+    pub(crate) async fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
         let name = snapshot_path(id);
         let plain = self
             .get_object(
@@ -139,7 +139,7 @@ impl Repo {
     }
 
     /// Reads an index object from the repository.
-    pub async fn load_index(&self, id: &IndexId) -> Result<IndexObject> {
+    pub(crate) async fn load_index(&self, id: &IndexId) -> Result<IndexObject> {
         let name = index_path(id);
         let plain = self
             .get_object(ObjectKind::Index, &name, id.as_bytes(), MAX_INDEX_SIZE)
@@ -151,7 +151,7 @@ impl Repo {
     }
 
     /// Reads a pending generation from the repository.
-    pub async fn load_pending(&self, id: &GenerationId) -> Result<PendingObject> {
+    pub(crate) async fn load_pending(&self, id: &GenerationId) -> Result<PendingObject> {
         let name = pending_path(id);
         let plain = self
             .get_object(ObjectKind::Pending, &name, id.as_bytes(), MAX_PENDING_SIZE)
@@ -161,7 +161,7 @@ impl Repo {
     }
 
     /// Reads a drill record from the repository.
-    pub async fn load_drill(&self, id: &DrillId) -> Result<DrillRecord> {
+    pub(crate) async fn load_drill(&self, id: &DrillId) -> Result<DrillRecord> {
         let name = drill_path(id);
         let plain = self
             .get_object(ObjectKind::Drill, &name, id.as_bytes(), MAX_DRILL_SIZE)
@@ -171,7 +171,7 @@ impl Repo {
     }
 
     /// Stores a drill record and absorbs it into the catalog.
-    pub async fn write_drill(&self, drill: &DrillRecord) -> Result<DrillId> {
+    pub(crate) async fn write_drill(&self, drill: &DrillRecord) -> Result<DrillId> {
         let id = DrillId::random();
         let plain = minicbor::to_vec(drill).expect("encoding to a Vec cannot fail");
         self.put_object(ObjectKind::Drill, &drill_path(&id), id.as_bytes(), &plain)
@@ -182,7 +182,10 @@ impl Repo {
 
     /// Stores a new pending generation and absorbs it into the catalog,
     /// with the storage's time from a listing.
-    pub async fn write_pending(&self, pending: &PendingObject) -> Result<(GenerationId, i64)> {
+    pub(crate) async fn write_pending(
+        &self,
+        pending: &PendingObject,
+    ) -> Result<(GenerationId, i64)> {
         let id = GenerationId::random();
         let name = pending_path(&id);
         let plain = minicbor::to_vec(pending).expect("encoding to a Vec cannot fail");
@@ -204,7 +207,7 @@ impl Repo {
     }
 
     /// Stores a new index object and absorbs it into the catalog.
-    pub async fn write_index(&self, index: &IndexObject) -> Result<(IndexId, u64)> {
+    pub(crate) async fn write_index(&self, index: &IndexObject) -> Result<(IndexId, u64)> {
         let id = IndexId::random();
         index.validate(&index_path(&id))?;
         let plain = minicbor::to_vec(index).expect("encoding to a Vec cannot fail");

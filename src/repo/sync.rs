@@ -222,7 +222,7 @@ impl Repo {
     /// them, so opening a repository does not pay a listing for them.
     /// A drill record that cannot be read is a warning (it protects and
     /// references nothing) and is tried again by the next call.
-    pub async fn sync_drills(&self) -> Result<SyncReport> {
+    pub(crate) async fn sync_drills(&self) -> Result<SyncReport> {
         let mut report = SyncReport::default();
         let known = self.catalog().drill_ids()?;
         let listed: HashSet<DrillId> = list_prefix(&self.backend, "drills/")

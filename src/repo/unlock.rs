@@ -32,7 +32,7 @@ pub(super) async fn read_envelope(backend: &dyn Backend) -> Result<ConfigEnvelop
 }
 
 /// Lists the key files of a repository (ids only).
-pub async fn list_key_ids(backend: &dyn Backend) -> Result<Vec<KeyId>> {
+pub(crate) async fn list_key_ids(backend: &dyn Backend) -> Result<Vec<KeyId>> {
     Ok(list_ids::<KeyId>(backend, "keys/")
         .await?
         .into_iter()
@@ -42,12 +42,12 @@ pub async fn list_key_ids(backend: &dyn Backend) -> Result<Vec<KeyId>> {
 
 /// Most key files `open` fetches; beyond this the repository is refused
 /// rather than read at a cost hostile storage chooses.
-pub const MAX_KEY_FILES: usize = 1000;
+pub(crate) const MAX_KEY_FILES: usize = 1000;
 
 /// Most Argon2 work (KiB times passes) one open spends trying key files:
 /// twice the most one key file may ask for, or about 85 key files at the
 /// default parameters.
-pub const MAX_OPEN_KDF_WORK: u64 = 2 * crate::key::MAX_KDF_WORK;
+pub(crate) const MAX_OPEN_KDF_WORK: u64 = 2 * crate::key::MAX_KDF_WORK;
 
 /// Tries the passphrase on the key files: the one that opened the
 /// repository last time first (fetched by name, sparing a listing), then

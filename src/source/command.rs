@@ -32,7 +32,7 @@ const KNOWN_DUMPERS: &[&str] = &[
 
 /// A running dump command.
 #[derive(Debug)]
-pub struct RunningCommand {
+pub(crate) struct RunningCommand {
     argv: Vec<String>,
     source_name: String,
     child: Arc<Mutex<Child>>,
@@ -43,7 +43,7 @@ pub struct RunningCommand {
 
 /// Kills a running command, and everything it started, from another thread.
 #[derive(Clone, Debug)]
-pub struct Killer(Arc<Mutex<Child>>);
+pub(crate) struct Killer(Arc<Mutex<Child>>);
 
 impl Killer {
     /// Sends SIGKILL to the command's process group (the command runs as
@@ -119,7 +119,7 @@ impl RunningCommand {
     }
 
     /// A handle that can kill the child from elsewhere.
-    pub fn killer(&self) -> Killer {
+    pub(crate) fn killer(&self) -> Killer {
         Killer(Arc::clone(&self.child))
     }
 
@@ -150,7 +150,7 @@ impl RunningCommand {
 
     /// Kills the child (if still running), reaps it, and turns `reason` into
     /// an error carrying its standard error tail.
-    pub fn abandon(mut self, reason: String) -> Error {
+    pub(crate) fn abandon(mut self, reason: String) -> Error {
         self.killer().kill();
         let _ = self.reap();
         Error::SourceFailed {
@@ -199,7 +199,7 @@ impl Drop for RunningCommand {
 /// Whether an environment variable is one of larder's secrets
 /// (`LARDER_PASSWORD`, `LARDER_PASSWORD_FILE`, `LARDER_PASSWORD_COMMAND`,
 /// `LARDER_TO_PASSWORD`, `LARDER_NEW_PASSWORD`, and the like).
-pub fn is_secret_variable(name: &std::ffi::OsStr) -> bool {
+pub(crate) fn is_secret_variable(name: &std::ffi::OsStr) -> bool {
     name.to_str()
         .is_some_and(|n| n.starts_with("LARDER_") && n.contains("PASSWORD"))
 }

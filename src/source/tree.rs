@@ -126,7 +126,7 @@ impl Excludes {
     }
 
     /// True if `path` (absolute) is excluded.
-    pub fn is_excluded(&self, path: &Path) -> bool {
+    pub(crate) fn is_excluded(&self, path: &Path) -> bool {
         if self.patterns.is_empty() {
             return false;
         }
@@ -157,7 +157,7 @@ pub fn anchored(pattern: &str) -> std::borrow::Cow<'_, str> {
 /// `/` it matches the whole path (a relative one at any depth, see
 /// [`anchored`]), without one the last component.
 #[derive(Clone, Debug)]
-pub struct PathGlob {
+pub(crate) struct PathGlob {
     matcher: globset::GlobMatcher,
     whole_path: bool,
 }
@@ -178,7 +178,7 @@ impl PathGlob {
     }
 
     /// True if the snapshot path (absolute, such as `/opt/data/a.yaml`) matches.
-    pub fn is_match(&self, path: &[u8]) -> bool {
+    pub(crate) fn is_match(&self, path: &[u8]) -> bool {
         let path = Path::new(OsStr::from_bytes(path));
         if self.whole_path {
             self.matcher.is_match(path)
@@ -220,7 +220,7 @@ impl Names {
 
 /// What larder records of an entry's `lstat`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct EntryStat {
+pub(crate) struct EntryStat {
     /// `st_mode`, file type bits included.
     pub mode: u32,
     /// Owner uid.
@@ -287,18 +287,13 @@ impl EntryStat {
     }
 
     /// `lstat` by path.
-    pub fn of_path(path: &Path) -> std::io::Result<EntryStat> {
+    pub(crate) fn of_path(path: &Path) -> std::io::Result<EntryStat> {
         std::fs::symlink_metadata(path).map(|m| EntryStat::from(&m))
-    }
-
-    /// True for a regular file.
-    pub fn is_file(&self) -> bool {
-        self.mode & libc::S_IFMT == libc::S_IFREG
     }
 }
 
 /// What kind of entry the metadata describes, for the entries larder keeps.
-pub fn node_kind(stat: &EntryStat) -> Option<NodeKind> {
+pub(crate) fn node_kind(stat: &EntryStat) -> Option<NodeKind> {
     match stat.mode & libc::S_IFMT {
         libc::S_IFREG => Some(NodeKind::File),
         libc::S_IFDIR => Some(NodeKind::Dir),
@@ -308,7 +303,12 @@ pub fn node_kind(stat: &EntryStat) -> Option<NodeKind> {
 }
 
 /// A node with `stat`'s metadata and no content, subtree or target yet.
-pub fn node_from_stat(name: &OsStr, stat: &EntryStat, kind: NodeKind, names: &Names) -> Node {
+pub(crate) fn node_from_stat(
+    name: &OsStr,
+    stat: &EntryStat,
+    kind: NodeKind,
+    names: &Names,
+) -> Node {
     Node {
         name: ByteVec::from(name.as_bytes().to_vec()),
         kind,
@@ -334,7 +334,7 @@ pub fn node_from_stat(name: &OsStr, stat: &EntryStat, kind: NodeKind, names: &Na
 /// True if `current` (just stat'ed) may reuse the content recorded in
 /// `previous` without being read: same size, modification time, status
 /// change time and inode, and the earlier read was clean.
-pub fn is_unchanged(previous: &Node, current: &Node) -> bool {
+pub(crate) fn is_unchanged(previous: &Node, current: &Node) -> bool {
     previous.kind == NodeKind::File
         && previous.content.is_some()
         && previous.changed_while_reading != Some(true)

@@ -47,12 +47,12 @@ impl Abort {
     }
 
     /// True once any stage failed.
-    pub fn is_set(&self) -> bool {
+    pub(crate) fn is_set(&self) -> bool {
         self.set.load(Ordering::SeqCst)
     }
 
     /// Runs `hook` when the operation aborts (immediately if it already has).
-    pub fn on_abort(&self, hook: impl FnOnce() + Send + 'static) {
+    pub(crate) fn on_abort(&self, hook: impl FnOnce() + Send + 'static) {
         // Checked under the lock `fail` drains the hooks with, so a hook is
         // either queued before the drain or run here, never lost.
         let mut hooks = self.hooks.lock().expect("abort lock");
@@ -82,7 +82,7 @@ impl Abort {
 /// Items per queue between pipeline stages: enough to smooth out uneven
 /// stages, bounded by bytes (8 MiB of the largest chunks) rather than count,
 /// so peak memory does not depend on the chunk profile.
-pub fn queue_depth(max_chunk: usize) -> usize {
+pub(crate) fn queue_depth(max_chunk: usize) -> usize {
     (8usize << 20).div_ceil(max_chunk.max(1)).clamp(4, 256)
 }
 

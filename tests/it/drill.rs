@@ -26,8 +26,7 @@ fn catalog_drills(r: &CliRepo) -> Vec<larder::snapshot::DrillRecord> {
         let repo = larder::Repo::open_with(backend, PASSWORD.as_bytes(), &r.cache, None)
             .await
             .unwrap();
-        repo.catalog()
-            .drills(None)
+        repo.drill_records(None)
             .unwrap()
             .into_iter()
             .map(|(_, d)| d)

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use larder::SnapshotFilter;
 use larder::backend::memory::{Fault, Op};
-use larder::catalog::SnapshotFilter;
 use larder::ops::backup::backup;
 use larder::ops::check::{CheckOptions, check};
 use larder::source::StreamInput;
@@ -152,7 +152,7 @@ async fn a_storage_that_truncates_uploads_is_caught_by_check() {
         report
             .affected_snapshots
             .iter()
-            .any(|s| s.id == summary.snapshot_id.to_hex())
+            .any(|s| s.id == summary.snapshot_id)
     );
     assert!(cat_bytes(&repo.repo, &summary.snapshot_id).await.is_err());
 }

@@ -202,12 +202,10 @@ fn packs_of_kind(r: &CliRepo, kind: PackKind) -> Vec<PathBuf> {
         .await
         .unwrap();
         let packs: Vec<PathBuf> = repo
-            .catalog()
-            .packs()
+            .pack_ids(kind)
             .unwrap()
-            .into_iter()
-            .filter(|p| p.kind == kind)
-            .map(|p| r.repo.join(pack_path(&p.id)))
+            .iter()
+            .map(|id| r.repo.join(pack_path(id)))
             .collect();
         assert!(!packs.is_empty(), "no {kind:?} pack");
         packs

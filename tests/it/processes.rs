@@ -408,12 +408,7 @@ async fn a_damaged_directory_fails_the_restore_and_the_rest_is_restored() {
     .await
     .unwrap();
     // Damage the tree blob of directory "b" only.
-    let snapshot = lib
-        .repo
-        .catalog()
-        .snapshot(&summary.snapshot_id)
-        .unwrap()
-        .unwrap();
+    let snapshot = lib.repo.snapshot(&summary.snapshot_id).unwrap().unwrap();
     let node = lib
         .repo
         .lookup(

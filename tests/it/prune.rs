@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use larder::LeaseKind;
 use larder::Repo;
+use larder::SnapshotFilter;
 use larder::backend::MemoryBackend;
 use larder::backend::memory::{Fault, Op};
-use larder::catalog::SnapshotFilter;
 use larder::hash::SnapshotId;
-use larder::lease::LeaseKind;
 use larder::ops::check::{CheckOptions, check};
 use larder::ops::forget::{ForgetOptions, GroupBy, forget};
 use larder::ops::prune::{PruneOptions, prune};
@@ -817,12 +817,10 @@ async fn a_pack_that_cannot_be_read_for_repacking_is_left_alone_with_a_warning()
     forget(&lib.repo, &keep_last(2)).await.unwrap();
     let data_packs: Vec<String> = lib
         .repo
-        .catalog()
-        .packs()
+        .pack_ids(larder::pack::PackKind::Data)
         .unwrap()
-        .into_iter()
-        .filter(|p| p.kind == larder::pack::PackKind::Data)
-        .map(|p| larder::layout::pack_path(&p.id))
+        .iter()
+        .map(larder::layout::pack_path)
         .collect();
     let stored = memory.snapshot();
     for name in &data_packs {
@@ -843,9 +841,8 @@ async fn a_pack_that_cannot_be_read_for_repacking_is_left_alone_with_a_warning()
         "{summary:#?}"
     );
     let left = memory.snapshot();
-    let live = lib.repo.catalog().pack_usage().unwrap();
-    for usage in live.iter().filter(|u| u.live_blobs > 0) {
-        let name = larder::layout::pack_path(&usage.pack.id);
+    for pack in lib.repo.live_pack_ids().unwrap() {
+        let name = larder::layout::pack_path(&pack);
         assert!(
             left.contains_key(&name),
             "{name} held live blobs and is gone"

@@ -22,7 +22,7 @@ use larder::snapshot::{Content, ContentRef, Node, Snapshot, SnapshotSummary, Tre
 use larder::source::StreamInput;
 use larder::write::{Abort, BlobWriter};
 
-use larder::lease::LeaseKind;
+use larder::LeaseKind;
 
 use crate::support::*;
 
@@ -210,10 +210,7 @@ async fn content_lengths_that_overflow_are_damage_not_a_panic() {
     assert!(err.is_damage(), "{err:#}");
     let report = check(&repo.repo, &CheckOptions::default()).await.unwrap();
     assert!(
-        report
-            .affected_snapshots
-            .iter()
-            .any(|s| s.id == snapshot.to_hex()),
+        report.affected_snapshots.iter().any(|s| s.id == snapshot),
         "{report:#?}"
     );
 }
@@ -368,7 +365,7 @@ async fn a_crash_after_an_intermediate_index_flush_loses_nothing() {
     memory.heal();
     let reopened = repo.reopen().await.unwrap();
     assert!(
-        reopened.catalog().blob_count().unwrap() >= 65_536,
+        reopened.blob_count().unwrap() >= 65_536,
         "the flushed index survives"
     );
     let report = check(

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use larder::Repo;
-use larder::catalog::SnapshotFilter;
+use larder::SnapshotFilter;
 use larder::ops::forget::{ForgetOptions, GroupBy, forget};
 use larder::ops::prune::{PruneOptions, prune};
 use larder::retention::Policy;
@@ -312,6 +312,6 @@ async fn planted_future_snapshots_never_cause_a_real_one_to_be_removed() {
     assert_eq!(kept_real.len(), 6, "three days per source");
     assert!(kept_real.iter().all(|e| e.reasons[0].starts_with("daily")));
     for id in &real[..3] {
-        assert!(lib.repo.catalog().snapshot(id).unwrap().is_some());
+        assert!(lib.repo.snapshot(id).unwrap().is_some());
     }
 }

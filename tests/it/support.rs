@@ -118,10 +118,7 @@ pub async fn cat_bytes(
     repo: &Repo,
     snapshot: &larder::hash::SnapshotId,
 ) -> larder::Result<Vec<u8>> {
-    let s = repo
-        .catalog()
-        .snapshot(snapshot)?
-        .expect("snapshot in catalog");
+    let s = repo.snapshot(snapshot)?.expect("snapshot in catalog");
     let mut out = Vec::new();
     larder::ops::cat::cat(repo, snapshot, &s, None, &mut out).await?;
     Ok(out)
