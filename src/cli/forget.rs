@@ -23,6 +23,9 @@ Snapshots dated more than 5 minutes after now are kept, reported, and counted to
 Example (grandfather-father-son): larder forget --keep-daily 7 --keep-weekly 4 --keep-monthly 12 --prune"
 )]
 pub struct ForgetArgs {
+    /// Remove these snapshots (ids or unique prefixes) instead of applying --keep-* rules
+    #[arg(value_name = "SNAPSHOT")]
+    snapshots: Vec<String>,
     /// Only snapshots of this source
     #[arg(long, value_name = "NAME")]
     source: Option<String>,
@@ -130,6 +133,14 @@ pub async fn forget(global: &GlobalArgs, args: ForgetArgs) -> Result<Outcome> {
         now: jiff::Timestamp::now(),
         dry_run: args.dry_run,
         allow_empty: args.allow_empty,
+        snapshots: args
+            .snapshots
+            .iter()
+            .map(|s| {
+                repo.resolve_snapshot(s, &SnapshotFilter::default())
+                    .map(|(id, _)| id)
+            })
+            .collect::<larder::Result<Vec<_>>>()?,
     };
     let summary = larder::ops::forget::forget(&repo, &options).await?;
     let pruned = if args.prune {

@@ -86,6 +86,9 @@ pub struct ForgetOptions {
     pub dry_run: bool,
     /// Allow a policy to remove every snapshot of a group.
     pub allow_empty: bool,
+    /// Remove exactly these snapshots instead of applying a policy (which
+    /// must then be empty).
+    pub snapshots: Vec<SnapshotId>,
 }
 
 /// One snapshot and the decision about it.
@@ -137,6 +140,9 @@ pub struct ForgetSummary {
 /// Applies the policy; see the module docs.
 pub async fn forget(repo: &Repo, options: &ForgetOptions) -> Result<ForgetSummary> {
     let started = Instant::now();
+    if !options.snapshots.is_empty() {
+        return forget_named(repo, options, started).await;
+    }
     if options.policy.is_empty() {
         return Err(Error::NoRetentionRule);
     }
@@ -214,6 +220,54 @@ pub async fn forget(repo: &Repo, options: &ForgetOptions) -> Result<ForgetSummar
     summary.kept = summary.snapshots.iter().filter(|e| e.keep).count() as u64;
     summary.removed = doomed.len() as u64;
 
+    if !options.dry_run {
+        delete_all(repo.backend(), doomed.iter().map(snapshot_path)).await?;
+        repo.catalog().remove_snapshots(&doomed)?;
+    }
+    summary.duration_s = started.elapsed().as_secs_f64();
+    summary.requests = repo.counts();
+    Ok(summary)
+}
+
+/// Removes the snapshots named in `options`, as restic's `forget ID…`.
+async fn forget_named(
+    repo: &Repo,
+    options: &ForgetOptions,
+    started: Instant,
+) -> Result<ForgetSummary> {
+    if !options.policy.is_empty() {
+        return Err(Error::InvalidArgument(
+            "name snapshots to remove, or give retention rules, not both".into(),
+        ));
+    }
+    repo.sync().await?;
+    let mut summary = ForgetSummary {
+        dry_run: options.dry_run,
+        ..ForgetSummary::default()
+    };
+    let mut doomed: Vec<SnapshotId> = Vec::new();
+    for id in &options.snapshots {
+        if doomed.contains(id) {
+            continue;
+        }
+        let snapshot = repo.snapshot(id)?.ok_or_else(|| {
+            Error::InvalidArgument(format!("no snapshot {} in this repository", id.short()))
+        })?;
+        doomed.push(*id);
+        summary.snapshots.push(ForgetEntry {
+            id: *id,
+            time: crate::ops::format_time(snapshot.time_ns),
+            source: snapshot.source.clone(),
+            host: snapshot.host.clone(),
+            tags: snapshot.tags.clone(),
+            keep: false,
+            reasons: vec!["named".into()],
+            suspicious: false,
+            incomplete: snapshot.dump.as_ref().is_some_and(|d| !d.complete),
+            group: group_key(&options.group_by, &snapshot),
+        });
+    }
+    summary.removed = doomed.len() as u64;
     if !options.dry_run {
         delete_all(repo.backend(), doomed.iter().map(snapshot_path)).await?;
         repo.catalog().remove_snapshots(&doomed)?;

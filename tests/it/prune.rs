@@ -32,6 +32,7 @@ fn keep_last(n: u32) -> ForgetOptions {
         now: jiff::Timestamp::now(),
         dry_run: false,
         allow_empty: false,
+        snapshots: Vec::new(),
     }
 }
 

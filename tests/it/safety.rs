@@ -188,6 +188,7 @@ fn forget_options() -> ForgetOptions {
         now: jiff::Timestamp::now(),
         dry_run: false,
         allow_empty: true,
+        snapshots: Vec::new(),
     }
 }
 
