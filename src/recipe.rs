@@ -6,8 +6,8 @@
 //! DEFLATE is not one function of its input: the bytes depend on the
 //! compressor and its settings. The `preflate-rs` analysis predicts them
 //! from the contents and records only where the prediction goes wrong
-//! (for `gzip -6` output, a few hundred bytes per 256 KiB of compressed
-//! input). Every segment's prediction is replayed at backup time and must
+//! (for `gzip -6` output of pg_dump, measured at 0.2% to 5% of the
+//! compressed size, depending on the data). Every segment's prediction is replayed at backup time and must
 //! reproduce the compressed bytes exactly before its contents are used;
 //! whatever cannot be reproduced (another compressor, a corrupt stream, a
 //! stream too large for the analysis) is stored as it came, from that

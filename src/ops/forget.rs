@@ -218,11 +218,22 @@ pub async fn forget(repo: &Repo, options: &ForgetOptions) -> Result<ForgetSummar
         }
     }
     summary.kept = summary.snapshots.iter().filter(|e| e.keep).count() as u64;
-    summary.removed = doomed.len() as u64;
+    remove(repo, options, summary, &doomed, started).await
+}
 
+/// Deletes the `doomed` snapshots (unless a dry run) and completes the
+/// summary.
+async fn remove(
+    repo: &Repo,
+    options: &ForgetOptions,
+    mut summary: ForgetSummary,
+    doomed: &[SnapshotId],
+    started: Instant,
+) -> Result<ForgetSummary> {
+    summary.removed = doomed.len() as u64;
     if !options.dry_run {
         delete_all(repo.backend(), doomed.iter().map(snapshot_path)).await?;
-        repo.catalog().remove_snapshots(&doomed)?;
+        repo.catalog().remove_snapshots(doomed)?;
     }
     summary.duration_s = started.elapsed().as_secs_f64();
     summary.requests = repo.counts();
@@ -267,14 +278,7 @@ async fn forget_named(
             group: group_key(&options.group_by, &snapshot),
         });
     }
-    summary.removed = doomed.len() as u64;
-    if !options.dry_run {
-        delete_all(repo.backend(), doomed.iter().map(snapshot_path)).await?;
-        repo.catalog().remove_snapshots(&doomed)?;
-    }
-    summary.duration_s = started.elapsed().as_secs_f64();
-    summary.requests = repo.counts();
-    Ok(summary)
+    remove(repo, options, summary, &doomed, started).await
 }
 
 fn group_key(by: &GroupBy, snapshot: &crate::snapshot::Snapshot) -> String {

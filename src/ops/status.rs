@@ -70,6 +70,9 @@ pub struct LastDrill {
     pub time: Timestamp,
     /// `passed` or `failed`.
     pub outcome: String,
+    /// Whether it passed.
+    #[serde(skip)]
+    pub passed: bool,
     /// What failed, or what was checked.
     pub detail: String,
 }
@@ -130,22 +133,8 @@ pub async fn status(repo: &Repo, options: &StatusOptions) -> Result<StatusSummar
     }
 
     let mut by_source: BTreeMap<String, SourceStatus> = BTreeMap::new();
-    let entry = |map: &mut BTreeMap<String, SourceStatus>, source: &str| {
-        map.entry(source.to_string())
-            .or_insert_with(|| SourceStatus {
-                source: source.to_string(),
-                snapshots: 0,
-                incomplete: 0,
-                latest: None,
-                last_drill: None,
-                problems: Vec::new(),
-            })
-            .source
-            .clone()
-    };
     for (id, snapshot) in &snapshots {
-        let name = entry(&mut by_source, &snapshot.source);
-        let status = by_source.get_mut(&name).expect("inserted above");
+        let status = entry(&mut by_source, &snapshot.source);
         status.snapshots += 1;
         if !is_good(snapshot) {
             status.incomplete += 1;
@@ -167,12 +156,12 @@ pub async fn status(repo: &Repo, options: &StatusOptions) -> Result<StatusSummar
         if options.source.as_ref().is_some_and(|s| s != &drill.source) {
             continue;
         }
-        let name = entry(&mut by_source, &drill.source);
-        let status = by_source.get_mut(&name).expect("inserted above");
+        let status = entry(&mut by_source, &drill.source);
         status.last_drill = Some(LastDrill {
             snapshot: drill.snapshot,
             time: Timestamp::from_nanosecond(drill.time_ns as i128)
                 .unwrap_or(Timestamp::UNIX_EPOCH),
+            passed: drill.passed(),
             outcome: drill.outcome.clone(),
             detail: drill.detail.clone(),
         });
@@ -193,7 +182,7 @@ pub async fn status(repo: &Repo, options: &StatusOptions) -> Result<StatusSummar
             _ => {}
         }
         if let Some(drill) = &status.last_drill
-            && drill.outcome != "passed"
+            && !drill.passed
         {
             status
                 .problems
@@ -208,6 +197,19 @@ pub async fn status(repo: &Repo, options: &StatusOptions) -> Result<StatusSummar
         sources,
         requests: repo.counts(),
     })
+}
+
+/// The status of `source`, added empty on first sight.
+fn entry<'a>(map: &'a mut BTreeMap<String, SourceStatus>, source: &str) -> &'a mut SourceStatus {
+    map.entry(source.to_string())
+        .or_insert_with(|| SourceStatus {
+            source: source.to_string(),
+            snapshots: 0,
+            incomplete: 0,
+            latest: None,
+            last_drill: None,
+            problems: Vec::new(),
+        })
 }
 
 /// A snapshot retention may count as a good backup.
