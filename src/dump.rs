@@ -219,9 +219,11 @@ fn inspect_pg_custom(head: &[u8]) -> Option<String> {
         sign != 0 || magnitude != 0
     };
     compressed.then(|| {
-        "the input is a compressed pg_dump custom-format archive, which defeats deduplication: \
-         every backup will store nearly all of it again; run pg_dump with -Z0 (or --compress=0) \
-         and let larder compress each chunk"
+        "the input is a compressed pg_dump custom-format archive that is not unpacked (larder \
+         unpacks zlib-compressed archives, pg_dump's default, unless --no-unpack is given or the \
+         repository is of format 1), which defeats deduplication: every backup will store \
+         nearly all of it again; run pg_dump with -Z0 (or --compress=0) and let larder compress \
+         each chunk"
             .to_string()
     })
 }

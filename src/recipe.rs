@@ -38,6 +38,13 @@ pub const GZIP_MAGIC: [u8; 3] = [0x1f, 0x8b, 8];
 /// The recipe format name for gzip input.
 pub const GZIP: &str = "gzip";
 
+/// The recipe format name for custom-format PostgreSQL archives whose data
+/// blocks are zlib streams (`pg_dump -Fc`).
+pub const PG_CUSTOM: &str = "pg_dump-custom";
+
+mod pg;
+pub use pg::unpack_pg_custom;
+
 /// Input read at a time.
 const STEP: usize = 256 << 10;
 
@@ -119,6 +126,43 @@ pub enum Op {
     /// The next `n` content bytes, compressed again with these corrections.
     #[n(2)]
     Deflate(#[n(0)] u64, #[n(1)] ByteVec),
+    /// The bytes the following operations produce are cut into chunks of
+    /// these lengths, each preceded by its length as `pg_dump` writes an
+    /// integer (a zero sign byte, then `int_size` bytes, least significant
+    /// first). The chunks end when their lengths are used up.
+    #[n(3)]
+    Chunked {
+        /// Bytes of each length after its sign byte.
+        #[n(0)]
+        int_size: u8,
+        /// The chunk lengths, run-length encoded.
+        #[n(1)]
+        runs: Vec<Run>,
+    },
+}
+
+/// `count` chunks of `len` bytes each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, minicbor::Encode, minicbor::Decode)]
+#[cbor(array)]
+pub struct Run {
+    /// Length of each chunk.
+    #[n(0)]
+    pub len: u64,
+    /// Chunks of this length in a row.
+    #[n(1)]
+    pub count: u64,
+}
+
+/// Run-length encodes chunk lengths.
+fn runs(lengths: &[u64]) -> Vec<Run> {
+    let mut runs: Vec<Run> = Vec::new();
+    for &len in lengths {
+        match runs.last_mut() {
+            Some(run) if run.len == len => run.count += 1,
+            _ => runs.push(Run { len, count: 1 }),
+        }
+    }
+    runs
 }
 
 impl Recipe {
@@ -137,7 +181,7 @@ impl Recipe {
         self.ops
             .iter()
             .map(|op| match op {
-                Op::Literal(_) => 0,
+                Op::Literal(_) | Op::Chunked { .. } => 0,
                 Op::Copy(n) | Op::Deflate(n, _) => *n,
             })
             .fold(0u64, u64::saturating_add)
@@ -194,31 +238,34 @@ pub fn unpack_gzip(
         tee,
         buf: Vec::new(),
         eof: false,
-        hasher: blake3::Hasher::new(),
+        hasher: Some(blake3::Hasher::new()),
         read: 0,
-        unpacked: 0,
         ops: Vec::new(),
     };
     let integrity = u.run()?;
-    let passed_through = u
-        .ops
-        .iter()
-        .map(|op| match op {
-            Op::Copy(n) => *n,
-            _ => 0,
-        })
-        .sum();
+    let passed_through = copied(&u.ops);
+    let hasher = u.hasher.take().expect("the outer unpacker hashes");
     Ok(Unpacked {
         recipe: Recipe {
             format: GZIP.into(),
             size: u.read,
-            hash: ByteArray::from(*u.hasher.finalize().as_bytes()),
+            hash: ByteArray::from(*hasher.finalize().as_bytes()),
             ops: u.ops,
         },
         integrity,
         read: u.read,
         passed_through,
     })
+}
+
+/// Content bytes the operations pass through as they came.
+fn copied(ops: &[Op]) -> u64 {
+    ops.iter()
+        .map(|op| match op {
+            Op::Copy(n) => *n,
+            _ => 0,
+        })
+        .sum()
 }
 
 struct Unpacker<'a> {
@@ -228,10 +275,47 @@ struct Unpacker<'a> {
     /// Input read and not yet accounted for by an operation.
     buf: Vec<u8>,
     eof: bool,
-    hasher: blake3::Hasher,
+    /// The original's hash, when the input is the original.
+    hasher: Option<blake3::Hasher>,
     read: u64,
-    unpacked: u64,
     ops: Vec<Op>,
+}
+
+/// The checksum a compressed stream's trailer holds.
+#[derive(Clone, Copy)]
+enum Sum {
+    /// gzip: CRC-32, stored least significant byte first.
+    Crc32,
+    /// zlib: Adler-32, stored most significant byte first.
+    Adler32,
+}
+
+enum Summing {
+    Crc32(crc32fast::Hasher),
+    Adler32(adler2::Adler32),
+}
+
+impl Summing {
+    fn new(sum: Sum) -> Summing {
+        match sum {
+            Sum::Crc32 => Summing::Crc32(crc32fast::Hasher::new()),
+            Sum::Adler32 => Summing::Adler32(adler2::Adler32::new()),
+        }
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Summing::Crc32(h) => h.update(bytes),
+            Summing::Adler32(h) => h.write_slice(bytes),
+        }
+    }
+
+    fn finish(self) -> u32 {
+        match self {
+            Summing::Crc32(h) => h.finalize(),
+            Summing::Adler32(h) => h.checksum(),
+        }
+    }
 }
 
 impl Unpacker<'_> {
@@ -280,7 +364,7 @@ impl Unpacker<'_> {
             let bytes = self.buf.drain(..header).collect::<Vec<u8>>();
             self.ops.push(Op::Literal(ByteVec::from(bytes)));
             members += 1;
-            let (crc, len) = match self.deflate(members)? {
+            let (crc, len) = match self.deflate(&format!("member {members}"), Sum::Crc32)? {
                 Ok(sums) => sums,
                 Err(integrity) => {
                     self.copy_rest()?;
@@ -307,6 +391,55 @@ impl Unpacker<'_> {
         }
     }
 
+    /// Unpacks one zlib stream (RFC 1950) making up the whole input:
+    /// header, DEFLATE data, Adler-32. What cannot be unpacked, and
+    /// anything after the stream, passes through.
+    fn zlib(&mut self, what: &str) -> io::Result<Integrity> {
+        self.fill(2)?;
+        if self.buf.is_empty() && self.eof {
+            return Ok(Integrity::Whole { members: 0 });
+        }
+        let header_ok = self.buf.len() >= 2 && {
+            let (cmf, flg) = (self.buf[0], self.buf[1]);
+            // DEFLATE, a window it defines, no preset dictionary.
+            cmf & 0x0f == 8
+                && cmf >> 4 <= 7
+                && (u16::from(cmf) << 8 | u16::from(flg)) % 31 == 0
+                && flg & 0x20 == 0
+        };
+        if !header_ok {
+            self.copy_rest()?;
+            return Ok(Integrity::Unknown(format!("{what} is not a zlib stream")));
+        }
+        let header: Vec<u8> = self.buf.drain(..2).collect();
+        self.ops.push(Op::Literal(ByteVec::from(header)));
+        let (sum, _) = match self.deflate(what, Sum::Adler32)? {
+            Ok(sums) => sums,
+            Err(integrity) => {
+                self.copy_rest()?;
+                return Ok(integrity);
+            }
+        };
+        self.fill(4)?;
+        if self.buf.len() < 4 {
+            self.copy_rest()?;
+            return Ok(Integrity::Broken(format!(
+                "{what} ends before its checksum"
+            )));
+        }
+        let trailer: Vec<u8> = self.buf.drain(..4).collect();
+        let want = u32::from_be_bytes(trailer[..].try_into().expect("4 bytes"));
+        self.ops.push(Op::Literal(ByteVec::from(trailer)));
+        self.copy_rest()?;
+        Ok(if want == sum {
+            Integrity::Whole { members: 1 }
+        } else {
+            Integrity::Broken(format!(
+                "{what}: the Adler-32 checksum does not match the contents"
+            ))
+        })
+    }
+
     /// Unpacks one DEFLATE stream; returns the contents' CRC-32 and length,
     /// or why the rest of the input is stored as it came.
     ///
@@ -317,7 +450,7 @@ impl Unpacker<'_> {
     /// before (unpacking is deterministic, so they are the same bytes).
     /// When every attempt fails, the one that got furthest stands, and the
     /// input from where it stopped is stored as it came.
-    fn deflate(&mut self, member: u64) -> io::Result<Result<(u32, u64), Integrity>> {
+    fn deflate(&mut self, what: &str, sum: Sum) -> io::Result<Result<(u32, u64), Integrity>> {
         let ops_start = self.ops.len();
         let mut emitted = 0u64;
         let mut retained = Some(Vec::new());
@@ -325,7 +458,7 @@ impl Unpacker<'_> {
         // member's input it had consumed.
         let mut best: Option<(Vec<Op>, usize, Integrity)> = None;
         for (attempt, &(step, limit)) in ATTEMPTS.iter().enumerate() {
-            let outcome = self.deflate_once(member, step, limit, &mut emitted, &mut retained)?;
+            let outcome = self.deflate_once(what, sum, step, limit, &mut emitted, &mut retained)?;
             let (consumed, why) = match outcome {
                 Attempt::Done(sums) => return Ok(Ok(sums)),
                 Attempt::Final(integrity) => return Ok(Err(integrity)),
@@ -359,7 +492,8 @@ impl Unpacker<'_> {
     /// (or, when the input was not retained, from where `buf` stands).
     fn deflate_once(
         &mut self,
-        member: u64,
+        what: &str,
+        sum: Sum,
         step: usize,
         limit: u64,
         emitted: &mut u64,
@@ -373,7 +507,7 @@ impl Unpacker<'_> {
             verify_compression: true,
         };
         let mut processor = PreflateStreamProcessor::new(&config);
-        let mut crc = crc32fast::Hasher::new();
+        let mut crc = Summing::new(sum);
         let mut len = 0u64;
         let mut consumed = 0usize;
         let mut want = step.max(FIRST_STEP);
@@ -387,7 +521,7 @@ impl Unpacker<'_> {
                 Ok(Err(e)) if e.exit_code() == ExitCode::ShortRead => None,
                 Ok(Err(e)) => {
                     let why = format!(
-                        "member {member} could not be unpacked at content byte {len}: {:?}: {}",
+                        "{what} could not be unpacked at content byte {len}: {:?}: {}",
                         e.exit_code(),
                         e.message().lines().next().unwrap_or_default()
                     );
@@ -397,8 +531,7 @@ impl Unpacker<'_> {
                     });
                 }
                 Err(_) => {
-                    let why =
-                        format!("member {member} could not be unpacked at content byte {len}");
+                    let why = format!("{what} could not be unpacked at content byte {len}");
                     return Ok(Attempt::Lost {
                         consumed,
                         why: Integrity::Unknown(why),
@@ -411,7 +544,7 @@ impl Unpacker<'_> {
                 _ => {
                     if self.eof {
                         return Ok(Attempt::Final(Integrity::Broken(format!(
-                            "member {member} is cut short: its DEFLATE stream ends after \
+                            "{what} is cut short: its DEFLATE stream ends after \
                              {len} bytes of contents, before its last block"
                         ))));
                     }
@@ -419,7 +552,7 @@ impl Unpacker<'_> {
                         return Ok(Attempt::Lost {
                             consumed,
                             why: Integrity::Unknown(format!(
-                                "member {member} has a block longer than {MAX_PENDING} bytes"
+                                "{what} has a block longer than {MAX_PENDING} bytes"
                             )),
                         });
                     }
@@ -438,7 +571,6 @@ impl Unpacker<'_> {
             // so the queue to the chunker holds little.
             let fresh = &text[(emitted.saturating_sub(start) as usize).min(text.len())..];
             *emitted = (*emitted).max(len);
-            self.unpacked += fresh.len() as u64;
             for piece in fresh.chunks(EMIT_PIECE) {
                 if !(self.emit)(Bytes::copy_from_slice(piece)) {
                     return Err(io::Error::new(
@@ -460,11 +592,11 @@ impl Unpacker<'_> {
             }
             processor.shrink_to_dictionary();
             if processor.is_done() {
-                return Ok(Attempt::Done((crc.finalize(), len)));
+                return Ok(Attempt::Done((crc.finish(), len)));
             }
             if len >= MAX_UNPACKED {
                 return Ok(Attempt::Final(Integrity::Unknown(format!(
-                    "member {member} unpacks to more than {MAX_UNPACKED} bytes; the rest is \
+                    "{what} unpacks to more than {MAX_UNPACKED} bytes; the rest is \
                      stored as it came"
                 ))));
             }
@@ -484,7 +616,9 @@ impl Unpacker<'_> {
             if n == 0 {
                 self.eof = true;
             }
-            self.hasher.update(&chunk[..n]);
+            if let Some(hasher) = &mut self.hasher {
+                hasher.update(&chunk[..n]);
+            }
             (self.tee)(&chunk[..n]);
             self.read += n as u64;
             self.buf.extend_from_slice(&chunk[..n]);
@@ -566,6 +700,7 @@ fn header_len(buf: &[u8]) -> Result<Option<usize>, String> {
 pub struct Rebuilder {
     ops: std::vec::IntoIter<Op>,
     current: Current,
+    chunking: Option<Chunking>,
     recreate: Option<RecreateStreamProcessor>,
     pending: Vec<u8>,
     hasher: blake3::Hasher,
@@ -580,6 +715,35 @@ enum Current {
     Deflate(u64, ByteVec),
 }
 
+/// An [`Op::Chunked`] in progress.
+struct Chunking {
+    int_size: usize,
+    runs: std::vec::IntoIter<Run>,
+    /// The current run's length, and chunks of it still to start.
+    run: Run,
+    /// Bytes left in the current chunk.
+    left: u64,
+}
+
+impl Chunking {
+    /// Starts the next chunk: its length prefix, or `None` when there are
+    /// no more.
+    fn next(&mut self) -> Option<Vec<u8>> {
+        while self.run.count == 0 {
+            self.run = self.runs.next()?;
+        }
+        self.run.count -= 1;
+        self.left = self.run.len;
+        let mut prefix = vec![0u8];
+        prefix.extend_from_slice(&self.run.len.to_le_bytes()[..self.int_size]);
+        Some(prefix)
+    }
+
+    /// Whether every chunk is complete.
+    fn done(&self) -> bool {
+        self.left == 0 && self.run.count == 0 && self.runs.as_slice().iter().all(|r| r.count == 0)
+    }
+}
 impl Rebuilder {
     /// A rebuild of `recipe` from `content_len` bytes of content; refuses a
     /// recipe that does not fit them.
@@ -588,6 +752,7 @@ impl Rebuilder {
         Ok(Rebuilder {
             ops: recipe.ops.into_iter(),
             current: Current::Idle,
+            chunking: None,
             recreate: None,
             pending: Vec::new(),
             hasher: blake3::Hasher::new(),
@@ -600,7 +765,7 @@ impl Rebuilder {
     /// Whether `recipe` can rebuild a file from `content_len` bytes of
     /// content, as far as can be told before running it.
     pub fn check(recipe: &Recipe, content_len: u64) -> Result<(), String> {
-        if recipe.format != GZIP {
+        if recipe.format != GZIP && recipe.format != PG_CUSTOM {
             return Err(format!(
                 "the recipe rebuilds {:?}, which this build does not know",
                 recipe.format
@@ -618,6 +783,28 @@ impl Rebuilder {
             .any(|op| matches!(op, Op::Deflate(n, _) if *n > 2 * MAX_SEGMENT))
         {
             return Err("the recipe has a segment longer than any larder writes".into());
+        }
+        // Chunks must be able to have their lengths written, and together
+        // must fit the original.
+        let mut chunked = 0u64;
+        for op in &recipe.ops {
+            let Op::Chunked { int_size, runs } = op else {
+                continue;
+            };
+            if !(1..=8).contains(int_size) {
+                return Err(format!("the recipe has chunk lengths of {int_size} bytes"));
+            }
+            for run in runs {
+                let fits = *int_size == 8 || run.len >> (8 * u32::from(*int_size)) == 0;
+                if run.len == 0 || !fits {
+                    return Err("the recipe has a chunk length it cannot write".into());
+                }
+                let per = run.len.saturating_add(1 + u64::from(*int_size));
+                chunked = chunked.saturating_add(per.saturating_mul(run.count));
+            }
+        }
+        if chunked > recipe.size {
+            return Err("the recipe's chunks are longer than the original".into());
         }
         Ok(())
     }
@@ -643,7 +830,7 @@ impl Rebuilder {
                     if *left == 0 {
                         self.current = Current::Idle;
                     }
-                    if let Err(e) = self.out(&piece[..n], sink) {
+                    if let Err(e) = self.out(&piece[..n], sink)? {
                         return Ok(Err(e));
                     }
                     piece = &piece[n..];
@@ -676,7 +863,7 @@ impl Rebuilder {
         if let Err(e) = self.advance(sink)? {
             return Ok(Err(e));
         }
-        if !matches!(self.current, Current::Idle) {
+        if !matches!(self.current, Current::Idle) || self.chunking.is_some() {
             return Err("the content ends before the recipe".into());
         }
         if self.written != self.size {
@@ -703,8 +890,23 @@ impl Rebuilder {
             match op {
                 Op::Literal(bytes) => {
                     self.recreate = None;
-                    if let Err(e) = self.out(&bytes, sink) {
+                    if let Err(e) = self.out(&bytes, sink)? {
                         return Ok(Err(e));
+                    }
+                }
+                Op::Chunked { int_size, runs } => {
+                    self.recreate = None;
+                    if self.chunking.is_some() {
+                        return Err("the recipe starts chunks inside chunks".into());
+                    }
+                    let chunking = Chunking {
+                        int_size: usize::from(int_size),
+                        runs: runs.into_iter(),
+                        run: Run { len: 0, count: 0 },
+                        left: 0,
+                    };
+                    if !chunking.done() {
+                        self.chunking = Some(chunking);
                     }
                 }
                 Op::Copy(0) => self.recreate = None,
@@ -748,10 +950,41 @@ impl Rebuilder {
         };
         self.pending = plain;
         self.pending.clear();
-        Ok(self.out(&compressed, sink))
+        self.out(&compressed, sink)
     }
 
+    /// Writes rebuilt bytes, cut into chunks while an [`Op::Chunked`] is in
+    /// progress.
     fn out<E>(
+        &mut self,
+        mut bytes: &[u8],
+        sink: &mut dyn FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<Result<(), E>, String> {
+        let Some(chunking) = &mut self.chunking else {
+            return Ok(self.write(bytes, sink));
+        };
+        let mut framed = Vec::with_capacity(bytes.len() + bytes.len() / 512 + 16);
+        while !bytes.is_empty() {
+            if chunking.left == 0 {
+                let prefix = chunking
+                    .next()
+                    .ok_or("the recipe produces more bytes than its chunks hold")?;
+                framed.extend_from_slice(&prefix);
+            }
+            let n = chunking.left.min(bytes.len() as u64) as usize;
+            chunking.left -= n as u64;
+            framed.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            if chunking.done() {
+                self.chunking = None;
+                framed.extend_from_slice(bytes);
+                break;
+            }
+        }
+        Ok(self.write(&framed, sink))
+    }
+
+    fn write<E>(
         &mut self,
         bytes: &[u8],
         sink: &mut dyn FnMut(&[u8]) -> Result<(), E>,

@@ -96,6 +96,13 @@ fn find_last(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 const OLDEST: (u8, u8) = (1, 10);
 const NEWEST: (u8, u8) = (1, 16);
 
+/// Whether `head` (the first 16 bytes or more) starts a custom-format
+/// archive whose data blocks are zlib streams.
+pub(crate) fn is_custom_zlib(head: &[u8]) -> bool {
+    let mut a = Archive::custom(head);
+    matches!(a.zlib_header(), Ok(true))
+}
+
 /// Archive formats in the header.
 const FORMAT_CUSTOM: u8 = 1;
 const FORMAT_DIRECTORY: u8 = 5;
@@ -118,13 +125,7 @@ const MAX_TOC_ENTRIES: i64 = 50_000_000;
 /// announces data for has its data block, ended by its terminating
 /// zero-length chunk, before the stream ends.
 pub(crate) fn check_custom(reader: impl Read) -> io::Result<Verdict> {
-    let mut a = Archive {
-        r: reader,
-        format: FORMAT_CUSTOM,
-        int_size: 4,
-        off_size: 8,
-        version: (0, 0),
-    };
+    let mut a = Archive::custom(reader);
     match a.check() {
         Ok(verdict) => Ok(verdict),
         Err(Broken::Io(e)) => Err(e),
@@ -132,7 +133,7 @@ pub(crate) fn check_custom(reader: impl Read) -> io::Result<Verdict> {
     }
 }
 
-enum Broken {
+pub(crate) enum Broken {
     Io(io::Error),
     Incomplete(String),
 }
@@ -147,26 +148,28 @@ impl From<io::Error> for Broken {
     }
 }
 
-struct Entry {
-    dump_id: i64,
-    desc: String,
-    tag: String,
+pub(crate) struct Entry {
+    pub dump_id: i64,
+    pub desc: String,
+    pub tag: String,
     namespace: String,
     /// Directory format: the file holding its data.
     file: Option<String>,
 }
 
-struct Archive<R> {
-    r: R,
+pub(crate) struct Archive<R> {
+    pub r: R,
     /// The archive format expected: [`FORMAT_CUSTOM`] or [`FORMAT_DIRECTORY`].
     format: u8,
-    int_size: usize,
+    pub int_size: usize,
     off_size: usize,
     version: (u8, u8),
+    /// Whether the header says data blocks are zlib streams.
+    pub zlib: bool,
 }
 
 /// What reading the header and table of contents gave.
-enum Toc {
+pub(crate) enum Toc {
     /// A version this build cannot check.
     Unchecked(Verdict),
     /// The number of entries, and those that announce data.
@@ -174,6 +177,18 @@ enum Toc {
 }
 
 impl<R: Read> Archive<R> {
+    /// A reader of a custom-format archive.
+    pub fn custom(r: R) -> Archive<R> {
+        Archive {
+            r,
+            format: FORMAT_CUSTOM,
+            int_size: 4,
+            off_size: 8,
+            version: (0, 0),
+            zlib: false,
+        }
+    }
+
     fn check(&mut self) -> Result<Verdict, Broken> {
         let (count, with_data) = match self.toc()? {
             Toc::Unchecked(verdict) => return Ok(verdict),
@@ -233,8 +248,33 @@ impl<R: Read> Archive<R> {
         ))
     }
 
+    /// Reads the header up to its compression field; whether the data
+    /// blocks are zlib streams.
+    fn zlib_header(&mut self) -> io::Result<bool> {
+        let mut magic = [0u8; 5];
+        self.r.read_exact(&mut magic)?;
+        let (major, minor, _rev) = (self.byte()?, self.byte()?, self.byte()?);
+        self.version = (major, minor);
+        self.int_size = usize::from(self.byte()?);
+        let _off_size = self.byte()?;
+        let format = self.byte()?;
+        if &magic != b"PGDMP"
+            || self.version < OLDEST
+            || self.version > NEWEST
+            || !(1..=8).contains(&self.int_size)
+            || format != FORMAT_CUSTOM
+        {
+            return Ok(false);
+        }
+        Ok(if self.version >= (1, 15) {
+            self.byte()? == 1
+        } else {
+            self.int()? != 0
+        })
+    }
+
     /// Reads the header and the table of contents.
-    fn toc(&mut self) -> Result<Toc, Broken> {
+    pub fn toc(&mut self) -> Result<Toc, Broken> {
         let mut magic = [0u8; 5];
         self.r.read_exact(&mut magic)?;
         if &magic != b"PGDMP" {
@@ -274,11 +314,13 @@ impl<R: Read> Archive<R> {
                 self.format
             )));
         }
-        if self.version >= (1, 15) {
-            self.byte()?;
+        // The compression: an algorithm from 1.15 on (1 is gzip), a zlib
+        // level before (0 is none, -1 the default).
+        self.zlib = if self.version >= (1, 15) {
+            self.byte()? == 1
         } else {
-            self.int()?;
-        }
+            self.int()? != 0
+        };
         for _ in 0..7 {
             self.int()?; // creation time
         }
@@ -383,14 +425,14 @@ impl<R: Read> Archive<R> {
         })
     }
 
-    fn byte(&mut self) -> io::Result<u8> {
+    pub fn byte(&mut self) -> io::Result<u8> {
         let mut b = [0u8; 1];
         self.r.read_exact(&mut b)?;
         Ok(b[0])
     }
 
     /// `ReadInt`: a sign byte, then `int_size` bytes, least significant first.
-    fn int(&mut self) -> io::Result<i64> {
+    pub fn int(&mut self) -> io::Result<i64> {
         let sign = self.byte()?;
         let mut bytes = [0u8; 8];
         self.r.read_exact(&mut bytes[..self.int_size])?;
@@ -447,6 +489,7 @@ pub(crate) fn read_toc(
         int_size: 4,
         off_size: 8,
         version: (0, 0),
+        zlib: false,
     };
     match a.toc() {
         Ok(Toc::Entries(count, with_data)) => Ok(Ok(TableOfContents {
@@ -487,6 +530,7 @@ pub(crate) fn check_directory(dir: &std::path::Path) -> io::Result<Verdict> {
         int_size: 4,
         off_size: 8,
         version: (0, 0),
+        zlib: false,
     };
     let (count, with_data) = match a.toc() {
         Ok(Toc::Unchecked(verdict)) => return Ok(verdict),

@@ -36,7 +36,7 @@ use crate::hash::{BlobId, SnapshotId};
 use crate::host::{current_user, now_ns};
 use crate::lease::LeaseKind;
 use crate::progress::Progress;
-use crate::recipe::{GZIP_MAGIC, Integrity, Recipe, Unpacked};
+use crate::recipe::{GZIP, GZIP_MAGIC, Integrity, Recipe, Unpacked};
 use crate::repo::Repo;
 use crate::seal::ObjectKind;
 use crate::snapshot::{
@@ -643,7 +643,10 @@ fn read_stream(
     } else {
         (Box::new(reader) as Box<dyn Read + Send>, None)
     };
-    if unpacking.is_some() {
+    // The unpacking hands the checks what they need, and warns itself
+    // where compression defeats deduplication.
+    let unpacking_active = unpacking.is_some();
+    if unpacking_active {
         check_tx = None;
     }
     let mut seq = 0u64;
@@ -659,6 +662,7 @@ fn read_stream(
             }
         };
         if seq == 0
+            && !unpacking_active
             && let Some(warning) = crate::dump::inspect_head(&data)
         {
             warnings.lock().expect("warnings lock").push(warning);
@@ -750,12 +754,14 @@ fn read_failed(command: Option<RunningCommand>, source: &str, e: std::io::Error)
     }
 }
 
-/// The threads unpacking a gzip stream: one unpacks it for storage, the
-/// other inflates a copy of the input with a standard decoder and hands the
-/// contents to the completeness check (the `gzip -t` of the old scripts).
+/// The threads unpacking compressed input: one unpacks it for storage;
+/// for gzip, the other inflates a copy of the input with a standard decoder
+/// and hands the contents to the completeness check (the `gzip -t` of the
+/// old scripts). A `pg_dump -Fc` archive is checked as it came, and its
+/// data streams' checksums by the unpacking.
 struct Unpacking {
     unpacker: std::thread::JoinHandle<std::io::Result<Unpacked>>,
-    inflater: std::thread::JoinHandle<std::result::Result<(), String>>,
+    inflater: Option<std::thread::JoinHandle<std::result::Result<(), String>>>,
 }
 
 impl Unpacking {
@@ -766,27 +772,57 @@ impl Unpacking {
             .unpacker
             .join()
             .unwrap_or_else(|_| Err(std::io::Error::other("unpacking its output panicked")));
-        let inflated = self
-            .inflater
-            .join()
-            .unwrap_or_else(|_| Err("the gzip decoder panicked".into()));
+        let inflated = match self.inflater {
+            Some(inflater) => inflater
+                .join()
+                .unwrap_or_else(|_| Err("the gzip decoder panicked".into())),
+            None => Ok(()),
+        };
         Ok((unpacked?, inflated))
     }
 }
 
-/// Looks at a stream's first bytes; gzip input is unpacked on a thread of
-/// its own, the chunker reads the contents it hands on, and a second
-/// thread inflates the input for `check_tx`.
+/// Bytes looked at to tell compressed input.
+const HEAD: u64 = 24;
+
+/// Looks at a stream's first bytes; gzip input and zlib-compressed
+/// `pg_dump -Fc` archives are unpacked on a thread of their own, and the
+/// chunker reads the contents it hands on. For gzip, a second thread
+/// inflates the input for `check_tx`; an archive goes to `check_tx` as it
+/// came.
 fn start_unpacking(
     mut reader: impl Read + Send + 'static,
     check_tx: Option<Sender<Bytes>>,
 ) -> std::io::Result<(Box<dyn Read + Send>, Option<Unpacking>)> {
-    let mut head = Vec::with_capacity(GZIP_MAGIC.len());
-    (&mut reader)
-        .take(GZIP_MAGIC.len() as u64)
-        .read_to_end(&mut head)?;
-    let is_gzip = head == GZIP_MAGIC;
+    let mut head = Vec::with_capacity(HEAD as usize);
+    (&mut reader).take(HEAD).read_to_end(&mut head)?;
+    let is_gzip = head.starts_with(&GZIP_MAGIC);
+    let is_archive = crate::dump::postgres::is_custom_zlib(&head);
     let mut reader = std::io::Cursor::new(head).chain(reader);
+    if is_archive {
+        let (tx, rx) = bounded::<Bytes>(2);
+        let unpacker = std::thread::Builder::new()
+            .name("larder-unpack".into())
+            .spawn(move || {
+                crate::recipe::unpack_pg_custom(
+                    &mut reader,
+                    &mut |piece| tx.send(piece).is_ok(),
+                    // A check that stopped has its verdict already.
+                    &mut |read| {
+                        if let Some(check_tx) = &check_tx {
+                            let _ = check_tx.send(Bytes::copy_from_slice(read));
+                        }
+                    },
+                )
+            })?;
+        return Ok((
+            Box::new(ChannelReader::new(rx)),
+            Some(Unpacking {
+                unpacker,
+                inflater: None,
+            }),
+        ));
+    }
     if !is_gzip {
         return Ok((Box::new(reader), None));
     }
@@ -807,7 +843,10 @@ fn start_unpacking(
         })?;
     Ok((
         Box::new(ChannelReader::new(rx)),
-        Some(Unpacking { unpacker, inflater }),
+        Some(Unpacking {
+            unpacker,
+            inflater: Some(inflater),
+        }),
     ))
 }
 
@@ -851,6 +890,9 @@ fn judge_unpacked(
     warnings: &Mutex<Vec<String>>,
 ) -> (Option<crate::dump::Verdict>, Option<Recipe>) {
     use crate::dump::Verdict;
+    if unpacked.recipe.format != GZIP {
+        return judge_unpacked_archive(unpacked, verdict, kind, warnings);
+    }
     let unpacks = unpacked.recipe.unpacks();
     // The analysis cannot follow every compressor to the end of every
     // stream; where it stops, the rest is stored as it came. Worth a
@@ -893,6 +935,56 @@ fn judge_unpacked(
         }
         Err(why) => Some(Verdict::incomplete("gzip", why)),
     };
+    (verdict, unpacks.then_some(unpacked.recipe))
+}
+
+/// Folds what unpacking a `pg_dump -Fc` archive found into the verdict of
+/// its check; keeps the recipe when anything was unpacked.
+fn judge_unpacked_archive(
+    unpacked: Unpacked,
+    verdict: Option<crate::dump::Verdict>,
+    kind: crate::dump::Kind,
+    warnings: &Mutex<Vec<String>>,
+) -> (Option<crate::dump::Verdict>, Option<Recipe>) {
+    use crate::dump::Verdict;
+    let unpacks = unpacked.recipe.unpacks();
+    let mut verdict = verdict;
+    match &unpacked.integrity {
+        Integrity::Whole { members } => {
+            if let Some(v) = &mut verdict
+                && v.complete
+            {
+                v.detail = format!(
+                    "{}; {members} zlib data streams unpacked, their checksums match",
+                    v.detail
+                );
+            }
+        }
+        Integrity::Unknown(why) => {
+            let message = format!(
+                "{} of {} archive bytes could not be unpacked for deduplication ({why}) and                  are stored as they came",
+                unpacked.passed_through, unpacked.read
+            );
+            let complete = verdict.as_ref().is_none_or(|v| v.complete);
+            if complete && unpacked.passed_through > unpacked.read / 10 {
+                warnings.lock().expect("warnings lock").push(message);
+            } else if let Some(v) = &mut verdict
+                && v.complete
+            {
+                v.detail = format!("{}; {message}", v.detail);
+            }
+        }
+        Integrity::Broken(why) => {
+            if kind == crate::dump::Kind::Stream {
+                warnings
+                    .lock()
+                    .expect("warnings lock")
+                    .push(format!("{why}; stored as it came"));
+            } else if verdict.as_ref().is_none_or(|v| v.complete) {
+                verdict = Some(Verdict::incomplete("postgres-custom", why.clone()));
+            }
+        }
+    }
     (verdict, unpacks.then_some(unpacked.recipe))
 }
 

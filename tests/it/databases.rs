@@ -192,21 +192,101 @@ fn a_saved_pg_dump_round_trips_bit_for_bit_and_dedups_day_over_day() {
 }
 
 #[test]
-fn a_compressed_pg_dump_warns_and_names_the_flag() {
+fn a_compressed_custom_format_dump_dedups_day_over_day_and_restores_to_its_exact_bytes() {
     let Some(settings) = postgres() else { return };
     let db = PgDatabase::create(&settings, "larder_it_compressed");
+    run_ok(Command::new(pg_tool("psql")).args(&db.conn).args([
+        "-d",
+        &db.name,
+        "-c",
+        "UPDATE pgbench_accounts SET filler = md5(aid::text)",
+        "-c",
+        "VACUUM FULL pgbench_accounts",
+        "-c",
+        "SELECT lo_from_bytea(0, 'a large object'::bytea)",
+    ]));
+    // pg_dump's default for the custom format: zlib, every table's data one
+    // compressed stream.
+    let dump = || {
+        let argv = larder::source::split_command(&db.dump_command("--format=custom")).unwrap();
+        run_ok(Command::new(&argv[0]).args(&argv[1..])).stdout
+    };
+    let day1 = dump();
+    run_ok(
+        Command::new(pg_tool("pgbench"))
+            .args(&db.conn)
+            .args(["-t", "100", "-n", &db.name]),
+    );
+    let day2 = dump();
+    let added = |summary: &serde_json::Value| summary["bytes_added"].as_u64().unwrap();
+
     let r = CliRepo::init();
-    let out = r.run(&[
-        "backup",
-        "--source",
-        "pg",
-        "--kind",
-        "postgres",
-        "--command",
-        &db.dump_command("--format=custom"),
-    ]);
+    let first = r.backup_stdin("pg", &day1);
+    let second = r.backup_stdin("pg", &day2);
+    assert!(first["warnings"].as_array().unwrap().is_empty(), "{first}");
+    assert!(
+        added(&second) * 10 <= added(&first) * 3,
+        "day 2 stored {} bytes, more than 30% of day 1's {}",
+        added(&second),
+        added(&first)
+    );
+    let out = r.run(&["--json", "snapshots"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[1]["dump"]["format"], "postgres-custom", "{list}");
+    assert!(
+        list[1]["dump"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("zlib data streams unpacked, their checksums match"),
+        "{list}"
+    );
+
+    // Stored as they come (--no-unpack), the same two days cost nearly all
+    // of day 2 again, and the warning names pg_dump's flag.
+    let raw = CliRepo::init();
+    for day in [&day1, &day2] {
+        let out = raw.run_with_input(
+            &[
+                "--json",
+                "backup",
+                "--stdin",
+                "--source",
+                "pg",
+                "--no-unpack",
+            ],
+            day,
+        );
+        assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+        assert!(stderr(&out).contains("-Z0"), "{}", stderr(&out));
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if day == &day2 {
+            assert!(added(&summary) * 10 > day2.len() as u64 * 8, "{summary}");
+        }
+    }
+
+    // Byte for byte, also after the older day is forgotten and pruned.
+    let id1 = &first["snapshot_id"].as_str().unwrap()[..8];
+    let id2 = &second["snapshot_id"].as_str().unwrap()[..8];
+    let out = r.run(&["cat", id1]);
+    assert_success(&out);
+    assert!(out.stdout == day1, "day 1 does not rebuild to its bytes");
+    assert_success(&r.run(&["forget", "--source", "pg", "--keep-last", "1"]));
+    assert_success(&r.run(&["prune"]));
+    let out = r.run(&["cat", id2]);
+    assert_success(&out);
+    assert!(out.stdout == day2, "day 2 does not rebuild to its bytes");
+    assert_success(&r.run(&["check", "--read-data"]));
+
+    // A cut archive kept on request is stored exactly as it came.
+    let cut = &day2[..day2.len() * 2 / 3];
+    let out = backup_input(&r, "cut", &["--allow-incomplete"], cut);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(stderr(&out).contains("-Z0"), "{}", stderr(&out));
+    let out = r.run(&["cat", "latest", "--source", "cut"]);
+    assert_success(&out);
+    assert!(
+        out.stdout == cut,
+        "the cut archive does not come back as it was"
+    );
 }
 
 #[test]
@@ -317,14 +397,16 @@ fn truncated_pg_dumps_and_rdb_streams_are_refused_and_whole_ones_are_checked() {
         run_ok(Command::new(&argv[0]).args(&argv[1..])).stdout
     };
     let custom = dump("--format=custom -Z0");
+    let compressed = dump("--format=custom");
     let plain = dump("--format=plain");
     let (host, port) = address.split_once(':').unwrap();
     run_ok(Command::new("redis-cli").args(["-h", host, "-p", port, "SET", "k", "v"]));
     let rdb = run_ok(Command::new("redis-cli").args(["-h", host, "-p", port, "--rdb", "-"])).stdout;
 
     let r = CliRepo::init();
-    let cases: [(&str, &[u8], &str); 3] = [
+    let cases: [(&str, &[u8], &str); 4] = [
         ("custom", &custom, "postgres-custom"),
+        ("compressed", &compressed, "postgres-custom"),
         ("plain", &plain, "postgres-plain"),
         ("rdb", &rdb, "redis-rdb"),
     ];
@@ -367,7 +449,7 @@ fn truncated_pg_dumps_and_rdb_streams_are_refused_and_whole_ones_are_checked() {
         .collect();
     assert_eq!(
         kinds.iter().filter(|k| **k == "postgres").count(),
-        2,
+        3,
         "{listed:#}"
     );
     assert_eq!(
@@ -391,7 +473,7 @@ fn truncated_pg_dumps_and_rdb_streams_are_refused_and_whole_ones_are_checked() {
         "{}",
         stderr(&out)
     );
-    assert_eq!(snapshot_count(&r), 3);
+    assert_eq!(snapshot_count(&r), 4);
 }
 
 #[test]
