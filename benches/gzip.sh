@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Day-over-day storage of `pg_dump | gzip` output: larder unpacking gzip
-# (the default), larder storing it as it comes (--no-unpack), and restic
-# when installed, side by side in one run.
+# Day-over-day storage of compressed dumps, `pg_dump | gzip` and
+# `pg_dump -Fc` (zlib inside the archive, pg_dump's default): larder
+# unpacking them (the default), larder storing them as they come
+# (--no-unpack), and restic when installed, side by side in one run.
 #
 # Usage: benches/gzip.sh   (from anywhere; run as root)
 #
@@ -9,9 +10,10 @@
 # PGBENCH_TX default 2000, and distinct account fillers: pgbench's blank
 # ones make gzip's output repeat itself, which no real table does; set
 # PGBENCH_FILLER= for those), each day gzipped with `gzip -6` (cached next to
-# the plain dumps). Every mode gets a fresh repository; day 1 and day 2 are
-# backed up from stdin, day 2 is streamed back out with `cat` and compared
-# with the original .gz byte for byte. The plain dumps are backed up too, as
+# the plain dumps), and the same two days dumped with `pg_dump -Fc`. Every
+# mode gets a fresh repository; day 1 and day 2 are backed up from stdin,
+# day 2 is streamed back out with `cat` and compared with the original
+# byte for byte. The plain dumps are backed up too, as
 # the reference for what deduplication can achieve on this data.
 # Output: a markdown table on stdout and in $LARDER_BENCH_DIR/results-gzip.md.
 set -euo pipefail
@@ -62,41 +64,49 @@ mode_cat() {
 MODES=(larder larder-raw)
 command -v restic >/dev/null 2>&1 && MODES+=(restic)
 ROWS=()
-for mode in "${MODES[@]}" plain; do
-    repo=$RUN_DIR/$mode/repo
-    mkdir -p "$(dirname "$repo")"
-    log "== $mode"
-    if [[ $mode == plain ]]; then
-        larder_init "$repo"
-        f1=$PGB_DIR/day1.sql f2=$PGB_DIR/day2.sql
+for input in gz fc; do
+    for mode in "${MODES[@]}" plain; do
+        [[ $input == fc && $mode == plain ]] && continue
+        repo=$RUN_DIR/$input-$mode/repo
+        mkdir -p "$(dirname "$repo")"
+        log "== $input $mode"
+        if [[ $mode == plain ]]; then
+            larder_init "$repo"
+            f1=$PGB_DIR/day1.sql f2=$PGB_DIR/day2.sql
+            r0=$(du_bytes "$repo")
+            larder_backup "$repo" "$f1" plain-d1
+            r1=$(du_bytes "$repo")
+            larder_backup "$repo" "$f2" plain-d2
+            r2=$(du_bytes "$repo")
+            ROWS+=("| plain SQL | larder (reference) | $(mb "$(file_bytes "$f2")") | $(mb $((r1 - r0))) | $(mb $((r2 - r1))) | $(pct $((r2 - r1)) $((r1 - r0))) | $(time_field plain-d2 wall) | $(rss_mib "$(time_field plain-d2 rss)") | - | - |")
+            continue
+        fi
+        case $mode in larder*) larder_init "$repo" ;; restic) restic_init "$repo" ;; esac
+        if [[ $input == gz ]]; then
+            f1=$PGB_DIR/day1.sql.gz f2=$PGB_DIR/day2.sql.gz label="pg_dump \\| gzip -6"
+        else
+            f1=$PGB_DIR/day1.dump f2=$PGB_DIR/day2.dump label="pg_dump -Fc"
+        fi
+        tag=$input-$mode
         r0=$(du_bytes "$repo")
-        larder_backup "$repo" "$f1" plain-d1
+        mode_backup "$mode" "$repo" "$f1" "$tag-d1"
         r1=$(du_bytes "$repo")
-        larder_backup "$repo" "$f2" plain-d2
+        mode_backup "$mode" "$repo" "$f2" "$tag-d2"
         r2=$(du_bytes "$repo")
-        ROWS+=("| larder, the plain dumps (reference) | $(mb "$(file_bytes "$f2")") | $(mb $((r1 - r0))) | $(mb $((r2 - r1))) | $(pct $((r2 - r1)) $((r1 - r0))) | $(time_field plain-d2 wall) | $(rss_mib "$(time_field plain-d2 rss)") | - | - |")
-        continue
-    fi
-    case $mode in larder*) larder_init "$repo" ;; restic) restic_init "$repo" ;; esac
-    f1=$PGB_DIR/day1.sql.gz f2=$PGB_DIR/day2.sql.gz
-    r0=$(du_bytes "$repo")
-    mode_backup "$mode" "$repo" "$f1" "$mode-d1"
-    r1=$(du_bytes "$repo")
-    mode_backup "$mode" "$repo" "$f2" "$mode-d2"
-    r2=$(du_bytes "$repo")
-    out=$RUN_DIR/$mode/day2.sql.gz
-    mode_cat "$mode" "$repo" "$out" "$mode-cat" "$mode-d2"
-    v=FAIL
-    cmp -s "$out" "$f2" && v=exact
-    rm -f "$out"
-    ROWS+=("| $mode | $(mb "$(file_bytes "$f2")") | $(mb $((r1 - r0))) | $(mb $((r2 - r1))) | $(pct $((r2 - r1)) $((r1 - r0))) | $(time_field "$mode-d2" wall) | $(rss_mib "$(time_field "$mode-d2" rss)") | $(time_field "$mode-cat" wall) | $v |")
+        out=$RUN_DIR/$tag/day2.out
+        mode_cat "$mode" "$repo" "$out" "$tag-cat" "$tag-d2"
+        v=FAIL
+        cmp -s "$out" "$f2" && v=exact
+        rm -f "$out"
+        ROWS+=("| $label | $mode | $(mb "$(file_bytes "$f2")") | $(mb $((r1 - r0))) | $(mb $((r2 - r1))) | $(pct $((r2 - r1)) $((r1 - r0))) | $(time_field "$tag-d2" wall) | $(rss_mib "$(time_field "$tag-d2" rss)") | $(time_field "$tag-cat" wall) | $v |")
+    done
 done
 
 {
     echo "Machine: $MACHINE"
-    echo "Input: pgbench scale $PGBENCH_SCALE${PGBENCH_FILLER:+ (fillers: $PGBENCH_FILLER)}, $PGBENCH_TX transactions between the days, pg_dump -Fp | gzip -6; larder $("$LARDER" --version | cut -d' ' -f2)"
+    echo "Input: pgbench scale $PGBENCH_SCALE${PGBENCH_FILLER:+ (fillers: $PGBENCH_FILLER)}, $PGBENCH_TX transactions between the days, pg_dump -Fp | gzip -6 and pg_dump -Fc; larder $("$LARDER" --version | cut -d' ' -f2)"
     echo
-    echo "| mode | day-2 input MB | day 1 stored MB | day 2 stored MB | day 2 / day 1 % | day-2 backup s | RSS MiB | cat day 2 s | cat |"
-    echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    echo "| input | mode | day-2 input MB | day 1 stored MB | day 2 stored MB | day 2 / day 1 % | day-2 backup s | RSS MiB | cat day 2 s | cat |"
+    echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     printf '%s\n' "${ROWS[@]}"
 } | tee "$BENCH_DIR/results-gzip.md"

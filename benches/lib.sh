@@ -154,13 +154,15 @@ pg_stop() {
 }
 pg_as() { runuser -u postgres -- "$@"; }
 psql_q() { pg_as "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$_PG_DIR/sock" -p "$PG_PORT" -U postgres "$@"; }
-pg_dump_plain() { # DB OUTFILE
-    pg_as "$PG_BIN/pg_dump" -Fp -h "$_PG_DIR/sock" -p "$PG_PORT" -U postgres "$1" >"$2.part"
+pg_dump_plain() { # DB OUTFILE [pg_dump format, default p]
+    pg_as "$PG_BIN/pg_dump" "-F${3:-p}" -h "$_PG_DIR/sock" -p "$PG_PORT" -U postgres "$1" >"$2.part"
     mv "$2.part" "$2"
 }
 
 # ---- inputs ---------------------------------------------------------------
-# Sets PGB_DIR / APP_DIR (each holding day1.sql and day2.sql) and INPUT_NAMES.
+# Sets PGB_DIR / APP_DIR (each holding day1.sql and day2.sql; PGB_DIR also
+# day1.dump and day2.dump, pg_dump -Fc with its default zlib compression)
+# and INPUT_NAMES.
 ensure_inputs() {
     PGB_DIR=$BENCH_DIR/inputs/pgbench-s$PGBENCH_SCALE-t$PGBENCH_TX-c$PGBENCH_CLIENTS${PGBENCH_FILLER:+-$PGBENCH_FILLER}
     APP_DIR=$BENCH_DIR/inputs/append-r$APPEND_ROWS-p$APPEND_PCT
@@ -168,7 +170,7 @@ ensure_inputs() {
     local need_pgb=0 need_app=0 i
     for i in "${INPUT_NAMES[@]}"; do
         case $i in
-        pgbench) [[ -f $PGB_DIR/.complete ]] || need_pgb=1 ;;
+        pgbench) [[ -f $PGB_DIR/.complete && -f $PGB_DIR/day2.dump ]] || need_pgb=1 ;;
         append) [[ -f $APP_DIR/.complete ]] || need_app=1 ;;
         *) die "unknown input '$i' in BENCH_INPUTS (known: pgbench append)" ;;
         esac
@@ -193,6 +195,7 @@ ensure_inputs() {
         fi
         log "pg_dump day 1"
         pg_dump_plain bench "$PGB_DIR/day1.sql"
+        pg_dump_plain bench "$PGB_DIR/day1.dump" c
         log "pgbench -t $PGBENCH_TX -c $PGBENCH_CLIENTS (scattered updates)"
         pg_as "$PG_BIN/pgbench" -h "$_PG_DIR/sock" -p "$PG_PORT" -U postgres \
             -c "$PGBENCH_CLIENTS" -t "$PGBENCH_TX" --random-seed=42 bench \
@@ -200,6 +203,7 @@ ensure_inputs() {
             || { cat "$PGB_DIR/pgbench-run.log" >&2; die "pgbench run failed"; }
         log "pg_dump day 2"
         pg_dump_plain bench "$PGB_DIR/day2.sql"
+        pg_dump_plain bench "$PGB_DIR/day2.dump" c
         psql_q -c 'DROP DATABASE bench'
         touch "$PGB_DIR/.complete"
     fi

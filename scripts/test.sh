@@ -15,6 +15,7 @@ need_pkgs=()
 command -v pg_dump >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_pkgs+=(postgresql)
 command -v redis-server >/dev/null || need_pkgs+=(redis-server)
 command -v curl >/dev/null || need_pkgs+=(curl)
+command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_pkgs+=(python3-venv)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then

@@ -38,11 +38,14 @@ mod drill;
 mod forget;
 mod init;
 mod keys;
+mod metrics;
 mod passphrase;
 mod progress_bar;
 mod read;
 mod render;
+mod run;
 mod snapshots;
+mod state;
 mod stats;
 mod status;
 
@@ -81,6 +84,12 @@ pub struct Cli {
 /// Flags every command takes.
 #[derive(Args, Debug, Clone)]
 pub struct GlobalArgs {
+    /// Backup plan (TOML): its repository, passphrase and cache directory apply unless given otherwise; `run` looks in $XDG_CONFIG_HOME/larder/larder.toml, then /etc/larder/larder.toml
+    #[arg(long, env = "LARDER_CONFIG", global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The plan loaded from `config`.
+    #[arg(skip)]
+    plan: Option<Arc<larder::plan::Plan>>,
     /// Repository: a directory path, file:///path, or s3://bucket/prefix (AWS_* variables for S3)
     #[arg(
         long,
@@ -158,6 +167,8 @@ enum Command {
     Status(status::StatusArgs),
     /// Copy snapshots into another repository (such as an off-site S3 bucket)
     Copy(copy::CopyArgs),
+    /// Run the backup plan (--config): back up each source, apply retention, prune, copy off-site, check, drill, write metrics
+    Run(run::RunArgs),
     /// Manage the passphrases (key files) that open the repository
     #[command(subcommand)]
     Key(keys::KeyCommand),
@@ -193,7 +204,9 @@ pub struct Interrupted {
 /// off by a closed standard output.
 pub async fn run(cli: Cli) -> Result<Outcome> {
     use tokio::signal::unix::{SignalKind, signal};
-    let global = cli.global;
+    let mut global = cli.global;
+    global.apply_plan(matches!(cli.command, Command::Run(_)))?;
+    let refresh_metrics = cli.command.refreshes_metrics();
     let name = cli.command.name();
     let writes = cli.command.writes();
     render::set_listing(cli.command.is_listing());
@@ -269,12 +282,19 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
             }
         }
     };
-    let leased = std::mem::take(&mut *global.leased.lock().expect("lease list lock"));
-    for repo in leased.into_iter().filter(|_| !keep_leases) {
-        // Bounded: a process asked to stop must not hang on storage.
-        let _ =
-            tokio::time::timeout(std::time::Duration::from_secs(10), repo.release_lease()).await;
+    if !keep_leases {
+        global.release_leases().await;
     }
+    let outcome = match outcome {
+        Ok(done) if refresh_metrics => match metrics_after_command(&global).await {
+            Ok(()) => Ok(done),
+            Err(e) => {
+                render::warn_all(&[format!("the metrics file was not written: {e:#}")]);
+                Ok(Outcome::Warnings)
+            }
+        },
+        outcome => outcome,
+    };
     match outcome {
         // A listing cut short by its reader (`larder ls | head`) did what
         // was asked. (`cat` reports a closed pipe as a failure: its bytes
@@ -298,7 +318,38 @@ async fn next_signal(signals: &mut [(i32, tokio::signal::unix::Signal)]) -> i32 
     futures::future::select_all(waits).await.0
 }
 
+/// After a command given `--config` whose plan names a metrics file,
+/// rewrites that file.
+async fn metrics_after_command(global: &GlobalArgs) -> Result<()> {
+    let Some(plan) = &global.plan else {
+        return Ok(());
+    };
+    let Some(path) = &plan.metrics_file else {
+        return Ok(());
+    };
+    let repo = open(global).await?;
+    let state = state::State::load(&state::State::path(
+        &global.cache_root()?,
+        global.repo_url()?,
+    ));
+    metrics::write(&repo, plan, &state, path).await
+}
+
 impl Command {
+    /// Whether the metrics file of a `--config` plan is rewritten after the
+    /// command (`run` writes its own).
+    fn refreshes_metrics(&self) -> bool {
+        matches!(
+            self,
+            Command::Backup(_)
+                | Command::Check(_)
+                | Command::Drill(_)
+                | Command::Forget(_)
+                | Command::Prune(_)
+                | Command::Copy(_)
+        )
+    }
+
     /// Whether the command changes the repository (its lease must not be
     /// released while it may still be doing so).
     fn writes(&self) -> bool {
@@ -308,6 +359,7 @@ impl Command {
             | Command::Forget(_)
             | Command::Prune(_)
             | Command::Copy(_)
+            | Command::Run(_)
             | Command::Catalog(_) => true,
             Command::Key(command) => !matches!(command, keys::KeyCommand::List),
             _ => false,
@@ -349,6 +401,7 @@ impl Command {
             Command::Stats => "stats",
             Command::Status(_) => "status",
             Command::Copy(_) => "copy",
+            Command::Run(_) => "run",
             Command::Key(_) => "key",
             Command::Catalog(_) => "catalog",
         }
@@ -374,6 +427,7 @@ async fn dispatch(global: &GlobalArgs, command: Command) -> Result<Outcome> {
         Command::Stats => stats::run(&global).await,
         Command::Status(args) => status::run(&global, args).await,
         Command::Copy(args) => copy::run(&global, args).await,
+        Command::Run(args) => run::run(&global, args).await,
         Command::Key(command) => keys::run(&global, command).await,
         Command::Catalog(CatalogCommand::Rebuild) => {
             let repo = open(&global).await?;
@@ -403,6 +457,46 @@ async fn dispatch(global: &GlobalArgs, command: Command) -> Result<Outcome> {
 }
 
 impl GlobalArgs {
+    /// Loads the plan `--config` names (for `run`, also the default
+    /// places) and takes from it what no flag or environment variable gave.
+    fn apply_plan(&mut self, look_for_default: bool) -> Result<()> {
+        let path = match &self.config {
+            Some(path) => Some(path.clone()),
+            None if look_for_default => larder::plan::Plan::default_paths()
+                .into_iter()
+                .find(|p| p.exists()),
+            None => None,
+        };
+        let Some(path) = path else {
+            return Ok(());
+        };
+        let plan = larder::plan::Plan::load(&path)?;
+        if self.repo.as_deref().is_none_or(str::is_empty) {
+            self.repo.clone_from(&plan.repository);
+        }
+        if self.password_file.is_none() && self.password_command.is_none() {
+            self.password_file.clone_from(&plan.password_file);
+            self.password_command.clone_from(&plan.password_command);
+        }
+        if self.cache_dir.is_none() {
+            self.cache_dir.clone_from(&plan.cache_dir);
+        }
+        self.config = Some(path);
+        self.plan = Some(Arc::new(plan));
+        Ok(())
+    }
+
+    /// Releases the leases taken so far (between the steps of a run, and
+    /// when the command ends).
+    async fn release_leases(&self) {
+        let leased = std::mem::take(&mut *self.leased.lock().expect("lease list lock"));
+        for repo in leased {
+            // Bounded: a process asked to stop must not hang on storage.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), repo.release_lease())
+                .await;
+        }
+    }
+
     fn repo_url(&self) -> Result<&str> {
         self.repo
             .as_deref()

@@ -238,6 +238,15 @@ pub enum Error {
     #[error("{0}")]
     InvalidArgument(String),
 
+    /// A backup plan file does not parse or names something impossible.
+    #[error("{}: {message}", path.display())]
+    InvalidConfig {
+        /// The plan file.
+        path: std::path::PathBuf,
+        /// What is wrong, with its line.
+        message: String,
+    },
+
     /// A retention policy names nothing to keep.
     #[error("no keep rule given: forget would remove every snapshot; name what to keep")]
     NoRetentionRule,

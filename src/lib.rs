@@ -67,6 +67,7 @@ pub mod snapshot;
 
 // Read and write pipelines, and operations.
 pub mod ops;
+pub mod plan;
 pub mod progress;
 pub(crate) mod read;
 pub(crate) mod recipe;

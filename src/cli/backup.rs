@@ -7,8 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use larder::Progress;
 use larder::SnapshotFilter;
-use larder::hash::SnapshotId;
-use larder::ops::backup::{BackupInput, BackupOptions, TreeInput, backup};
+use larder::ops::backup::{BackupInput, BackupOptions, BackupSummary, TreeInput, backup};
 use larder::source::command::run_hook;
 use larder::source::tree::{Excludes, absolute_path, check_paths};
 use larder::source::{StreamInput, split_command};
@@ -72,7 +71,42 @@ pub struct BackupArgs {
     time: Option<String>,
 }
 
-pub async fn run(global: &GlobalArgs, mut args: BackupArgs) -> Result<Outcome> {
+impl BackupArgs {
+    /// The backup a plan's source describes.
+    pub fn from_plan(source: &larder::plan::Source) -> BackupArgs {
+        BackupArgs {
+            source: source.name().to_string(),
+            paths: source.paths.clone(),
+            stdin: false,
+            command: source.command.clone(),
+            stdin_name: source.stdin_name.clone().unwrap_or_else(|| "stdin".into()),
+            kind: source.kind.clone(),
+            before: source.before.clone(),
+            after: source.after.clone(),
+            allow_incomplete: source.allow_incomplete,
+            no_unpack: !source.unpack,
+            excludes: source.exclude.clone(),
+            exclude_files: Vec::new(),
+            one_file_system: source.one_file_system,
+            parent: None,
+            tags: source.tags.clone(),
+            host: None,
+            time: None,
+        }
+    }
+}
+
+pub async fn run(global: &GlobalArgs, args: BackupArgs) -> Result<Outcome> {
+    let (outcome, summary) = run_hooked(global, args).await?;
+    print_summary(global, &summary)?;
+    Ok(outcome)
+}
+
+/// The backup with its hooks: its outcome and summary (warnings printed).
+pub async fn run_hooked(
+    global: &GlobalArgs,
+    mut args: BackupArgs,
+) -> Result<(Outcome, BackupSummary)> {
     let before = args.before.take().map(|c| split_command(&c)).transpose()?;
     let after = args.after.take().map(|c| split_command(&c)).transpose()?;
     let source = args.source.clone();
@@ -84,7 +118,7 @@ pub async fn run(global: &GlobalArgs, mut args: BackupArgs) -> Result<Outcome> {
     }
     let result = take(global, args).await;
     let Some(after) = after else {
-        return result.map(|(outcome, _)| outcome);
+        return result;
     };
     let mut env = vec![("LARDER_SOURCE", source.clone())];
     match &result {
@@ -95,7 +129,7 @@ pub async fn run(global: &GlobalArgs, mut args: BackupArgs) -> Result<Outcome> {
                 "warnings"
             };
             env.push(("LARDER_OUTCOME", name.into()));
-            env.push(("LARDER_SNAPSHOT", id.to_hex()));
+            env.push(("LARDER_SNAPSHOT", id.snapshot_id.to_hex()));
         }
         Err(e) => {
             env.push(("LARDER_OUTCOME", "failure".into()));
@@ -104,10 +138,12 @@ pub async fn run(global: &GlobalArgs, mut args: BackupArgs) -> Result<Outcome> {
     }
     let hooked = tokio::task::spawn_blocking(move || run_hook("after", &after, &env)).await?;
     match (result, hooked) {
-        (result, Ok(())) => result.map(|(outcome, _)| outcome),
-        (Ok(_), Err(e)) => {
-            render::warn_all(&[format!("{e} (the snapshot was saved)")]);
-            Ok(Outcome::Warnings)
+        (result, Ok(())) => result,
+        (Ok((_, mut summary)), Err(e)) => {
+            let warning = format!("{e} (the snapshot was saved)");
+            render::warn_all(std::slice::from_ref(&warning));
+            summary.warnings.push(warning);
+            Ok((Outcome::Warnings, summary))
         }
         (Err(e), Err(hook)) => {
             render::warn_all(&[hook.to_string()]);
@@ -116,8 +152,8 @@ pub async fn run(global: &GlobalArgs, mut args: BackupArgs) -> Result<Outcome> {
     }
 }
 
-/// The backup itself: its outcome and the snapshot it saved.
-async fn take(global: &GlobalArgs, args: BackupArgs) -> Result<(Outcome, SnapshotId)> {
+/// The backup itself: its outcome and summary (warnings printed).
+async fn take(global: &GlobalArgs, args: BackupArgs) -> Result<(Outcome, BackupSummary)> {
     let (input, default_kind) = match (&args.command, args.stdin, args.paths.is_empty()) {
         (Some(command), _, _) => (
             BackupInput::Stream {
@@ -201,8 +237,19 @@ async fn take(global: &GlobalArgs, args: BackupArgs) -> Result<(Outcome, Snapsho
     .await
     .with_context(|| format!("backing up source {}", args.source))?;
     drop(bar);
+    render::warn_all(&summary.warnings);
+    let outcome = if summary.warnings.is_empty() {
+        Outcome::Success
+    } else {
+        Outcome::Warnings
+    };
+    Ok((outcome, summary))
+}
+
+/// Prints a backup's summary as text or JSON.
+pub fn print_summary(global: &GlobalArgs, summary: &BackupSummary) -> Result<()> {
     if global.json {
-        render::print_json(&summary)?;
+        render::print_json(summary)?;
     } else if !global.quiet {
         let files = if summary.dirs > 0
             || summary.files_new + summary.files_changed + summary.files_unchanged > 0
@@ -224,11 +271,5 @@ async fn take(global: &GlobalArgs, args: BackupArgs) -> Result<(Outcome, Snapsho
             summary.duration_s
         )?;
     }
-    render::warn_all(&summary.warnings);
-    let outcome = if summary.warnings.is_empty() {
-        Outcome::Success
-    } else {
-        Outcome::Warnings
-    };
-    Ok((outcome, summary.snapshot_id))
+    Ok(())
 }

@@ -9,6 +9,7 @@ use larder::ops::check::{CheckOptions, check};
 
 use larder::LeaseKind;
 
+use super::state::{CheckRecord, State, now_s};
 use super::{GlobalArgs, Outcome, open_leased, progress_bar::Bar, render};
 
 #[derive(Args, Debug)]
@@ -16,25 +17,47 @@ pub struct CheckArgs {
     /// Download every pack and verify every blob (decrypt, decompress, recompute its id)
     #[arg(long)]
     read_data: bool,
+    /// Read only part of the packs: K/M (part K of M; runs 1/M to M/M together read every pack once), or N% (about N percent, a different part each run on this machine, so every pack is read over 100/N runs)
+    #[arg(long, value_name = "K/M|N%", conflicts_with = "read_data")]
+    read_data_subset: Option<larder::plan::SubsetSpec>,
 }
 
 pub async fn run(global: &GlobalArgs, args: CheckArgs) -> Result<Outcome> {
     let repo = open_leased(global, LeaseKind::Read).await?;
+    let state_path = State::path(&global.cache_root()?, global.repo_url()?);
+    let mut state = State::load(&state_path);
+    let subset = args
+        .read_data_subset
+        .map(|spec| spec.part(state.check_runs));
+    let read_data = args.read_data || subset.is_some();
     let progress = Arc::new(Progress::default());
     let bar = Bar::start(
-        global.shows_progress() && args.read_data,
+        global.shows_progress() && read_data,
         "reading packs",
         Arc::clone(&progress),
     );
     let summary = check(
         &repo,
         &CheckOptions {
-            read_data: args.read_data,
+            read_data,
+            subset,
             progress,
         },
     )
     .await?;
     drop(bar);
+    if subset.is_some() {
+        state.check_runs += 1;
+    }
+    state.last_check = Some(CheckRecord {
+        time: now_s(),
+        ok: summary.is_ok(),
+        subset: subset.map(|s| format!("{}/{}", s.part, s.of)),
+        packs_read: summary.packs_read,
+    });
+    if let Err(e) = state.save(&state_path) {
+        render::warn_all(&[format!("{e:#}")]);
+    }
     if global.json {
         render::print_json(&summary)?;
     } else {
@@ -60,7 +83,7 @@ pub async fn run(global: &GlobalArgs, args: CheckArgs) -> Result<Outcome> {
                 "checked {}, {}{}",
                 render::count(summary.snapshots_checked as u64, "snapshot"),
                 render::count(summary.packs as u64, "pack"),
-                if args.read_data {
+                if read_data {
                     format!(
                         "; read {}, {}, {}",
                         render::count(summary.packs_read as u64, "pack"),

@@ -41,8 +41,10 @@ const MAX_REASONS_PER_SNAPSHOT: usize = 5;
 /// What to check.
 #[derive(Clone, Debug, Default)]
 pub struct CheckOptions {
-    /// Download and verify every pack.
+    /// Download and verify every pack (of `subset`, when given).
     pub read_data: bool,
+    /// With `read_data`: only the packs in this part.
+    pub subset: Option<crate::plan::Subset>,
     /// Live counters.
     pub progress: Arc<Progress>,
 }
@@ -131,11 +133,13 @@ pub async fn check(repo: &Repo, options: &CheckOptions) -> Result<CheckSummary> 
         }
     }
     summary.packs = listed.len() as u64;
+    let in_subset = |id: &PackId| options.subset.is_none_or(|s| s.holds(id.as_bytes()));
     if options.read_data {
+        let total = listed.keys().filter(|id| in_subset(id)).count();
         options
             .progress
             .items_total
-            .store(listed.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            .store(total as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     let mut indexed: HashSet<PackId> = HashSet::new();
@@ -186,14 +190,14 @@ pub async fn check(repo: &Repo, options: &CheckOptions) -> Result<CheckSummary> 
                         object: name,
                         problem: format!("is {size} bytes, the index says {}", pack.size),
                     });
-                    if !options.read_data {
+                    if options.read_data && in_subset(&pack.id) {
+                        to_read.push(pack);
+                    } else {
                         repo.catalog()
                             .set_pack_state(&pack.id, PackState::Damaged)?;
-                    } else {
-                        to_read.push(pack);
                     }
                 }
-                Some(_) if options.read_data => to_read.push(pack),
+                Some(_) if options.read_data && in_subset(&pack.id) => to_read.push(pack),
                 // Present with the indexed size: whatever an earlier check
                 // found missing is back. (Damage inside it is tracked per
                 // blob and cleared only by reading it.)

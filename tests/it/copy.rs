@@ -80,6 +80,7 @@ async fn copied_snapshots_read_back_bit_exact_and_a_second_copy_stores_nothing()
     let reopened = dst.reopen().await.unwrap();
     let options = larder::ops::check::CheckOptions {
         read_data: true,
+        subset: None,
         ..Default::default()
     };
     let report = larder::ops::check::check(&reopened, &options)

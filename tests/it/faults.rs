@@ -25,6 +25,7 @@ async fn assert_healthy(repo: &LibRepo, expect: &[(&str, &[u8])]) {
         &fresh,
         &CheckOptions {
             read_data: true,
+            subset: None,
             ..Default::default()
         },
     )
@@ -142,6 +143,7 @@ async fn a_storage_that_truncates_uploads_is_caught_by_check() {
         &repo.repo,
         &CheckOptions {
             read_data: true,
+            subset: None,
             ..Default::default()
         },
     )

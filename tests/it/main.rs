@@ -42,6 +42,7 @@ mod fault_proxy;
 mod faults;
 mod hostile;
 mod integrity;
+mod plans;
 mod processes;
 mod prune;
 mod regressions;

@@ -103,6 +103,7 @@ async fn assert_clean(repo: &Repo) {
         repo,
         &CheckOptions {
             read_data: true,
+            subset: None,
             ..CheckOptions::default()
         },
     )

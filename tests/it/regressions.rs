@@ -372,6 +372,7 @@ async fn a_crash_after_an_intermediate_index_flush_loses_nothing() {
         &reopened,
         &CheckOptions {
             read_data: true,
+            subset: None,
             ..Default::default()
         },
     )

@@ -54,6 +54,7 @@ async fn large_text_and_random_streams_round_trip() {
         &repo.repo,
         &CheckOptions {
             read_data: true,
+            subset: None,
             ..Default::default()
         },
     )
@@ -76,6 +77,7 @@ async fn deep_content_lists_round_trip_and_check() {
         &repo.repo,
         &CheckOptions {
             read_data: true,
+            subset: None,
             ..Default::default()
         },
     )

@@ -296,6 +296,7 @@ async fn a_backup_through_five_percent_failures_completes_and_restores_bit_exact
     proxy.set_plan(Plan::Pass);
     let options = larder::ops::check::CheckOptions {
         read_data: true,
+        subset: None,
         ..Default::default()
     };
     let report = larder::ops::check::check(&cold, &options).await.unwrap();

@@ -307,6 +307,7 @@ pub fn larder_cmd() -> Command {
         "LARDER_NEW_PASSWORD",
         "LARDER_TO_PASSWORD",
         "LARDER_FROM_PASSWORD",
+        "LARDER_CONFIG",
     ] {
         cmd.env_remove(var);
     }
