@@ -602,7 +602,7 @@ async fn notify(argv: &[String], summary: &RunSummary) -> Result<()> {
     let argv = argv.to_vec();
     tokio::task::spawn_blocking(move || -> Result<()> {
         use std::io::Write;
-        let mut child = std::process::Command::new(&argv[0])
+        let mut child = larder::source::command::without_secrets(&argv[0])
             .args(&argv[1..])
             .stdin(std::process::Stdio::piped())
             .spawn()

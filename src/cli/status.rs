@@ -5,6 +5,7 @@ use clap::Args;
 use larder::ops::status::{StatusOptions, age_text, status};
 use larder::retention::Within;
 
+use super::state::State;
 use super::{GlobalArgs, Outcome, open, render};
 
 /// Arguments of `larder status`.
@@ -29,8 +30,13 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> Result<Outcome> {
         },
     )
     .await?;
+    // The last check is remembered by the machine that ran it.
+    let state = State::load(&State::path(&global.cache_root()?, global.repo_url()?));
+    let last_check = state.last_check;
     if global.json {
-        render::print_json(&summary)?;
+        let mut value = serde_json::to_value(&summary)?;
+        value["last_check"] = serde_json::to_value(&last_check)?;
+        render::print_json(&value)?;
     } else if !global.quiet {
         outln!(
             "{:<24} {:<9} {:<19} {:>9} {:>9}  last drill",
@@ -66,15 +72,37 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> Result<Outcome> {
                 s.snapshots
             )?;
         }
+        match &last_check {
+            Some(c) => outln!(
+                "last check: {} {}{}",
+                if c.ok { "passed" } else { "FAILED" },
+                render::local_time(c.time.saturating_mul(1_000_000_000)),
+                c.subset.as_ref().map_or(String::new(), |part| format!(
+                    " (read part {part}: {})",
+                    render::count(c.packs_read, "pack")
+                ))
+            )?,
+            None => outln!("last check: none from this machine")?,
+        }
     }
-    let problems: Vec<String> = summary
+    let mut problems: Vec<String> = summary
         .sources
         .iter()
         .flat_map(|s| s.problems.iter().map(move |p| format!("{}: {p}", s.source)))
         .collect();
+    let check_failed = last_check.as_ref().is_some_and(|c| !c.ok);
+    if check_failed {
+        problems.push(
+            "repository: the last check found damaged or missing objects (larder check --read-data)"
+                .into(),
+        );
+    }
     if !problems.is_empty() {
         for p in &problems {
             errln!("larder: {p}");
+        }
+        if check_failed && summary.sources.iter().all(|s| s.problems.is_empty()) {
+            bail!("the repository needs attention");
         }
         bail!(
             "{} of {} source{} need{} attention",

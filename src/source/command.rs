@@ -263,7 +263,7 @@ fn dumper_version(program: &str) -> Option<String> {
 /// A command for `program` without larder's own secrets in its
 /// environment: a command that prints its environment (or a dumper that
 /// logs it) must not store the passphrase in a snapshot.
-pub(crate) fn without_secrets(program: &str) -> Command {
+pub fn without_secrets(program: &str) -> Command {
     let mut command = Command::new(program);
     for (name, _) in std::env::vars_os() {
         if is_secret_variable(&name) {

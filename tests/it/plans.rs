@@ -41,7 +41,7 @@ paths = ["{tree}"]
 exclude = ["*.tmp"]
 
 [notify]
-on_failure = ["/bin/sh", "-c", "cat > {dir}/notified.json"]
+on_failure = ["/bin/sh", "-c", "cat > {dir}/notified.json; env > {dir}/notified.env"]
 {extra}"#,
         repo = r.repo.display(),
         dir = dir.display(),
@@ -93,7 +93,15 @@ fn a_run_backs_up_every_source_despite_one_failing_then_retention_prune_metrics_
     let r = CliRepo::init();
     let plan = write_plan(&r, "");
     for round in 1..=2 {
-        let out = with_plan(&plan, &["run"]);
+        // The passphrase in the environment too: on_failure must not see it.
+        let out = larder_cmd()
+            .arg("--config")
+            .arg(&plan)
+            .arg("run")
+            .env("LARDER_PASSWORD", PASSWORD)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
         assert_eq!(
             out.status.code(),
             Some(1),
@@ -161,6 +169,8 @@ fn a_run_backs_up_every_source_despite_one_failing_then_retention_prune_metrics_
         serde_json::from_slice(&std::fs::read(r.dir.path().join("notified.json")).unwrap())
             .unwrap();
     assert_eq!(notified["ok"], false, "{notified:#}");
+    let env = std::fs::read_to_string(r.dir.path().join("notified.env")).unwrap();
+    assert!(!env.contains("LARDER_PASSWORD") && !env.contains(PASSWORD));
     assert_eq!(notified["failed"], serde_json::json!(["backup broken-db"]));
     assert!(
         notified["steps"]
