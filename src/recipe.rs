@@ -42,8 +42,14 @@ pub const GZIP: &str = "gzip";
 /// blocks are zlib streams (`pg_dump -Fc`).
 pub const PG_CUSTOM: &str = "pg_dump-custom";
 
+/// The recipe format name for Neo4j dumps (`DZV1` and a zstd frame).
+pub const NEO4J: &str = "neo4j-dump";
+
 mod pg;
+mod zstd;
 pub use pg::unpack_pg_custom;
+pub(crate) use zstd::is_neo4j_zstd;
+pub use zstd::unpack_neo4j;
 
 /// Input read at a time.
 const STEP: usize = 256 << 10;
@@ -139,6 +145,24 @@ pub enum Op {
         #[n(1)]
         runs: Vec<Run>,
     },
+    /// The next `len` content bytes compressed as one zstd frame by this
+    /// build's zstd at `level`, with a content checksum when `checksum`,
+    /// and the content size in the frame header when `pledged`.
+    #[n(4)]
+    Zstd {
+        /// Compression level.
+        #[n(0)]
+        level: i32,
+        /// Content checksum flag.
+        #[n(1)]
+        checksum: bool,
+        /// The content size is stated in the frame header.
+        #[n(2)]
+        pledged: bool,
+        /// Content bytes in the frame.
+        #[n(3)]
+        len: u64,
+    },
 }
 
 /// `count` chunks of `len` bytes each.
@@ -182,7 +206,7 @@ impl Recipe {
             .iter()
             .map(|op| match op {
                 Op::Literal(_) | Op::Chunked { .. } => 0,
-                Op::Copy(n) | Op::Deflate(n, _) => *n,
+                Op::Copy(n) | Op::Deflate(n, _) | Op::Zstd { len: n, .. } => *n,
             })
             .fold(0u64, u64::saturating_add)
     }
@@ -190,7 +214,9 @@ impl Recipe {
     /// Whether any operation unpacked anything (a recipe that only copies
     /// is not worth storing).
     pub fn unpacks(&self) -> bool {
-        self.ops.iter().any(|op| matches!(op, Op::Deflate(..)))
+        self.ops
+            .iter()
+            .any(|op| matches!(op, Op::Deflate(..) | Op::Zstd { .. }))
     }
 }
 
@@ -713,6 +739,8 @@ enum Current {
     Idle,
     Copy(u64),
     Deflate(u64, ByteVec),
+    /// Content bytes left for the frame, and its compressor.
+    Zstd(u64, Box<::zstd::stream::raw::Encoder<'static>>),
 }
 
 /// An [`Op::Chunked`] in progress.
@@ -765,7 +793,7 @@ impl Rebuilder {
     /// Whether `recipe` can rebuild a file from `content_len` bytes of
     /// content, as far as can be told before running it.
     pub fn check(recipe: &Recipe, content_len: u64) -> Result<(), String> {
-        if recipe.format != GZIP && recipe.format != PG_CUSTOM {
+        if recipe.format != GZIP && recipe.format != PG_CUSTOM && recipe.format != NEO4J {
             return Err(format!(
                 "the recipe rebuilds {:?}, which this build does not know",
                 recipe.format
@@ -783,6 +811,11 @@ impl Rebuilder {
             .any(|op| matches!(op, Op::Deflate(n, _) if *n > 2 * MAX_SEGMENT))
         {
             return Err("the recipe has a segment longer than any larder writes".into());
+        }
+        if recipe.ops.iter().any(
+            |op| matches!(op, Op::Zstd { level, .. } if !(-7..=22).contains(level)),
+        ) {
+            return Err("the recipe has a zstd level no compressor has".into());
         }
         // Chunks must be able to have their lengths written, and together
         // must fit the original.
@@ -834,6 +867,20 @@ impl Rebuilder {
                         return Ok(Err(e));
                     }
                     piece = &piece[n..];
+                }
+                Current::Zstd(left, encoder) => {
+                    let n = (*left).min(piece.len() as u64) as usize;
+                    *left -= n as u64;
+                    let compressed = compress_zstd(encoder, &piece[..n])?;
+                    piece = &piece[n..];
+                    if let Err(e) = self.out(&compressed, sink)? {
+                        return Ok(Err(e));
+                    }
+                    if let Current::Zstd(0, _) = self.current
+                        && let Err(e) = self.end_zstd(sink)?
+                    {
+                        return Ok(Err(e));
+                    }
                 }
                 Current::Deflate(len, _) => {
                     let n = (*len as usize - self.pending.len()).min(piece.len());
@@ -920,9 +967,48 @@ impl Rebuilder {
                     }
                 }
                 Op::Deflate(n, corrections) => self.current = Current::Deflate(n, corrections),
+                Op::Zstd {
+                    level,
+                    checksum,
+                    pledged,
+                    len,
+                } => {
+                    self.recreate = None;
+                    let encoder = zstd_encoder(level, checksum, pledged.then_some(len))?;
+                    self.current = Current::Zstd(len, Box::new(encoder));
+                    if len == 0
+                        && let Err(e) = self.end_zstd(sink)?
+                    {
+                        return Ok(Err(e));
+                    }
+                }
             }
         }
         Ok(Ok(()))
+    }
+
+    /// Ends the zstd frame in progress.
+    fn end_zstd<E>(
+        &mut self,
+        sink: &mut dyn FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<Result<(), E>, String> {
+        let Current::Zstd(_, mut encoder) = std::mem::replace(&mut self.current, Current::Idle)
+        else {
+            return Ok(Ok(()));
+        };
+        let mut out = vec![0u8; 1 << 16];
+        loop {
+            let mut output = ::zstd::stream::raw::OutBuffer::around(&mut out[..]);
+            let left = ::zstd::stream::raw::Operation::finish(&mut *encoder, &mut output, true)
+                .map_err(|e| format!("a zstd frame does not end: {e}"))?;
+            let produced = output.pos();
+            if let Err(e) = self.out(&out[..produced], sink)? {
+                return Ok(Err(e));
+            }
+            if left == 0 {
+                return Ok(Ok(()));
+            }
+        }
     }
 
     fn recompress<E>(
@@ -993,6 +1079,41 @@ impl Rebuilder {
         self.written += bytes.len() as u64;
         sink(bytes)
     }
+}
+
+/// A zstd compressor with a frame's settings.
+fn zstd_encoder(
+    level: i32,
+    checksum: bool,
+    size: Option<u64>,
+) -> Result<::zstd::stream::raw::Encoder<'static>, String> {
+    let setup = || -> io::Result<::zstd::stream::raw::Encoder<'static>> {
+        let mut encoder = ::zstd::stream::raw::Encoder::new(level)?;
+        encoder.set_parameter(::zstd::stream::raw::CParameter::ChecksumFlag(checksum))?;
+        encoder.set_pledged_src_size(size)?;
+        Ok(encoder)
+    };
+    setup().map_err(|e| format!("cannot set up a zstd compressor: {e}"))
+}
+
+/// Compresses `plain` into the frame in progress.
+fn compress_zstd(
+    encoder: &mut ::zstd::stream::raw::Encoder<'static>,
+    plain: &[u8],
+) -> Result<Vec<u8>, String> {
+    use ::zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+    let mut compressed = Vec::new();
+    let mut input = InBuffer::around(plain);
+    let mut out = vec![0u8; (plain.len() / 2).max(1 << 16)];
+    while input.pos < plain.len() {
+        let mut output = OutBuffer::around(&mut out[..]);
+        encoder
+            .run(&mut input, &mut output)
+            .map_err(|e| format!("zstd compression failed: {e}"))?;
+        let produced = output.pos();
+        compressed.extend_from_slice(&out[..produced]);
+    }
+    Ok(compressed)
 }
 
 #[cfg(test)]

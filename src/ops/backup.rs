@@ -797,14 +797,25 @@ fn start_unpacking(
     let mut head = Vec::with_capacity(HEAD as usize);
     (&mut reader).take(HEAD).read_to_end(&mut head)?;
     let is_gzip = head.starts_with(&GZIP_MAGIC);
-    let is_archive = crate::dump::postgres::is_custom_zlib(&head);
+    type Unpack = fn(
+        &mut dyn Read,
+        &mut dyn FnMut(Bytes) -> bool,
+        &mut dyn FnMut(&[u8]),
+    ) -> std::io::Result<Unpacked>;
+    let checked_as_it_came: Option<Unpack> = if crate::dump::postgres::is_custom_zlib(&head) {
+        Some(crate::recipe::unpack_pg_custom)
+    } else if crate::recipe::is_neo4j_zstd(&head) {
+        Some(crate::recipe::unpack_neo4j)
+    } else {
+        None
+    };
     let mut reader = std::io::Cursor::new(head).chain(reader);
-    if is_archive {
+    if let Some(unpack) = checked_as_it_came {
         let (tx, rx) = bounded::<Bytes>(2);
         let unpacker = std::thread::Builder::new()
             .name("larder-unpack".into())
             .spawn(move || {
-                crate::recipe::unpack_pg_custom(
+                unpack(
                     &mut reader,
                     &mut |piece| tx.send(piece).is_ok(),
                     // A check that stopped has its verdict already.
@@ -954,15 +965,26 @@ fn judge_unpacked_archive(
             if let Some(v) = &mut verdict
                 && v.complete
             {
-                v.detail = format!(
-                    "{}; {members} zlib data streams unpacked, their checksums match",
-                    v.detail
-                );
+                let level = unpacked.recipe.ops.iter().find_map(|op| match op {
+                    crate::recipe::Op::Zstd { level, .. } => Some(*level),
+                    _ => None,
+                });
+                v.detail = match level {
+                    Some(level) => format!(
+                        "{}; stored decompressed: zstd level {level} here rebuilds the frame byte for byte",
+                        v.detail
+                    ),
+                    None => format!(
+                        "{}; {members} zlib data streams unpacked, their checksums match",
+                        v.detail
+                    ),
+                };
             }
         }
         Integrity::Unknown(why) => {
             let message = format!(
-                "{} of {} archive bytes could not be unpacked for deduplication ({why}) and                  are stored as they came",
+                "{} of {} bytes could not be unpacked for deduplication ({why}) and are stored \
+                 as they came",
                 unpacked.passed_through, unpacked.read
             );
             let complete = verdict.as_ref().is_none_or(|v| v.complete);
@@ -981,7 +1003,12 @@ fn judge_unpacked_archive(
                     .expect("warnings lock")
                     .push(format!("{why}; stored as it came"));
             } else if verdict.as_ref().is_none_or(|v| v.complete) {
-                verdict = Some(Verdict::incomplete("postgres-custom", why.clone()));
+                let format = if unpacked.recipe.format == crate::recipe::NEO4J {
+                    "neo4j-dump"
+                } else {
+                    "postgres-custom"
+                };
+                verdict = Some(Verdict::incomplete(format, why.clone()));
             }
         }
     }

@@ -725,3 +725,67 @@ fn a_cut_or_damaged_gzip_dump_is_refused_like_gzip_t_would() {
     assert_success(&out);
     assert!(out.stdout == cut);
 }
+
+/// A Neo4j 5 dump: `DZV1`, then one zstd frame written by a streaming
+/// compressor with a content checksum (as neo4j-admin writes it).
+fn neo4j_dump(contents: &[u8], level: i32) -> Vec<u8> {
+    use std::io::Write;
+    let mut out = b"DZV1".to_vec();
+    let mut encoder = zstd::stream::write::Encoder::new(&mut out, level).unwrap();
+    encoder.include_checksum(true).unwrap();
+    for piece in contents.chunks(64 << 10) {
+        encoder.write_all(piece).unwrap();
+    }
+    encoder.finish().unwrap();
+    out
+}
+
+#[test]
+fn a_neo4j_dump_a_compressor_here_reproduces_dedups_and_one_it_cannot_is_stored_with_a_warning() {
+    let day1_contents = crate::support::dump_text(200_000, 11);
+    let mut day2_contents = day1_contents.clone();
+    let at = day2_contents.len() / 2;
+    day2_contents[at..at + 20].copy_from_slice(b"a changed graph node");
+    let (day1, day2) = (neo4j_dump(&day1_contents, 3), neo4j_dump(&day2_contents, 3));
+    let added = |summary: &serde_json::Value| summary["bytes_added"].as_u64().unwrap();
+
+    let r = CliRepo::init();
+    let first = r.backup_stdin("graph", &day1);
+    let second = r.backup_stdin("graph", &day2);
+    assert!(first["warnings"].as_array().unwrap().is_empty(), "{first}");
+    assert!(
+        added(&second) * 10 < added(&first),
+        "day 2 stored {} bytes, day 1 {}",
+        added(&second),
+        added(&first)
+    );
+    let out = r.run(&["--json", "snapshots"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[1]["kind"], "neo4j", "{list}");
+    assert!(
+        list[1]["dump"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("zstd level 3 here rebuilds the frame byte for byte"),
+        "{list}"
+    );
+    for (summary, dump) in [(&first, &day1), (&second, &day2)] {
+        let out = r.run(&["cat", &summary["snapshot_id"].as_str().unwrap()[..8]]);
+        assert_success(&out);
+        assert!(&out.stdout == dump, "a Neo4j dump does not come back as it was");
+    }
+    assert_success(&r.run(&["check", "--read-data"]));
+
+    // A level no compressor here is tried at: stored as it came, with a
+    // warning, and still byte for byte.
+    let odd = neo4j_dump(&day1_contents, 15);
+    let out = r.run_with_input(&["--json", "backup", "--stdin", "--source", "graph-odd"], &odd);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("could not be unpacked for deduplication"),
+        "{}",
+        stderr(&out)
+    );
+    let out = r.run(&["cat", "latest", "--source", "graph-odd"]);
+    assert!(out.stdout == odd);
+}
