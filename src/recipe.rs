@@ -812,9 +812,11 @@ impl Rebuilder {
         {
             return Err("the recipe has a segment longer than any larder writes".into());
         }
-        if recipe.ops.iter().any(
-            |op| matches!(op, Op::Zstd { level, .. } if !(-7..=22).contains(level)),
-        ) {
+        if recipe
+            .ops
+            .iter()
+            .any(|op| matches!(op, Op::Zstd { level, .. } if !(-7..=22).contains(level)))
+        {
             return Err("the recipe has a zstd level no compressor has".into());
         }
         // Chunks must be able to have their lengths written, and together

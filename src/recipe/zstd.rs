@@ -133,11 +133,7 @@ pub fn unpack_neo4j(
             if head.len() < MAGIC.len() + 18 {
                 continue;
             }
-            match head
-                .strip_prefix(MAGIC)
-                .and_then(header)
-                .map(Verifier::new)
-            {
+            match head.strip_prefix(MAGIC).and_then(header).map(Verifier::new) {
                 Some(Ok(v)) => verifier = Some(v),
                 Some(Err(e)) => return Err(e),
                 None => {
@@ -165,7 +161,9 @@ pub fn unpack_neo4j(
     let hash = ByteArray::from(*hasher.finalize().as_bytes());
     let mut emitter = Emitter { emit, emitted: 0 };
     let verified = match (why_not, verifier) {
-        (None, Some(v)) => v.chosen().map(|(level, header, frame_len)| (level, header, frame_len, v.plain)),
+        (None, Some(v)) => v
+            .chosen()
+            .map(|(level, header, frame_len)| (level, header, frame_len, v.plain)),
         (why, _) => {
             emitter.pass(&mut spool)?;
             return Ok(Unpacked {
@@ -187,7 +185,8 @@ pub fn unpack_neo4j(
     // The frame, decompressed again from the spool, then what follows it.
     let mut magic = [0u8; 4];
     spool.read_exact(&mut magic)?;
-    let mut decoder = zstd::stream::read::Decoder::new((&mut spool).take(frame_len))?.single_frame();
+    let mut decoder =
+        zstd::stream::read::Decoder::new((&mut spool).take(frame_len))?.single_frame();
     let decompressed = emitter.pass(&mut decoder)?;
     drop(decoder);
     if decompressed != plain {
@@ -229,7 +228,11 @@ fn spool_file() -> io::Result<std::fs::File> {
         let name = dir.join(format!(
             ".larder-spool-{}-{:016x}",
             std::process::id(),
-            u64::from_le_bytes(crate::hash::random_bytes()[..8].try_into().expect("8 bytes"))
+            u64::from_le_bytes(
+                crate::hash::random_bytes()[..8]
+                    .try_into()
+                    .expect("8 bytes")
+            )
         ));
         match std::fs::OpenOptions::new()
             .read(true)
@@ -335,9 +338,10 @@ impl Verifier {
         let mut out = vec![0u8; 256 << 10];
         while input.pos < bytes.len() && !self.done {
             let mut output = OutBuffer::around(&mut out[..]);
-            let hint = self.decoder.run(&mut input, &mut output).map_err(|e| {
-                Integrity::Broken(format!("its zstd stream does not decode: {e}"))
-            })?;
+            let hint = self
+                .decoder
+                .run(&mut input, &mut output)
+                .map_err(|e| Integrity::Broken(format!("its zstd stream does not decode: {e}")))?;
             let produced = output.pos();
             if hint == 0 {
                 self.done = true;
@@ -351,9 +355,10 @@ impl Verifier {
         loop {
             let mut output = OutBuffer::around(&mut out[..]);
             let mut empty = InBuffer::around(&[][..]);
-            let hint = self.decoder.run(&mut empty, &mut output).map_err(|e| {
-                Integrity::Broken(format!("its zstd stream does not decode: {e}"))
-            })?;
+            let hint = self
+                .decoder
+                .run(&mut empty, &mut output)
+                .map_err(|e| Integrity::Broken(format!("its zstd stream does not decode: {e}")))?;
             let produced = output.pos();
             if hint == 0 {
                 self.done = true;
@@ -535,7 +540,11 @@ mod tests {
         for level in [3, 1, 6] {
             let input = dump(&plain, level);
             let (unpacked, content) = unpack(&input);
-            assert_eq!(unpacked.integrity, Integrity::Whole { members: 1 }, "level {level}");
+            assert_eq!(
+                unpacked.integrity,
+                Integrity::Whole { members: 1 },
+                "level {level}"
+            );
             assert!(unpacked.recipe.unpacks());
             assert!(content == plain, "level {level}: the content is the graph");
             assert!(rebuild(&unpacked.recipe, &content).unwrap() == input);

@@ -772,14 +772,20 @@ fn a_neo4j_dump_a_compressor_here_reproduces_dedups_and_one_it_cannot_is_stored_
     for (summary, dump) in [(&first, &day1), (&second, &day2)] {
         let out = r.run(&["cat", &summary["snapshot_id"].as_str().unwrap()[..8]]);
         assert_success(&out);
-        assert!(&out.stdout == dump, "a Neo4j dump does not come back as it was");
+        assert!(
+            &out.stdout == dump,
+            "a Neo4j dump does not come back as it was"
+        );
     }
     assert_success(&r.run(&["check", "--read-data"]));
 
     // A level no compressor here is tried at: stored as it came, with a
     // warning, and still byte for byte.
     let odd = neo4j_dump(&day1_contents, 15);
-    let out = r.run_with_input(&["--json", "backup", "--stdin", "--source", "graph-odd"], &odd);
+    let out = r.run_with_input(
+        &["--json", "backup", "--stdin", "--source", "graph-odd"],
+        &odd,
+    );
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("could not be unpacked for deduplication"),
