@@ -91,7 +91,26 @@ fn gauge(samples: &[prometheus_parse::Sample], name: &str, source: Option<&str>)
 #[test]
 fn a_run_backs_up_every_source_despite_one_failing_then_retention_prune_metrics_and_notify() {
     let r = CliRepo::init();
-    let plan = write_plan(&r, "");
+    // An off-site repository for [copy], and drills of every source.
+    let offsite = r.dir.path().join("offsite");
+    assert_success(
+        &larder_cmd()
+            .args(["init", "--kdf-memory", "1", "--kdf-passes", "1", "--repo"])
+            .arg(&offsite)
+            .arg("--cache-dir")
+            .arg(&r.cache)
+            .env("LARDER_PASSWORD", PASSWORD)
+            .output()
+            .unwrap(),
+    );
+    let plan = write_plan(
+        &r,
+        &format!(
+            "[copy]\nto = \"{}\"\npassword_file = \"{}/password\"\n[drill]\nevery = \"7d\"\n",
+            offsite.display(),
+            r.dir.path().display()
+        ),
+    );
     for round in 1..=2 {
         // The passphrase in the environment too: on_failure must not see it.
         let out = larder_cmd()
@@ -118,6 +137,7 @@ fn a_run_backs_up_every_source_despite_one_failing_then_retention_prune_metrics_
             "backup orders-db: snapshot",
             "backup knowledge: snapshot",
             "prune:",
+            "copy: ",
         ] {
             assert!(text.contains(step), "round {round}: no {step:?} in\n{text}");
         }
@@ -163,6 +183,29 @@ fn a_run_backs_up_every_source_despite_one_failing_then_retention_prune_metrics_
         None
     );
     assert!(gauge(&samples, "larder_repository_size_bytes", None).unwrap() > 0.0);
+
+    // The off-site copy holds every snapshot the run kept, and the tree was
+    // drilled; a stream source says nothing of how to drill it and was
+    // skipped.
+    let out = larder_cmd()
+        .args(["--json", "snapshots", "--repo"])
+        .arg(&offsite)
+        .arg("--cache-dir")
+        .arg(&r.cache)
+        .env("LARDER_PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let copied: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(copied.as_array().unwrap().len() >= 2, "{copied:#}");
+    assert_eq!(
+        gauge(&samples, "larder_last_drill_success", Some("knowledge")),
+        Some(1.0)
+    );
+    assert_eq!(
+        gauge(&samples, "larder_last_drill_success", Some("orders-db")),
+        None
+    );
 
     // on_failure got the run's summary on its standard input.
     let notified: serde_json::Value =
