@@ -9,7 +9,12 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
 
-cargo build --release --quiet
+# The first build takes about ten minutes on two cores; cargo shows each
+# crate as it compiles (a progress bar on a terminal).
+if [ ! -x target/release/larder ]; then
+  echo "building larder in release mode (the first time takes several minutes)..." >&2
+fi
+cargo build --release
 larder=$PWD/target/release/larder
 work=$(mktemp -d /tmp/larder-quickstart.XXXXXX)
 . scripts/lib/servers.sh

@@ -110,6 +110,9 @@ pub struct GlobalArgs {
         value_name = "CMD"
     )]
     password_command: Option<String>,
+    /// Open the repository with this key file (from `larder key export`) instead of a passphrase: no key derivation
+    #[arg(long, env = "LARDER_KEY_FILE", global = true, value_name = "FILE")]
+    key_file: Option<PathBuf>,
     /// Directory for the catalog and caches [default: $XDG_CACHE_HOME/larder or ~/.cache/larder]
     #[arg(long, env = "LARDER_CACHE_DIR", global = true, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
@@ -481,6 +484,12 @@ impl GlobalArgs {
         if self.cache_dir.is_none() {
             self.cache_dir.clone_from(&plan.cache_dir);
         }
+        if self.key_file.is_none()
+            && self.password_file.is_none()
+            && self.password_command.is_none()
+        {
+            self.key_file.clone_from(&plan.key_file);
+        }
         self.config = Some(path);
         self.plan = Some(Arc::new(plan));
         Ok(())
@@ -587,10 +596,34 @@ pub async fn open_leased(global: &GlobalArgs, kind: LeaseKind) -> Result<Repo> {
 async fn open_with(global: &GlobalArgs, lease: Option<LeaseKind>) -> Result<Repo> {
     let url = global.repo_url()?;
     let backend = larder::backend::open(url)?;
-    let passphrase = passphrase::existing(global)?;
-    let repo = Repo::open_with(backend, passphrase.as_bytes(), &global.cache_root()?, lease)
-        .await
-        .with_context(|| format!("opening repository {url}"))?;
+    let repo = match &global.key_file {
+        Some(path) => {
+            let bytes = zeroize::Zeroizing::new(
+                std::fs::read(path)
+                    .with_context(|| format!("reading the key file {}", path.display()))?,
+            );
+            if let Ok(meta) = std::fs::metadata(path)
+                && std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o077 != 0
+            {
+                render::warn_all(&[format!(
+                    "the key file {} can be read by other users (chmod 600 it)",
+                    path.display()
+                )]);
+                global
+                    .warned
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            Repo::open_with_key_file(backend, &bytes, &global.cache_root()?, lease)
+                .await
+                .with_context(|| format!("opening repository {url} with {}", path.display()))?
+        }
+        None => {
+            let passphrase = passphrase::existing(global)?;
+            Repo::open_with(backend, passphrase.as_bytes(), &global.cache_root()?, lease)
+                .await
+                .with_context(|| format!("opening repository {url}"))?
+        }
+    };
     global.remember_lease(&repo);
     global.warn_opened(&repo);
     Ok(repo)

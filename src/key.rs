@@ -135,6 +135,16 @@ impl MasterKey {
         }
     }
 
+    /// The key as an exported key file holds it.
+    pub(crate) fn from_bytes(bytes: [u8; 32]) -> Self {
+        MasterKey { bytes }
+    }
+
+    /// The raw key, for an exported key file.
+    pub(crate) fn expose(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.bytes)
+    }
+
     /// The key that seals every stored object (XChaCha20-Poly1305).
     pub(crate) fn sealing_key(&self) -> Zeroizing<[u8; 32]> {
         Zeroizing::new(blake3::derive_key(SEALING_CONTEXT, &self.bytes))

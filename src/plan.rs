@@ -22,6 +22,9 @@ pub struct Plan {
     pub password_file: Option<PathBuf>,
     /// Command (no shell) whose first output line is the passphrase.
     pub password_command: Option<String>,
+    /// Key file from `larder key export` (instead of a passphrase: no key
+    /// derivation on each open).
+    pub key_file: Option<PathBuf>,
     /// Directory for the catalog and caches.
     pub cache_dir: Option<PathBuf>,
     /// Prometheus text file written after every run.

@@ -201,6 +201,68 @@ impl Repo {
         let envelope = read_envelope(&backend).await?;
         let cache_dir = cache_dir_for(cache_root, envelope.repo_id, &backend.location());
         let (master, key_id) = unlock(&backend, &envelope, passphrase, &cache_dir).await?;
+        Repo::open_unlocked(backend, envelope, master, key_id, cache_root, lease).await
+    }
+
+    /// Opens an existing repository with an exported key file (see
+    /// [`Repo::export_key`]) instead of a passphrase: no key derivation.
+    pub async fn open_with_key_file(
+        backend: Arc<dyn Backend>,
+        key_file: &[u8],
+        cache_root: &Path,
+        lease: Option<LeaseKind>,
+    ) -> Result<Repo> {
+        let backend = Metered::new(backend);
+        let envelope = read_envelope(&backend).await?;
+        let exported = ExportedKey::parse(key_file)?;
+        if exported.repo_id != envelope.repo_id {
+            return Err(Error::InvalidArgument(format!(
+                "the key file is for repository {}, not {} ({})",
+                exported.repo_id.short(),
+                envelope.repo_id.short(),
+                backend.location()
+            )));
+        }
+        let master = MasterKey::from_bytes(exported.master);
+        Repo::open_unlocked(
+            backend,
+            envelope,
+            master,
+            exported.key_id,
+            cache_root,
+            lease,
+        )
+        .await
+        .map_err(|e| match e {
+            Error::Corrupt { ref object, .. } if object == "config" => Error::InvalidArgument(
+                "the key file's key does not open this repository (the config does not \
+                         authenticate under it)"
+                    .into(),
+            ),
+            e => e,
+        })
+    }
+
+    /// The repository's key as a key file: whoever holds it can read and
+    /// write the repository without a passphrase, and removing passphrases
+    /// does not revoke it.
+    pub fn export_key(&self) -> Vec<u8> {
+        ExportedKey {
+            repo_id: self.config.repo_id,
+            key_id: self.key_id,
+            master: *self.master.expose(),
+        }
+        .encode()
+    }
+
+    async fn open_unlocked(
+        backend: Metered,
+        envelope: ConfigEnvelope,
+        master: MasterKey,
+        key_id: KeyId,
+        cache_root: &Path,
+        lease: Option<LeaseKind>,
+    ) -> Result<Repo> {
         let sealer = Sealer::new(&master.sealing_key(), envelope.repo_id, envelope.version);
         let body = with_codec(1, |codec| {
             sealer.open(
@@ -428,6 +490,83 @@ impl Repo {
 /// part of the name because a copied repository (rsync to a second disk)
 /// keeps its id: two copies sharing a catalog would let a backup into one
 /// deduplicate against blobs that exist only in the other.
+/// An exported key file: `{0: "larder key", 1: repository id, 2: key id,
+/// 3: master key}` in CBOR.
+struct ExportedKey {
+    repo_id: RepoId,
+    key_id: KeyId,
+    master: [u8; 32],
+}
+
+impl Drop for ExportedKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.master);
+    }
+}
+
+/// The first field of an exported key file.
+const EXPORTED_KEY_MAGIC: &str = "larder key";
+
+impl ExportedKey {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut e = minicbor::Encoder::new(&mut out);
+        e.map(4)
+            .and_then(|e| {
+                e.u8(0)?
+                    .str(EXPORTED_KEY_MAGIC)?
+                    .u8(1)?
+                    .bytes(self.repo_id.as_bytes())
+            })
+            .and_then(|e| {
+                e.u8(2)?
+                    .bytes(self.key_id.as_bytes())?
+                    .u8(3)?
+                    .bytes(&self.master)
+            })
+            .expect("encoding to a Vec cannot fail");
+        out
+    }
+
+    fn parse(bytes: &[u8]) -> Result<ExportedKey> {
+        if bytes.len() > 4096 {
+            return Err(Error::InvalidArgument(
+                "not a larder key file: it is too large".into(),
+            ));
+        }
+        let mut d = minicbor::Decoder::new(bytes);
+        let mut parse = || -> Option<ExportedKey> {
+            if d.map().ok()?? != 4 || d.u8().ok()? != 0 || d.str().ok()? != EXPORTED_KEY_MAGIC {
+                return None;
+            }
+            if d.u8().ok()? != 1 {
+                return None;
+            }
+            let repo_id = RepoId::from_slice(d.bytes().ok()?)?;
+            if d.u8().ok()? != 2 {
+                return None;
+            }
+            let key_id = KeyId::from_slice(d.bytes().ok()?)?;
+            if d.u8().ok()? != 3 {
+                return None;
+            }
+            let master: [u8; 32] = d.bytes().ok()?.try_into().ok()?;
+            Some(ExportedKey {
+                repo_id,
+                key_id,
+                master,
+            })
+        };
+        let parsed = parse();
+        match parsed {
+            Some(key) if d.position() == bytes.len() => Ok(key),
+            _ => Err(Error::InvalidArgument(
+                "not a larder key file (it does not parse)".into(),
+            )),
+        }
+    }
+}
+
 fn cache_dir_for(cache_root: &Path, repo_id: RepoId, location: &str) -> PathBuf {
     cache_root.join(format!(
         "{}-{}",

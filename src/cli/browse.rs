@@ -38,6 +38,9 @@ pub struct FindArgs {
     /// Only snapshots from this host
     #[arg(long, value_name = "HOST")]
     host: Option<String>,
+    /// Every occurrence, one line per snapshot, instead of one line per version (path, size and time) with the snapshots it was seen in
+    #[arg(long)]
+    all: bool,
 }
 
 #[derive(Args, Debug)]
@@ -134,7 +137,7 @@ pub async fn find(global: &GlobalArgs, args: FindArgs) -> Result<Outcome> {
     let summary = larder::ops::find::find(&repo, &args.pattern, &filter).await?;
     if global.json {
         render::print_json(&summary)?;
-    } else {
+    } else if args.all {
         for m in &summary.matches {
             outln!(
                 "{}  {}  {:>10}  {}",
@@ -151,8 +154,41 @@ pub async fn find(global: &GlobalArgs, args: FindArgs) -> Result<Outcome> {
                 render::count(summary.snapshots as u64, "snapshot")
             );
         }
+    } else {
+        for v in &summary.versions {
+            let seen = if v.snapshots == 1 {
+                format!(
+                    "in {} {}",
+                    v.last_snapshot.short(),
+                    short_time(&v.last_seen)
+                )
+            } else {
+                format!(
+                    "in {} snapshots, {} {} .. {} {}",
+                    v.snapshots,
+                    v.first_snapshot.short(),
+                    short_time(&v.first_seen),
+                    v.last_snapshot.short(),
+                    short_time(&v.last_seen)
+                )
+            };
+            outln!("{}  {:>10}  {seen}", v.entry.path, v.entry.size)?;
+        }
+        if !global.quiet {
+            errln!(
+                "{} ({}) in {}; --all lists every occurrence",
+                render::count(summary.versions.len() as u64, "version"),
+                render::count(summary.matches.len() as u64, "match"),
+                render::count(summary.snapshots as u64, "snapshot")
+            );
+        }
     }
     Ok(Outcome::Success)
+}
+
+/// An RFC 3339 time to the minute, for listings.
+fn short_time(time: &str) -> &str {
+    &time[..time.len().min(16)]
 }
 
 pub async fn diff(global: &GlobalArgs, args: DiffArgs) -> Result<Outcome> {

@@ -1,8 +1,8 @@
-//! `larder key add|list|remove|passwd`.
+//! `larder key add|list|remove|passwd|export`.
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use larder::key::KdfParams;
 use larder::ops::keys;
@@ -22,6 +22,11 @@ pub enum KeyCommand {
     },
     /// Change the passphrase in use: add a new key file, then remove the current one
     Passwd(NewKeyArgs),
+    /// Write the repository's key, unencrypted, to a new file (mode 0600) that opens it with --key-file and no passphrase or key derivation. Whoever reads the file can read and write the repository, and removing passphrases does not revoke it
+    Export {
+        /// The file to create (never overwritten)
+        file: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -89,6 +94,26 @@ pub async fn run(global: &GlobalArgs, command: KeyCommand) -> Result<Outcome> {
         KeyCommand::Remove { id } => {
             let id = keys::remove_key(&repo, &id).await?;
             report(global, "removed key", &id)?;
+        }
+        KeyCommand::Export { file } => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let bytes = zeroize::Zeroizing::new(repo.export_key());
+            let mut out = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&file)
+                .with_context(|| format!("creating the key file {}", file.display()))?;
+            out.write_all(&bytes)
+                .and_then(|()| out.sync_all())
+                .with_context(|| format!("writing the key file {}", file.display()))?;
+            if !global.quiet && !global.json {
+                outln!(
+                    "wrote the repository's key to {} (mode 0600); it opens the repository with --key-file and no passphrase: keep it as safe as the data",
+                    file.display()
+                )?;
+            }
         }
     }
     Ok(Outcome::Success)

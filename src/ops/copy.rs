@@ -224,11 +224,12 @@ async fn copy_one(
         copied_from: Some(id),
         ..snapshot.clone()
     };
-    let (new_id, stored) = dst.write_snapshot(&copy, lease).await?;
+    let (new_id, _) = dst.write_snapshot(&copy, lease).await?;
     use std::sync::atomic::Ordering::Relaxed;
     summary.blobs_new += stats.blobs_new.load(Relaxed);
     summary.blobs_reused += stats.blobs_reused.load(Relaxed);
-    summary.bytes_added += stats.bytes_added.load(Relaxed) + stored;
+    // As for a backup: new packs and index objects, not snapshot objects.
+    summary.bytes_added += stats.bytes_added.load(Relaxed);
     summary.bytes_read += bytes_read;
     Ok(new_id)
 }

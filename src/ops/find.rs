@@ -30,11 +30,33 @@ pub struct Match {
     pub entry: Entry,
 }
 
+/// One version of a matching path: the same kind, size and modification
+/// time in every snapshot that holds it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FoundVersion {
+    /// The entry, as the newest snapshot holding this version has it.
+    #[serde(flatten)]
+    pub entry: Entry,
+    /// Snapshots holding this version.
+    pub snapshots: u64,
+    /// The oldest of them: id and time (RFC 3339).
+    pub first_snapshot: SnapshotId,
+    /// When this version was first seen.
+    pub first_seen: String,
+    /// The newest of them.
+    pub last_snapshot: SnapshotId,
+    /// When it was last seen.
+    pub last_seen: String,
+}
+
 /// What `find` found.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct FindSummary {
     /// Matches, newest snapshot first, then by path.
     pub matches: Vec<Match>,
+    /// The matches grouped into versions: by path, then newest version
+    /// first.
+    pub versions: Vec<FoundVersion>,
     /// Snapshots searched.
     pub snapshots: u64,
     /// Wall time.
@@ -63,7 +85,9 @@ pub async fn find(repo: &Repo, pattern: &str, filter: &SnapshotFilter) -> Result
                 });
             }
         }
+        let versions = group(&matches);
         Ok(FindSummary {
+            versions,
             matches,
             snapshots: snapshots.len() as u64,
             duration_s: started.elapsed().as_secs_f64(),
@@ -71,6 +95,42 @@ pub async fn find(repo: &Repo, pattern: &str, filter: &SnapshotFilter) -> Result
         })
     })
     .await
+}
+
+/// Groups matches (newest snapshot first) into versions.
+fn group(matches: &[Match]) -> Vec<FoundVersion> {
+    let mut versions: Vec<FoundVersion> = Vec::new();
+    let mut at: HashMap<(&str, &str, u64, &str), usize> = HashMap::new();
+    for m in matches {
+        let key = (
+            m.entry.path.as_str(),
+            m.entry.kind,
+            m.entry.size,
+            m.entry.mtime.as_str(),
+        );
+        match at.get(&key) {
+            Some(&i) => {
+                let v = &mut versions[i];
+                v.snapshots += 1;
+                v.first_snapshot = m.snapshot;
+                v.first_seen.clone_from(&m.time);
+            }
+            None => {
+                at.insert(key, versions.len());
+                versions.push(FoundVersion {
+                    entry: m.entry.clone(),
+                    snapshots: 1,
+                    first_snapshot: m.snapshot,
+                    first_seen: m.time.clone(),
+                    last_snapshot: m.snapshot,
+                    last_seen: m.time.clone(),
+                });
+            }
+        }
+    }
+    // By path; for one path, the newest version first (the order found).
+    versions.sort_by(|a, b| a.entry.path.cmp(&b.entry.path));
+    versions
 }
 
 fn search<'a>(

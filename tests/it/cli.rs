@@ -586,3 +586,153 @@ fn forget_removes_the_named_snapshots_and_nothing_else() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert_eq!(snapshot_count(&r), 1);
 }
+
+#[test]
+fn an_exported_key_file_opens_the_repository_without_a_passphrase_and_only_that_one() {
+    use std::os::unix::fs::PermissionsExt;
+    let r = CliRepo::init();
+    let data = random_bytes(300_000, 21);
+    r.backup_stdin("db", &data);
+    let key = r.dir.path().join("repo.key");
+    assert_success(&r.run(&["key", "export", key.to_str().unwrap()]));
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // Never overwritten.
+    let out = r.run(&["key", "export", key.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+
+    // No passphrase anywhere: the key file alone opens it.
+    let with_key = |key: &std::path::Path, args: &[&str]| {
+        larder_cmd()
+            .arg("--repo")
+            .arg(&r.repo)
+            .arg("--cache-dir")
+            .arg(&r.cache)
+            .arg("--key-file")
+            .arg(key)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = with_key(&key, &["cat", "latest"]);
+    assert_success(&out);
+    assert!(out.stdout == data);
+    assert_success(&with_key(
+        &key,
+        &["backup", "--source", "etc", "--quiet", "/etc/hostname"],
+    ));
+
+    // Another repository's key file, a damaged one, and not a key file.
+    let other = CliRepo::init();
+    let other_key = other.dir.path().join("other.key");
+    assert_success(&other.run(&["key", "export", other_key.to_str().unwrap()]));
+    let out = with_key(&other_key, &["snapshots"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("the key file is for repository"),
+        "{}",
+        stderr(&out)
+    );
+    let mut bytes = std::fs::read(&key).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    let damaged = r.dir.path().join("damaged.key");
+    std::fs::write(&damaged, &bytes).unwrap();
+    let out = with_key(&damaged, &["snapshots"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("does not open this repository"),
+        "{}",
+        stderr(&out)
+    );
+    let garbage = r.dir.path().join("garbage.key");
+    std::fs::write(&garbage, b"correct horse battery staple\n").unwrap();
+    let out = with_key(&garbage, &["snapshots"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("not a larder key file"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A readable-by-others key file still opens, with a warning.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = with_key(&key, &["snapshots"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("chmod 600"), "{}", stderr(&out));
+}
+
+#[test]
+fn find_prints_one_line_per_version_and_every_occurrence_with_all() {
+    let r = CliRepo::init();
+    let tree = r.dir.path().join("kb");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("same.yaml"), "a: 1\n").unwrap();
+    std::fs::write(tree.join("changing.yaml"), "b: 1\n").unwrap();
+    let backup = || {
+        assert_success(&r.run(&[
+            "backup",
+            "--source",
+            "kb",
+            "--quiet",
+            tree.to_str().unwrap(),
+        ]))
+    };
+    backup();
+    backup();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(tree.join("changing.yaml"), "b: 2, longer\n").unwrap();
+    backup();
+
+    let out = r.run(&["find", "*.yaml"]);
+    assert_success(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    let same: Vec<&&str> = lines.iter().filter(|l| l.contains("same.yaml")).collect();
+    assert_eq!(same.len(), 1, "{text}");
+    assert!(same[0].contains("in 3 snapshots"), "{text}");
+    let changing: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.contains("changing.yaml"))
+        .collect();
+    assert_eq!(changing.len(), 2, "{text}");
+    assert!(
+        changing.iter().any(|l| l.contains("in 2 snapshots")),
+        "{text}"
+    );
+    assert!(
+        stderr(&out).contains("3 versions (6 matches) in 3 snapshots"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = r.run(&["find", "*.yaml", "--all"]);
+    assert_success(&out);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 6);
+    let out = r.run(&["--json", "find", "*.yaml"]);
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["versions"].as_array().unwrap().len(), 3);
+    assert_eq!(summary["matches"].as_array().unwrap().len(), 6);
+}
+
+#[test]
+fn a_backup_and_the_snapshot_listing_report_the_same_bytes_added() {
+    let r = CliRepo::init();
+    for (i, source) in ["db", "db", "other"].iter().enumerate() {
+        let summary = r.backup_stdin(source, &random_bytes(200_000 + i * 1000, i as u64));
+        let out = r.run(&["--json", "snapshots"]);
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let listed = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == summary["snapshot_id"])
+            .unwrap();
+        assert_eq!(
+            listed["added"], summary["bytes_added"],
+            "{listed:#} {summary:#}"
+        );
+    }
+}
