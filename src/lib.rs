@@ -89,4 +89,5 @@ pub use progress::Progress;
 pub use repo::{InitOptions, Repo};
 pub use retention::Policy;
 pub use snapshot::Snapshot;
+pub use recipe::panic_is_contained;
 pub use source::StreamInput;

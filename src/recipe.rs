@@ -28,6 +28,28 @@
 use std::io::{self, Read};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+thread_local! {
+    /// Set while the DEFLATE analysis runs under [`contained`].
+    static CONTAINED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` (the `preflate-rs` analysis or replay), turning a panic into an
+/// `Err`: the caller then stores the input as it came, or fails the
+/// rebuild, so such a panic loses nothing and is not a bug of larder's to
+/// report.
+fn contained<R>(f: impl FnOnce() -> R) -> std::thread::Result<R> {
+    CONTAINED.with(|c| c.set(true));
+    let outcome = catch_unwind(AssertUnwindSafe(f));
+    CONTAINED.with(|c| c.set(false));
+    outcome
+}
+
+/// Whether the current thread is inside [`contained`], where a panic is
+/// handled (a panic hook stays quiet about it).
+pub fn panic_is_contained() -> bool {
+    CONTAINED.with(std::cell::Cell::get)
+}
+
 use bytes::Bytes;
 use minicbor::bytes::{ByteArray, ByteVec};
 use preflate_rs::{ExitCode, PreflateConfig, PreflateStreamProcessor, RecreateStreamProcessor};
@@ -539,7 +561,7 @@ impl Unpacker<'_> {
         let mut want = step.max(FIRST_STEP);
         loop {
             self.fill(want)?;
-            let outcome = catch_unwind(AssertUnwindSafe(|| processor.decompress(&self.buf)));
+            let outcome = contained(|| processor.decompress(&self.buf));
             let result = match outcome {
                 Ok(Ok(result)) => Some(result),
                 // Not one whole block in the buffer: the parser has rewound,
@@ -1022,9 +1044,9 @@ impl Rebuilder {
             .recreate
             .get_or_insert_with(RecreateStreamProcessor::new);
         let plain = std::mem::take(&mut self.pending);
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
+        let outcome = contained(|| {
             processor.recompress(&mut io::Cursor::new(&plain), corrections)
-        }));
+        });
         let compressed = match outcome {
             Ok(Ok((compressed, _))) => compressed,
             Ok(Err(e)) => {
