@@ -117,6 +117,10 @@ pub const MAX_UNPACKED: u64 = 1 << 30;
 /// Largest recipe a rebuild reads.
 pub const MAX_RECIPE_SIZE: u64 = 256 << 20;
 
+/// Most correction bytes one recipe gathers; past this, the rest of the
+/// input is stored as it came, so a recipe always stays readable.
+const CORRECTIONS_BUDGET: u64 = MAX_RECIPE_SIZE / 2;
+
 /// Longest gzip header accepted (file name and comment included).
 const MAX_HEADER: usize = 64 << 10;
 
@@ -199,18 +203,6 @@ pub struct Run {
     pub count: u64,
 }
 
-/// Run-length encodes chunk lengths.
-fn runs(lengths: &[u64]) -> Vec<Run> {
-    let mut runs: Vec<Run> = Vec::new();
-    for &len in lengths {
-        match runs.last_mut() {
-            Some(run) if run.len == len => run.count += 1,
-            _ => runs.push(Run { len, count: 1 }),
-        }
-    }
-    runs
-}
-
 impl Recipe {
     /// The recipe's bytes as stored.
     pub fn encode(&self) -> Vec<u8> {
@@ -289,6 +281,7 @@ pub fn unpack_gzip(
         hasher: Some(blake3::Hasher::new()),
         read: 0,
         ops: Vec::new(),
+        corrections: 0,
     };
     let integrity = u.run()?;
     let passed_through = copied(&u.ops);
@@ -327,6 +320,8 @@ struct Unpacker<'a> {
     hasher: Option<blake3::Hasher>,
     read: u64,
     ops: Vec<Op>,
+    /// Correction bytes gathered so far (for one recipe, across streams).
+    corrections: u64,
 }
 
 /// The checksum a compressed stream's trailer holds.
@@ -608,6 +603,13 @@ impl Unpacker<'_> {
                     continue;
                 }
             };
+            if self.corrections + result.corrections.len() as u64 > CORRECTIONS_BUDGET {
+                return Ok(Attempt::Final(Integrity::Unknown(format!(
+                    "{what}: the recipe would outgrow {CORRECTIONS_BUDGET} bytes of corrections; \
+                     the rest is stored as it came"
+                ))));
+            }
+            self.corrections += result.corrections.len() as u64;
             crc.update(text);
             let start = len;
             len += text.len() as u64;

@@ -28,6 +28,8 @@ pub(crate) fn check(mut reader: impl Read) -> io::Result<Verdict> {
         ));
     }
     let mut decoder = zstd::stream::read::Decoder::new(reader)?;
+    // Neo4j may write long windows; the default limit is 2^27.
+    decoder.window_log_max(31)?;
     match io::copy(&mut decoder, &mut io::sink()) {
         Ok(0) => Ok(Verdict::incomplete(
             format,

@@ -527,6 +527,16 @@ async fn stream_root(
 /// and mostly new each time) and returns its content list.
 async fn store_recipe(repo: &Repo, writer: &BlobWriter, recipe: &Recipe) -> Result<Content> {
     let bytes = Bytes::from(recipe.encode());
+    // Never store a recipe a restore would refuse (the unpacking keeps
+    // within a budget well below this; this is the last guard).
+    if bytes.len() as u64 > crate::recipe::MAX_RECIPE_SIZE {
+        return Err(Error::InvalidArgument(format!(
+            "the recipe that rebuilds this input would be {} bytes, more than a restore reads \
+             ({}); back it up with --no-unpack",
+            bytes.len(),
+            crate::recipe::MAX_RECIPE_SIZE
+        )));
+    }
     let mut builder =
         ContentBuilder::new(repo.config().list_fanout as usize, repo.hasher().clone());
     let mut lists = Vec::new();

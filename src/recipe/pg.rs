@@ -16,7 +16,9 @@ use std::io::{self, BufRead, Read};
 use bytes::Bytes;
 use minicbor::bytes::ByteArray;
 
-use super::{EMIT_PIECE, Integrity, Op, PG_CUSTOM, Recipe, STEP, Unpacked, Unpacker, copied, runs};
+use super::{
+    EMIT_PIECE, Integrity, Op, PG_CUSTOM, Recipe, Run, STEP, Unpacked, Unpacker, copied,
+};
 use crate::dump::postgres::{Archive, Broken, Toc};
 
 /// Data block types (`pg_backup_archiver.h`).
@@ -49,6 +51,7 @@ pub fn unpack_pg_custom(
         broken: None,
         unknown: None,
         passed_through: 0,
+        corrections: 0,
     };
     walk.run()?;
     let raw = walk.archive.r;
@@ -129,6 +132,8 @@ struct Walk<'a> {
     /// The first part that could not be unpacked.
     unknown: Option<String>,
     passed_through: u64,
+    /// Correction bytes gathered so far, across streams.
+    corrections: u64,
 }
 
 impl Walk<'_> {
@@ -186,7 +191,7 @@ impl Walk<'_> {
         let mut chunks = Chunks {
             raw: &mut self.archive.r,
             int_size: self.archive.int_size,
-            lengths: Vec::new(),
+            runs: Vec::new(),
             chunk: Vec::new(),
             at: 0,
             end: None,
@@ -200,11 +205,19 @@ impl Walk<'_> {
             hasher: None,
             read: 0,
             ops: Vec::new(),
+            corrections: self.corrections,
         };
-        let integrity = inner.zlib(what)?;
+        let integrity = if inner.corrections < super::CORRECTIONS_BUDGET {
+            inner.zlib(what)?
+        } else {
+            Integrity::Unknown(format!(
+                "{what} and what follows: the recipe is as large as it may grow"
+            ))
+        };
         // Chunks after the stream's end are passed through too.
         inner.copy_rest()?;
         let ops = std::mem::take(&mut inner.ops);
+        self.corrections = inner.corrections;
         drop(inner);
         self.streams += 1;
         self.passed_through += copied(&ops);
@@ -217,12 +230,12 @@ impl Walk<'_> {
                 self.unknown.get_or_insert(why);
             }
         }
-        let lengths = std::mem::take(&mut chunks.lengths);
+        let runs = std::mem::take(&mut chunks.runs);
         let end = chunks.end.take();
-        if !lengths.is_empty() {
+        if !runs.is_empty() {
             self.ops.push(Op::Chunked {
                 int_size: self.archive.int_size as u8,
-                runs: runs(&lengths),
+                runs,
             });
         }
         self.ops.extend(ops);
@@ -309,7 +322,8 @@ enum End {
 struct Chunks<'r, 'a> {
     raw: &'r mut Raw<'a>,
     int_size: usize,
-    lengths: Vec<u64>,
+    /// The chunk lengths so far, run-length encoded as they come.
+    runs: Vec<Run>,
     chunk: Vec<u8>,
     at: usize,
     end: Option<End>,
@@ -354,7 +368,10 @@ impl Read for Chunks<'_, '_> {
                 self.end = Some(End::Stopped(prefix));
                 continue;
             }
-            self.lengths.push(len);
+            match self.runs.last_mut() {
+                Some(run) if run.len == len => run.count += 1,
+                _ => self.runs.push(Run { len, count: 1 }),
+            }
             self.at = 0;
         }
     }

@@ -104,12 +104,19 @@ pub fn unpack_neo4j(
     emit: &mut dyn FnMut(Bytes) -> bool,
     tee: &mut dyn FnMut(&[u8]),
 ) -> io::Result<Unpacked> {
-    let mut spool = spool_file()?;
+    let dir = std::env::temp_dir();
+    // The spool, while the frame may still be reproduced; once it cannot
+    // be, what was spooled is handed on and the rest streams through.
+    let mut spool = Some(spool_file(&dir)?);
     let mut hasher = blake3::Hasher::new();
     let mut read = 0u64;
     let mut head: Vec<u8> = Vec::new();
     let mut verifier: Option<Verifier> = None;
     let mut why_not = None;
+    let mut emitter = Emitter {
+        emit,
+        hasher: blake3::Hasher::new(),
+    };
     let mut buf = vec![0u8; STEP];
     loop {
         let n = match input.read(&mut buf) {
@@ -119,53 +126,77 @@ pub fn unpack_neo4j(
             Err(e) => return Err(e),
         };
         let chunk = &buf[..n];
-        spool.write_all(chunk)?;
         hasher.update(chunk);
         tee(chunk);
         read += n as u64;
-        if why_not.is_some() {
+        let Some(file) = spool.as_mut() else {
+            emitter.pass(&mut &chunk[..])?;
             continue;
-        }
-        let mut frame_bytes = chunk;
-        if verifier.is_none() {
-            head.extend_from_slice(chunk);
-            // Magic, then a frame header of at most 14 bytes.
-            if head.len() < MAGIC.len() + 18 {
-                continue;
-            }
-            match head.strip_prefix(MAGIC).and_then(header).map(Verifier::new) {
-                Some(Ok(v)) => verifier = Some(v),
-                Some(Err(e)) => return Err(e),
-                None => {
-                    why_not = Some(Integrity::Unknown(
-                        "its zstd frame header names a dictionary or is damaged".into(),
-                    ));
+        };
+        file.write_all(chunk).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "the Neo4j dump could not be spooled to {} for verification ({e}); free \
+                     space there, point TMPDIR elsewhere, or back it up with --no-unpack",
+                    dir.display()
+                ),
+            )
+        })?;
+        if why_not.is_none() {
+            let mut frame_bytes = chunk;
+            if verifier.is_none() {
+                head.extend_from_slice(chunk);
+                // Magic, then a frame header of at most 14 bytes.
+                if head.len() < MAGIC.len() + 18 {
                     continue;
                 }
+                match head.strip_prefix(MAGIC).and_then(header).map(Verifier::new) {
+                    Some(Ok(v)) => verifier = Some(v),
+                    Some(Err(e)) => return Err(e),
+                    None => {
+                        why_not = Some(Integrity::Unknown(
+                            "its zstd frame header names a dictionary or is damaged".into(),
+                        ));
+                    }
+                }
+                frame_bytes = &head[MAGIC.len()..];
             }
-            frame_bytes = &head[MAGIC.len()..];
+            if let Some(v) = verifier.as_mut()
+                && why_not.is_none()
+                && let Err(why) = v.feed(frame_bytes)
+            {
+                why_not = Some(why);
+            }
+            head = Vec::new();
         }
-        let v = verifier.as_mut().expect("set above");
-        if let Err(why) = v.feed(frame_bytes) {
-            why_not = Some(why);
+        if why_not.is_some() {
+            // Hand on what was spooled, as it came; stream the rest.
+            let mut file = spool.take().expect("spooling");
+            file.seek(io::SeekFrom::Start(0))?;
+            emitter.pass(&mut file)?;
         }
-        head = Vec::new();
     }
     if why_not.is_none() {
         why_not = match verifier.as_mut() {
-            None => Some(Integrity::Broken("it ends inside its header".into())),
+            None => Some(Integrity::Unknown(
+                "it is too short to take apart".into(),
+            )),
             Some(v) => v.finish().err(),
         };
     }
-    spool.seek(io::SeekFrom::Start(0))?;
     let hash = ByteArray::from(*hasher.finalize().as_bytes());
-    let mut emitter = Emitter { emit, emitted: 0 };
     let verified = match (why_not, verifier) {
         (None, Some(v)) => v
             .chosen()
-            .map(|(level, header, frame_len)| (level, header, frame_len, v.plain)),
+            .map(|(level, header, frame_len)| {
+                (level, header, frame_len, v.plain, v.plain_hash.finalize())
+            }),
         (why, _) => {
-            emitter.pass(&mut spool)?;
+            if let Some(mut file) = spool.take() {
+                file.seek(io::SeekFrom::Start(0))?;
+                emitter.pass(&mut file)?;
+            }
             return Ok(Unpacked {
                 recipe: Recipe {
                     format: NEO4J.into(),
@@ -181,17 +212,23 @@ pub fn unpack_neo4j(
             });
         }
     };
-    let (level, header, frame_len, plain) = verified.expect("a verified frame has a level");
+    let mut spool = spool.expect("a verified dump is spooled");
+    spool.seek(io::SeekFrom::Start(0))?;
+    let (level, header, frame_len, plain, plain_hash) =
+        verified.expect("a verified frame has a level");
     // The frame, decompressed again from the spool, then what follows it.
     let mut magic = [0u8; 4];
     spool.read_exact(&mut magic)?;
     let mut decoder =
         zstd::stream::read::Decoder::new((&mut spool).take(frame_len))?.single_frame();
+    decoder.window_log_max(31)?;
+    emitter.hasher = blake3::Hasher::new();
     let decompressed = emitter.pass(&mut decoder)?;
     drop(decoder);
-    if decompressed != plain {
+    if decompressed != plain || emitter.hasher.finalize() != plain_hash {
         return Err(io::Error::other(
-            "the spooled dump decompressed differently the second time",
+            "the spooled dump decompressed differently the second time (the temporary \
+             directory's storage is unreliable)",
         ));
     }
     spool.seek(io::SeekFrom::Start(MAGIC.len() as u64 + frame_len))?;
@@ -221,9 +258,9 @@ pub fn unpack_neo4j(
     })
 }
 
-/// A spool file in the temporary directory, deleted once open.
-fn spool_file() -> io::Result<std::fs::File> {
-    let dir = std::env::temp_dir();
+/// A spool file in `dir`, readable by its owner only, deleted once open.
+fn spool_file(dir: &std::path::Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
     for _ in 0..16 {
         let name = dir.join(format!(
             ".larder-spool-{}-{:016x}",
@@ -238,6 +275,7 @@ fn spool_file() -> io::Result<std::fs::File> {
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&name)
         {
             Ok(file) => {
@@ -251,10 +289,10 @@ fn spool_file() -> io::Result<std::fs::File> {
     Err(io::Error::other("cannot create a spool file"))
 }
 
-/// Hands a reader's bytes on, in pieces.
+/// Hands a reader's bytes on, in pieces, hashing them.
 struct Emitter<'a> {
     emit: &'a mut dyn FnMut(Bytes) -> bool,
-    emitted: u64,
+    hasher: blake3::Hasher,
 }
 
 impl Emitter<'_> {
@@ -277,7 +315,7 @@ impl Emitter<'_> {
             }
             piece.truncate(got);
             total += got as u64;
-            self.emitted += got as u64;
+            self.hasher.update(&piece);
             if !(self.emit)(Bytes::from(piece)) {
                 return Err(io::Error::new(
                     io::ErrorKind::BrokenPipe,
@@ -300,8 +338,9 @@ struct Verifier {
     /// Frame bytes the decoder consumed; the frame's length once `done`.
     consumed: u64,
     done: bool,
-    /// Contents decoded.
+    /// Contents decoded, and their hash.
     plain: u64,
+    plain_hash: blake3::Hasher,
 }
 
 impl Verifier {
@@ -318,13 +357,19 @@ impl Verifier {
             .collect::<io::Result<Vec<_>>>()?;
         Ok(Verifier {
             header,
-            decoder: Decoder::new()?,
+            decoder: {
+                let mut decoder = Decoder::new()?;
+                // Neo4j may write long windows; the default limit is 2^27.
+                decoder.set_parameter(zstd::stream::raw::DParameter::WindowLogMax(31))?;
+                decoder
+            },
             candidates,
             window: Vec::new(),
             base: 0,
             consumed: 0,
             done: false,
             plain: 0,
+            plain_hash: blake3::Hasher::new(),
         })
     }
 
@@ -380,6 +425,7 @@ impl Verifier {
     /// Compresses decoded contents with every candidate, comparing.
     fn compress(&mut self, plain: &[u8]) -> Result<(), Integrity> {
         self.plain += plain.len() as u64;
+        self.plain_hash.update(plain);
         let mut out = vec![0u8; plain.len() + (64 << 10)];
         let (window, base) = (&self.window, self.base);
         self.candidates.retain_mut(|c| {
