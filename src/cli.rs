@@ -90,6 +90,9 @@ pub struct GlobalArgs {
     /// The plan loaded from `config`.
     #[arg(skip)]
     plan: Option<Arc<larder::plan::Plan>>,
+    /// Whether the repository is the plan's (not one named otherwise).
+    #[arg(skip)]
+    plan_repo: bool,
     /// Repository: a directory path, file:///path, or s3://bucket/prefix (AWS_* variables for S3)
     #[arg(
         long,
@@ -324,7 +327,7 @@ async fn next_signal(signals: &mut [(i32, tokio::signal::unix::Signal)]) -> i32 
 /// After a command given `--config` whose plan names a metrics file,
 /// rewrites that file.
 async fn metrics_after_command(global: &GlobalArgs) -> Result<()> {
-    let Some(plan) = &global.plan else {
+    let Some(plan) = global.plan.as_ref().filter(|_| global.plan_repo) else {
         return Ok(());
     };
     let Some(path) = &plan.metrics_file else {
@@ -476,6 +479,14 @@ impl GlobalArgs {
         let plan = larder::plan::Plan::load(&path)?;
         if self.repo.as_deref().is_none_or(str::is_empty) {
             self.repo.clone_from(&plan.repository);
+        }
+        // Another repository named on the command line gets neither the
+        // plan's credentials nor its metrics file.
+        self.plan_repo = self.repo == plan.repository;
+        if !self.plan_repo {
+            self.config = Some(path);
+            self.plan = Some(Arc::new(plan));
+            return Ok(());
         }
         if self.password_file.is_none() && self.password_command.is_none() {
             self.password_file.clone_from(&plan.password_file);

@@ -189,10 +189,8 @@ impl Default for PrunePlan {
 pub struct CopyPlan {
     /// Its URL.
     pub to: String,
-    /// Its passphrase file.
+    /// Its passphrase file (or `LARDER_TO_PASSWORD`).
     pub password_file: Option<PathBuf>,
-    /// Its passphrase command.
-    pub password_command: Option<String>,
 }
 
 /// `[check]`.

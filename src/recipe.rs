@@ -1046,9 +1046,7 @@ impl Rebuilder {
             .recreate
             .get_or_insert_with(RecreateStreamProcessor::new);
         let plain = std::mem::take(&mut self.pending);
-        let outcome = contained(|| {
-            processor.recompress(&mut io::Cursor::new(&plain), corrections)
-        });
+        let outcome = contained(|| processor.recompress(&mut io::Cursor::new(&plain), corrections));
         let compressed = match outcome {
             Ok(Ok((compressed, _))) => compressed,
             Ok(Err(e)) => {

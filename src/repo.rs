@@ -81,6 +81,8 @@ pub struct Repo {
     sealer: Sealer,
     hasher: BlobHasher,
     key_id: KeyId,
+    /// Opened with an exported key file, not a passphrase.
+    from_key_file: bool,
     master: Arc<MasterKey>,
     catalog: Arc<Mutex<Catalog>>,
     cache_dir: PathBuf,
@@ -224,7 +226,7 @@ impl Repo {
             )));
         }
         let master = MasterKey::from_bytes(exported.master);
-        Repo::open_unlocked(
+        let mut repo = Repo::open_unlocked(
             backend,
             envelope,
             master,
@@ -240,7 +242,15 @@ impl Repo {
                     .into(),
             ),
             e => e,
-        })
+        })?;
+        repo.from_key_file = true;
+        Ok(repo)
+    }
+
+    /// Whether the repository was opened with an exported key file (so no
+    /// passphrase, and no key file of `keys/`, is "the one in use").
+    pub fn opened_with_key_file(&self) -> bool {
+        self.from_key_file
     }
 
     /// The repository's key as a key file: whoever holds it can read and
@@ -316,6 +326,7 @@ impl Repo {
             hasher: BlobHasher::new(*master.blob_id_key()),
             config: Arc::new(config),
             key_id,
+            from_key_file: false,
             master: Arc::new(master),
             catalog: Arc::new(Mutex::new(catalog)),
             cache_dir,
@@ -486,10 +497,6 @@ impl Repo {
     }
 }
 
-/// The cache directory of one repository at one location. The location is
-/// part of the name because a copied repository (rsync to a second disk)
-/// keeps its id: two copies sharing a catalog would let a backup into one
-/// deduplicate against blobs that exist only in the other.
 /// An exported key file: `{0: "larder key", 1: repository id, 2: key id,
 /// 3: master key}` in CBOR.
 struct ExportedKey {
@@ -567,6 +574,10 @@ impl ExportedKey {
     }
 }
 
+/// The cache directory of one repository at one location. The location is
+/// part of the name because a copied repository (rsync to a second disk)
+/// keeps its id: two copies sharing a catalog would let a backup into one
+/// deduplicate against blobs that exist only in the other.
 fn cache_dir_for(cache_root: &Path, repo_id: RepoId, location: &str) -> PathBuf {
     cache_root.join(format!(
         "{}-{}",

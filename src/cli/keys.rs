@@ -86,6 +86,13 @@ pub async fn run(global: &GlobalArgs, command: KeyCommand) -> Result<Outcome> {
             let id = keys::add_key(&repo, pw.as_bytes(), args.kdf()).await?;
             report(global, "added key", &id)?;
         }
+        KeyCommand::Passwd(_) if repo.opened_with_key_file() => {
+            anyhow::bail!(
+                "key passwd replaces the passphrase that opened the repository, and a key file \
+                 opened it: give the passphrase to change (--password-file), or use key add and \
+                 key remove"
+            );
+        }
         KeyCommand::Passwd(args) => {
             let pw = passphrase::new_key(args.new_password_file.as_deref())?;
             let id = keys::change_passphrase(&repo, pw.as_bytes(), args.kdf()).await?;

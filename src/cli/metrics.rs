@@ -25,7 +25,9 @@ struct Family {
 /// Writes the metrics for `repo` (and `plan`'s sources) to `path`.
 pub async fn write(repo: &Repo, plan: &Plan, state: &State, path: &Path) -> Result<()> {
     let text = render(repo, plan, state).await?;
-    write_atomically(path, text.as_bytes())
+    // node_exporter runs as a user of its own: the file is world-readable
+    // (it holds source names, times, sizes and outcomes; SECURITY.md).
+    write_atomically(path, text.as_bytes(), 0o644)
 }
 
 async fn render(repo: &Repo, plan: &Plan, state: &State) -> Result<String> {

@@ -180,7 +180,7 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> Result<Outcome> {
             }
         }
     }
-    state.save(&state_path)?;
+    save_state(&mut runner, &state_path, &state, false);
 
     // Retention and prune, with the prune lease (the backups' are released).
     let prune = plan.prune.enabled;
@@ -320,7 +320,7 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> Result<Outcome> {
                 runner.done("check", None, Err(format!("{e:#}")), Vec::new(), began)?;
             }
         }
-        state.save(&state_path)?;
+        save_state(&mut runner, &state_path, &state, true);
     }
 
     // Drills of the sources whose last drill is older than `every`.
@@ -368,7 +368,7 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> Result<Outcome> {
     }
 
     // The metrics file, from the repository's records and this state.
-    if let Some(path) = &plan.metrics_file {
+    if let Some(path) = plan.metrics_file.as_ref().filter(|_| global.plan_repo) {
         let began = Instant::now();
         let result = async {
             let repo = open(global).await?;
@@ -416,6 +416,31 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> Result<Outcome> {
     })
 }
 
+/// Saves what this run changed in the state file, over what is there now
+/// (a `check` may have written it meanwhile). A failure to write it is a
+/// failed step, and the run goes on.
+fn save_state(runner: &mut Runner, path: &std::path::Path, state: &State, checked: bool) {
+    let began = Instant::now();
+    let mut fresh = State::load(path);
+    for step in &runner.summary.steps {
+        if step.step == "backup"
+            && let Some(source) = &step.source
+            && let Some(attempt) = state.sources.get(source)
+        {
+            fresh.sources.insert(source.clone(), attempt.clone());
+        }
+    }
+    if checked {
+        fresh.check_runs = fresh.check_runs.max(state.check_runs);
+        fresh.last_check.clone_from(&state.last_check);
+    }
+    if let Err(e) = fresh.save(path) {
+        // Printing can only fail on a closed standard output; the step is
+        // recorded either way.
+        let _ = runner.done("state", None, Err(format!("{e:#}")), Vec::new(), began);
+    }
+}
+
 /// Records the steps of a run and prints each as it ends.
 struct Runner<'a> {
     global: &'a GlobalArgs,
@@ -443,12 +468,14 @@ impl Runner<'_> {
             self.summary.ok = false;
             self.summary.failed.push(name.clone());
         }
+        // A closed standard output must not stop the backups: the line is
+        // dropped, the step still recorded.
         if !self.global.json && !self.global.quiet {
-            if ok {
-                outln!("{name}: {detail}")?;
+            let _ = if ok {
+                outln!("{name}: {detail}")
             } else {
-                outln!("{name}: FAILED: {detail}")?;
-            }
+                outln!("{name}: FAILED: {detail}")
+            };
         }
         if !ok && (self.global.json || self.global.quiet) {
             errln!("larder: {name} failed: {detail}");

@@ -81,14 +81,16 @@ impl State {
     /// Writes the state atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(self)?;
-        write_atomically(path, &bytes)
+        write_atomically(path, &bytes, 0o600)
     }
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory
-/// and a rename, so a reader sees the old file or the new one, never half.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+/// and a rename, so a reader sees the old file or the new one, never half;
+/// the file gets `mode`.
+pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -101,6 +103,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let result = (|| -> std::io::Result<()> {
         let mut file = std::fs::File::create(&tmp)?;
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
         file.write_all(bytes)?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)

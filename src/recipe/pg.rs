@@ -16,9 +16,7 @@ use std::io::{self, BufRead, Read};
 use bytes::Bytes;
 use minicbor::bytes::ByteArray;
 
-use super::{
-    EMIT_PIECE, Integrity, Op, PG_CUSTOM, Recipe, Run, STEP, Unpacked, Unpacker, copied,
-};
+use super::{EMIT_PIECE, Integrity, Op, PG_CUSTOM, Recipe, Run, STEP, Unpacked, Unpacker, copied};
 use crate::dump::postgres::{Archive, Broken, Toc};
 
 /// Data block types (`pg_backup_archiver.h`).

@@ -179,19 +179,15 @@ pub fn unpack_neo4j(
     }
     if why_not.is_none() {
         why_not = match verifier.as_mut() {
-            None => Some(Integrity::Unknown(
-                "it is too short to take apart".into(),
-            )),
+            None => Some(Integrity::Unknown("it is too short to take apart".into())),
             Some(v) => v.finish().err(),
         };
     }
     let hash = ByteArray::from(*hasher.finalize().as_bytes());
     let verified = match (why_not, verifier) {
-        (None, Some(v)) => v
-            .chosen()
-            .map(|(level, header, frame_len)| {
-                (level, header, frame_len, v.plain, v.plain_hash.finalize())
-            }),
+        (None, Some(v)) => v.chosen().map(|(level, header, frame_len)| {
+            (level, header, frame_len, v.plain, v.plain_hash.finalize())
+        }),
         (why, _) => {
             if let Some(mut file) = spool.take() {
                 file.seek(io::SeekFrom::Start(0))?;

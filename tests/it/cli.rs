@@ -656,6 +656,25 @@ fn an_exported_key_file_opens_the_repository_without_a_passphrase_and_only_that_
         stderr(&out)
     );
 
+    // key passwd replaces the passphrase in use, and there is none.
+    let new = r.dir.path().join("new-pass");
+    std::fs::write(&new, "another passphrase\n").unwrap();
+    let out = with_key(
+        &key,
+        &[
+            "key",
+            "passwd",
+            "--new-password-file",
+            new.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("a key file opened it"),
+        "{}",
+        stderr(&out)
+    );
+
     // A readable-by-others key file still opens, with a warning.
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = with_key(&key, &["snapshots"]);
