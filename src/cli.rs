@@ -568,7 +568,22 @@ impl GlobalArgs {
             .push(Arc::clone(progress));
     }
 
+    /// Whether a signal has interrupted a watched operation.
+    fn interrupted(&self) -> bool {
+        self.interrupting_signal().is_some()
+    }
+
+    /// The signal that interrupted a watched operation, if one did.
+    fn interrupting_signal(&self) -> Option<i32> {
+        self.watched
+            .lock()
+            .expect("watch list lock")
+            .iter()
+            .find_map(|p| p.interrupt.raised())
+    }
+
     /// Whether a watched operation passed its commit point.
+
     fn committed(&self) -> bool {
         self.watched
             .lock()

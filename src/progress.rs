@@ -59,7 +59,7 @@ impl Interrupt {
     }
 
     /// The signal raised, if any.
-    pub(crate) fn raised(&self) -> Option<i32> {
+    pub fn raised(&self) -> Option<i32> {
         match self.signal.load(Ordering::SeqCst) {
             0 => None,
             signal => Some(signal),

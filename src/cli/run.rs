@@ -137,6 +137,9 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> Result<Outcome> {
 
     // Backups, each on its own.
     for source in &sources {
+        if global.interrupted() {
+            break;
+        }
         let began = Instant::now();
         let result = run_hooked(global, BackupArgs::from_plan(source)).await;
         global.release_leases().await;
@@ -182,189 +185,216 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> Result<Outcome> {
     }
     save_state(&mut runner, &state_path, &state, false);
 
-    // Retention and prune, with the prune lease (the backups' are released).
-    let prune = plan.prune.enabled;
-    let repo = if prune {
-        open_leased(global, LeaseKind::Prune).await
-    } else {
-        open(global).await
-    };
-    match repo {
-        Err(e) => {
+    // After a signal, no further step is taken ('steps is left).
+    'steps: {
+        if global.interrupted() {
+            break 'steps;
+        }
+        // Retention and prune, with the prune lease (the backups' are released).
+        let prune = plan.prune.enabled;
+        let repo = if prune {
+            open_leased(global, LeaseKind::Prune).await
+        } else {
+            open(global).await
+        };
+        match repo {
+            Err(e) => {
+                runner.done(
+                    "retention",
+                    None,
+                    Err(format!("{e:#}")),
+                    Vec::new(),
+                    Instant::now(),
+                )?;
+            }
+            Ok(repo) => {
+                for source in &sources {
+                    let began = Instant::now();
+                    let result = retention(&repo, &plan, source).await;
+                    if let Some(result) = result {
+                        let (detail, warnings) = match result {
+                            Ok((detail, warnings)) => (Ok(detail), warnings),
+                            Err(e) => (Err(format!("{e:#}")), Vec::new()),
+                        };
+                        runner.done("retention", Some(source.name()), detail, warnings, began)?;
+                    }
+                }
+                if prune {
+                    let began = Instant::now();
+                    let options = larder::ops::prune::PruneOptions {
+                        dry_run: false,
+                        max_unused_percent: plan
+                            .prune
+                            .max_unused
+                            .unwrap_or(larder::ops::prune::DEFAULT_MAX_UNUSED_PERCENT),
+                        max_wait: larder::ops::prune::DEFAULT_MAX_WAIT,
+                        notify: None,
+                        force_damaged: false,
+                    };
+                    match larder::ops::prune::prune(&repo, &options).await {
+                        Ok(p) => {
+                            let detail = format!(
+                                "{} deleted, {} freed; {} repacked",
+                                render::count(p.packs_deleted, "pack"),
+                                render::size(p.bytes_freed),
+                                render::count(p.packs_repacked, "pack")
+                            );
+                            runner.done("prune", None, Ok(detail), p.warnings, began)?;
+                        }
+                        Err(e) => {
+                            runner.done("prune", None, Err(format!("{e:#}")), Vec::new(), began)?
+                        }
+                    }
+                }
+                global.release_leases().await;
+            }
+        }
+
+        if global.interrupted() {
+            break 'steps;
+        }
+        // The off-site copy of the sources' snapshots.
+        if let Some(copy) = &plan.copy {
+            let began = Instant::now();
+            let result = copy_off_site(global, copy, &sources).await;
+            global.release_leases().await;
             runner.done(
-                "retention",
+                "copy",
                 None,
-                Err(format!("{e:#}")),
+                result.map_err(|e| format!("{e:#}")),
                 Vec::new(),
-                Instant::now(),
+                began,
             )?;
         }
-        Ok(repo) => {
-            for source in &sources {
-                let began = Instant::now();
-                let result = retention(&repo, &plan, source).await;
-                if let Some(result) = result {
-                    let (detail, warnings) = match result {
-                        Ok((detail, warnings)) => (Ok(detail), warnings),
-                        Err(e) => (Err(format!("{e:#}")), Vec::new()),
+
+        if global.interrupted() {
+            break 'steps;
+        }
+        // Verification, a rotating part of the packs each run.
+        if let Some(check) = &plan.check {
+            let began = Instant::now();
+            let spec = check
+                .read_data_subset
+                .as_deref()
+                .map(str::parse::<SubsetSpec>)
+                .transpose()?;
+            let subset = spec.map(|s| s.part(state.check_runs));
+            let result = async {
+                let repo = open_leased(global, LeaseKind::Read).await?;
+                let checked = larder::ops::check::check(
+                    &repo,
+                    &larder::ops::check::CheckOptions {
+                        read_data: subset.is_some(),
+                        subset,
+                        progress: Arc::new(Progress::default()),
+                    },
+                )
+                .await?;
+                anyhow::Ok(checked)
+            }
+            .await;
+            global.release_leases().await;
+            let subset_text = subset.map(|s| format!("{}/{}", s.part, s.of));
+            match result {
+                Ok(checked) => {
+                    state.check_runs += 1;
+                    state.last_check = Some(CheckRecord {
+                        time: now_s(),
+                        ok: checked.is_ok(),
+                        subset: subset_text.clone(),
+                        packs_read: checked.packs_read,
+                    });
+                    let read = subset_text.map_or(String::new(), |s| {
+                        format!(
+                            "; read part {s}: {}",
+                            render::count(checked.packs_read, "pack")
+                        )
+                    });
+                    let detail = if checked.is_ok() {
+                        Ok(format!(
+                            "{}, no problems{read}",
+                            render::count(checked.packs, "pack")
+                        ))
+                    } else {
+                        Err(format!(
+                            "{} affecting {}{read}",
+                            render::count(
+                                checked.problems.len() as u64,
+                                "damaged or missing object"
+                            ),
+                            render::count(checked.affected_snapshots.len() as u64, "snapshot")
+                        ))
                     };
-                    runner.done("retention", Some(source.name()), detail, warnings, began)?;
+                    runner.done("check", None, detail, checked.notes, began)?;
+                }
+                Err(e) => {
+                    state.last_check = Some(CheckRecord {
+                        time: now_s(),
+                        ok: false,
+                        subset: subset_text,
+                        packs_read: 0,
+                    });
+                    runner.done("check", None, Err(format!("{e:#}")), Vec::new(), began)?;
                 }
             }
-            if prune {
-                let began = Instant::now();
-                let options = larder::ops::prune::PruneOptions {
-                    dry_run: false,
-                    max_unused_percent: plan
-                        .prune
-                        .max_unused
-                        .unwrap_or(larder::ops::prune::DEFAULT_MAX_UNUSED_PERCENT),
-                    max_wait: larder::ops::prune::DEFAULT_MAX_WAIT,
-                    notify: None,
-                    force_damaged: false,
-                };
-                match larder::ops::prune::prune(&repo, &options).await {
-                    Ok(p) => {
-                        let detail = format!(
-                            "{} deleted, {} freed; {} repacked",
-                            render::count(p.packs_deleted, "pack"),
-                            render::size(p.bytes_freed),
-                            render::count(p.packs_repacked, "pack")
-                        );
-                        runner.done("prune", None, Ok(detail), p.warnings, began)?;
-                    }
-                    Err(e) => {
-                        runner.done("prune", None, Err(format!("{e:#}")), Vec::new(), began)?
+            save_state(&mut runner, &state_path, &state, true);
+        }
+
+        if global.interrupted() {
+            break 'steps;
+        }
+        // Drills of the sources whose last drill is older than `every`.
+        if let Some(drill) = &plan.drill {
+            let every: Within = drill.every.parse()?;
+            match open_leased(global, LeaseKind::Read).await {
+                Err(e) => runner.done(
+                    "drill",
+                    None,
+                    Err(format!("{e:#}")),
+                    Vec::new(),
+                    Instant::now(),
+                )?,
+                Ok(repo) => {
+                    for source in sources.iter().filter(|s| s.drill) {
+                        let began = Instant::now();
+                        match drill_if_due(&repo, drill, &every, source.name()).await {
+                            Ok(None) => {}
+                            Ok(Some(Ok((detail, warnings)))) => runner.done(
+                                "drill",
+                                Some(source.name()),
+                                Ok(detail),
+                                warnings,
+                                began,
+                            )?,
+                            Ok(Some(Err(why))) => runner.done(
+                                "drill",
+                                Some(source.name()),
+                                Err(why),
+                                Vec::new(),
+                                began,
+                            )?,
+                            Err(e) => runner.done(
+                                "drill",
+                                Some(source.name()),
+                                Err(format!("{e:#}")),
+                                Vec::new(),
+                                began,
+                            )?,
+                        }
                     }
                 }
             }
             global.release_leases().await;
         }
     }
-
-    // The off-site copy of the sources' snapshots.
-    if let Some(copy) = &plan.copy {
-        let began = Instant::now();
-        let result = copy_off_site(global, copy, &sources).await;
-        global.release_leases().await;
+    if global.interrupted() {
         runner.done(
-            "copy",
+            "run",
             None,
-            result.map_err(|e| format!("{e:#}")),
+            Err("interrupted by a signal: the remaining steps were not taken".into()),
             Vec::new(),
-            began,
+            Instant::now(),
         )?;
-    }
-
-    // Verification, a rotating part of the packs each run.
-    if let Some(check) = &plan.check {
-        let began = Instant::now();
-        let spec = check
-            .read_data_subset
-            .as_deref()
-            .map(str::parse::<SubsetSpec>)
-            .transpose()?;
-        let subset = spec.map(|s| s.part(state.check_runs));
-        let result = async {
-            let repo = open_leased(global, LeaseKind::Read).await?;
-            let checked = larder::ops::check::check(
-                &repo,
-                &larder::ops::check::CheckOptions {
-                    read_data: subset.is_some(),
-                    subset,
-                    progress: Arc::new(Progress::default()),
-                },
-            )
-            .await?;
-            anyhow::Ok(checked)
-        }
-        .await;
-        global.release_leases().await;
-        let subset_text = subset.map(|s| format!("{}/{}", s.part, s.of));
-        match result {
-            Ok(checked) => {
-                state.check_runs += 1;
-                state.last_check = Some(CheckRecord {
-                    time: now_s(),
-                    ok: checked.is_ok(),
-                    subset: subset_text.clone(),
-                    packs_read: checked.packs_read,
-                });
-                let read = subset_text.map_or(String::new(), |s| {
-                    format!(
-                        "; read part {s}: {}",
-                        render::count(checked.packs_read, "pack")
-                    )
-                });
-                let detail = if checked.is_ok() {
-                    Ok(format!(
-                        "{}, no problems{read}",
-                        render::count(checked.packs, "pack")
-                    ))
-                } else {
-                    Err(format!(
-                        "{} affecting {}{read}",
-                        render::count(checked.problems.len() as u64, "damaged or missing object"),
-                        render::count(checked.affected_snapshots.len() as u64, "snapshot")
-                    ))
-                };
-                runner.done("check", None, detail, checked.notes, began)?;
-            }
-            Err(e) => {
-                state.last_check = Some(CheckRecord {
-                    time: now_s(),
-                    ok: false,
-                    subset: subset_text,
-                    packs_read: 0,
-                });
-                runner.done("check", None, Err(format!("{e:#}")), Vec::new(), began)?;
-            }
-        }
-        save_state(&mut runner, &state_path, &state, true);
-    }
-
-    // Drills of the sources whose last drill is older than `every`.
-    if let Some(drill) = &plan.drill {
-        let every: Within = drill.every.parse()?;
-        match open_leased(global, LeaseKind::Read).await {
-            Err(e) => runner.done(
-                "drill",
-                None,
-                Err(format!("{e:#}")),
-                Vec::new(),
-                Instant::now(),
-            )?,
-            Ok(repo) => {
-                for source in sources.iter().filter(|s| s.drill) {
-                    let began = Instant::now();
-                    match drill_if_due(&repo, drill, &every, source.name()).await {
-                        Ok(None) => {}
-                        Ok(Some(Ok((detail, warnings)))) => runner.done(
-                            "drill",
-                            Some(source.name()),
-                            Ok(detail),
-                            warnings,
-                            began,
-                        )?,
-                        Ok(Some(Err(why))) => runner.done(
-                            "drill",
-                            Some(source.name()),
-                            Err(why),
-                            Vec::new(),
-                            began,
-                        )?,
-                        Err(e) => runner.done(
-                            "drill",
-                            Some(source.name()),
-                            Err(format!("{e:#}")),
-                            Vec::new(),
-                            began,
-                        )?,
-                    }
-                }
-            }
-        }
-        global.release_leases().await;
     }
 
     // The metrics file, from the repository's records and this state.
@@ -401,6 +431,9 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> Result<Outcome> {
                 format!("; failed: {}", summary.failed.join(", "))
             }
         )?;
+    }
+    if let Some(signal) = global.interrupting_signal() {
+        return Err(anyhow::Error::new(larder::Error::Interrupted { signal }));
     }
     if !summary.ok {
         return Err(anyhow!(

@@ -399,3 +399,55 @@ fn the_shipped_systemd_units_verify() {
         .collect();
     assert!(out.status.success() && about_units.is_empty(), "{messages}");
 }
+
+#[test]
+fn a_signal_during_a_run_stops_it_before_the_next_source() {
+    let r = CliRepo::init();
+    let plan = write_plan(&r, "");
+    let text = std::fs::read_to_string(&plan).unwrap();
+    // The first source's dump takes a while; the signal arrives during it.
+    std::fs::write(
+        &plan,
+        text.replace(
+            "command = \"/bin/sh -c 'date +%s%N'\"",
+            "command = \"/bin/sh -c 'sleep 20; date'\"",
+        ),
+    )
+    .unwrap();
+    let child = larder_cmd()
+        .arg("--config")
+        .arg(&plan)
+        .arg("run")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // SAFETY: signalling a child this test started.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let started = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+    // Ended as by the signal (128 + 2, as a shell reports it).
+    use std::os::unix::process::ExitStatusExt;
+    let code = out
+        .status
+        .code()
+        .or_else(|| out.status.signal().map(|s| 128 + s));
+    assert_eq!(code, Some(130), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("interrupted by SIGINT"),
+        "{}",
+        stderr(&out)
+    );
+    // Neither the interrupted source nor the ones after it were backed up,
+    // and no retention or prune ran.
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("backup knowledge"), "{text}");
+    assert!(!text.contains("prune:"), "{text}");
+    assert_eq!(snapshots_of(&plan, "orders-db"), 0);
+    assert_eq!(snapshots_of(&plan, "knowledge"), 0);
+}
