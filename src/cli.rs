@@ -583,7 +583,6 @@ impl GlobalArgs {
     }
 
     /// Whether a watched operation passed its commit point.
-
     fn committed(&self) -> bool {
         self.watched
             .lock()
