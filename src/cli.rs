@@ -337,7 +337,7 @@ async fn metrics_after_command(global: &GlobalArgs) -> Result<()> {
     let state = state::State::load(&state::State::path(
         &global.cache_root()?,
         global.repo_url()?,
-    ));
+    )?);
     metrics::write(&repo, plan, &state, path).await
 }
 

@@ -316,10 +316,50 @@ impl Plan {
             path: path.to_path_buf(),
             message: format!("cannot be read: {e}"),
         })?;
-        Plan::parse(&text).map_err(|message| Error::InvalidConfig {
+        let mut plan = Plan::parse(&text).map_err(|message| Error::InvalidConfig {
             path: path.to_path_buf(),
             message,
-        })
+        })?;
+        // Relative paths are the plan file's neighbours, wherever larder
+        // runs from (a systemd unit runs in /).
+        if let Some(dir) = path.parent() {
+            plan.resolve_against(dir);
+        }
+        Ok(plan)
+    }
+
+    /// Makes the plan's relative paths relative to `dir`.
+    fn resolve_against(&mut self, dir: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        };
+        for p in [
+            &mut self.password_file,
+            &mut self.key_file,
+            &mut self.cache_dir,
+            &mut self.metrics_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            fix(p);
+        }
+        if let Some(copy) = &mut self.copy
+            && let Some(p) = &mut copy.password_file
+        {
+            fix(p);
+        }
+        for source in &mut self.sources {
+            source.paths.iter_mut().for_each(fix);
+        }
+        if let Some(repo) = &mut self.repository
+            && !repo.contains("://")
+            && Path::new(repo.as_str()).is_relative()
+        {
+            *repo = dir.join(repo.as_str()).display().to_string();
+        }
     }
 
     /// Parses and validates a plan's text; the error names the line.
@@ -502,6 +542,29 @@ on_failure = ["/usr/local/bin/notify", "--channel", "ops"]
         let err =
             Plan::parse(&EXAMPLE.replace("every = \"7d\"", "every = \"weekly\"")).unwrap_err();
         assert!(err.contains("[drill] every"), "{err}");
+    }
+
+    #[test]
+    fn relative_paths_are_the_plan_files_neighbours() {
+        let dir = std::env::temp_dir().join(format!("larder-plan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("larder.toml");
+        std::fs::write(
+            &file,
+            "repository = \"repo\"\npassword_file = \"pass\"\n[[source]]\nname = \"t\"\npaths = [\"data\", \"/abs\"]\n",
+        )
+        .unwrap();
+        let plan = Plan::load(&file).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            plan.repository.unwrap(),
+            dir.join("repo").display().to_string()
+        );
+        assert_eq!(plan.password_file.unwrap(), dir.join("pass"));
+        assert_eq!(
+            plan.sources[0].paths,
+            [dir.join("data"), PathBuf::from("/abs")]
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub struct CheckArgs {
 
 pub async fn run(global: &GlobalArgs, args: CheckArgs) -> Result<Outcome> {
     let repo = open_leased(global, LeaseKind::Read).await?;
-    let state_path = State::path(&global.cache_root()?, global.repo_url()?);
+    let state_path = State::path(&global.cache_root()?, global.repo_url()?)?;
     let mut state = State::load(&state_path);
     let subset = args
         .read_data_subset

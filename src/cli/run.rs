@@ -113,7 +113,7 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> Result<Outcome> {
         return Ok(Outcome::Success);
     }
     let cache_root = global.cache_root()?;
-    let state_path = State::path(&cache_root, &url);
+    let state_path = State::path(&cache_root, &url)?;
     let _lock = RunLock::take(
         &state_path.with_extension("lock"),
         Duration::from_secs(args.wait),

@@ -55,12 +55,15 @@ pub struct Attempt {
 }
 
 impl State {
-    /// The state file for repository `url` under `cache_root`.
-    pub fn path(cache_root: &Path, url: &str) -> PathBuf {
-        let key = blake3::hash(url.as_bytes()).to_hex();
-        cache_root
+    /// The state file for repository `url` under `cache_root`, named by
+    /// the storage's own name for it (so `/srv/b`, `/srv/b/` and
+    /// `file:///srv/b` share one state, and one run lock).
+    pub fn path(cache_root: &Path, url: &str) -> Result<PathBuf> {
+        let location = larder::backend::open(url)?.location();
+        let key = blake3::hash(location.as_bytes()).to_hex();
+        Ok(cache_root
             .join("state")
-            .join(format!("{}.json", &key[..16]))
+            .join(format!("{}.json", &key[..16])))
     }
 
     /// Reads the state; none yet (or unreadable, which is reported) is the

@@ -31,7 +31,7 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> Result<Outcome> {
     )
     .await?;
     // The last check is remembered by the machine that ran it.
-    let state = State::load(&State::path(&global.cache_root()?, global.repo_url()?));
+    let state = State::load(&State::path(&global.cache_root()?, global.repo_url()?)?);
     let last_check = state.last_check;
     if global.json {
         let mut value = serde_json::to_value(&summary)?;
