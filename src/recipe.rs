@@ -188,7 +188,16 @@ pub enum Op {
         /// Content bytes in the frame.
         #[n(3)]
         len: u64,
+        /// The zstd library that reproduced the frame (`ZSTD_versionNumber`:
+        /// 10507 is 1.5.7), named when a rebuild by another one differs.
+        #[n(4)]
+        zstd: u32,
     },
+}
+
+/// `ZSTD_versionNumber` as `major.minor.patch`.
+fn zstd_version_text(n: u32) -> String {
+    format!("{}.{}.{}", n / 10000, n / 100 % 100, n % 100)
 }
 
 /// `count` chunks of `len` bytes each.
@@ -751,6 +760,8 @@ pub struct Rebuilder {
     ops: std::vec::IntoIter<Op>,
     current: Current,
     chunking: Option<Chunking>,
+    /// The zstd version a zstd operation was written with.
+    zstd_written: Option<u32>,
     recreate: Option<RecreateStreamProcessor>,
     pending: Vec<u8>,
     hasher: blake3::Hasher,
@@ -805,6 +816,7 @@ impl Rebuilder {
             ops: recipe.ops.into_iter(),
             current: Current::Idle,
             chunking: None,
+            zstd_written: None,
             recreate: None,
             pending: Vec::new(),
             hasher: blake3::Hasher::new(),
@@ -939,16 +951,26 @@ impl Rebuilder {
         if !matches!(self.current, Current::Idle) || self.chunking.is_some() {
             return Err("the content ends before the recipe".into());
         }
-        if self.written != self.size {
-            return Err(format!(
+        let differs = if self.written != self.size {
+            format!(
                 "rebuilt {} bytes, but the original had {}",
                 self.written, self.size
-            ));
-        }
-        if *self.hasher.finalize().as_bytes() != self.hash {
-            return Err("the rebuilt bytes differ from the original".into());
-        }
-        Ok(Ok(self.written))
+            )
+        } else if *self.hasher.finalize().as_bytes() != self.hash {
+            "the rebuilt bytes differ from the original".to_string()
+        } else {
+            return Ok(Ok(self.written));
+        };
+        let running = ::zstd::zstd_safe::version_number();
+        Err(match self.zstd_written {
+            Some(written) if written != running => format!(
+                "{differs}: its zstd frame was written with zstd {}, and this larder's zstd {} \
+                 compresses differently (restore it with a larder built with zstd {0})",
+                zstd_version_text(written),
+                zstd_version_text(running)
+            ),
+            _ => differs,
+        })
     }
 
     /// Runs operations that need no content until one does.
@@ -998,8 +1020,10 @@ impl Rebuilder {
                     checksum,
                     pledged,
                     len,
+                    zstd,
                 } => {
                     self.recreate = None;
+                    self.zstd_written = Some(zstd);
                     let encoder = zstd_encoder(level, checksum, pledged.then_some(len))?;
                     self.current = Current::Zstd(len, Box::new(encoder));
                     if len == 0

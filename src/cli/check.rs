@@ -54,6 +54,7 @@ pub async fn run(global: &GlobalArgs, args: CheckArgs) -> Result<Outcome> {
         ok: summary.is_ok(),
         subset: subset.map(|s| format!("{}/{}", s.part, s.of)),
         packs_read: summary.packs_read,
+        error: None,
     });
     if let Err(e) = state.save(&state_path) {
         render::warn_all(&[format!("{e:#}")]);

@@ -303,6 +303,7 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> Result<Outcome> {
                         ok: checked.is_ok(),
                         subset: subset_text.clone(),
                         packs_read: checked.packs_read,
+                        error: None,
                     });
                     let read = subset_text.map_or(String::new(), |s| {
                         format!(
@@ -328,13 +329,15 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> Result<Outcome> {
                     runner.done("check", None, detail, checked.notes, began)?;
                 }
                 Err(e) => {
+                    let why = format!("{e:#}");
                     state.last_check = Some(CheckRecord {
                         time: now_s(),
                         ok: false,
                         subset: subset_text,
                         packs_read: 0,
+                        error: Some(why.clone()),
                     });
-                    runner.done("check", None, Err(format!("{e:#}")), Vec::new(), began)?;
+                    runner.done("check", None, Err(why), Vec::new(), began)?;
                 }
             }
             save_state(&mut runner, &state_path, &state, true);

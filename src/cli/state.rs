@@ -35,6 +35,10 @@ pub struct CheckRecord {
     pub subset: Option<String>,
     /// Packs read.
     pub packs_read: u64,
+    /// Why the check could not run (then `ok` is false, and nothing was
+    /// found damaged).
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// One backup attempt of a source.

@@ -75,7 +75,11 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> Result<Outcome> {
         match &last_check {
             Some(c) => outln!(
                 "last check: {} {}{}",
-                if c.ok { "passed" } else { "FAILED" },
+                match (&c.error, c.ok) {
+                    (Some(why), _) => format!("could not run ({why})"),
+                    (None, true) => "passed".into(),
+                    (None, false) => "FAILED".into(),
+                },
                 render::local_time(c.time.saturating_mul(1_000_000_000)),
                 c.subset.as_ref().map_or(String::new(), |part| format!(
                     " (read part {part}: {})",
@@ -91,11 +95,12 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> Result<Outcome> {
         .flat_map(|s| s.problems.iter().map(move |p| format!("{}: {p}", s.source)))
         .collect();
     let check_failed = last_check.as_ref().is_some_and(|c| !c.ok);
-    if check_failed {
-        problems.push(
-            "repository: the last check found damaged or missing objects (larder check --read-data)"
+    if let Some(c) = last_check.as_ref().filter(|_| check_failed) {
+        problems.push(match &c.error {
+            Some(why) => format!("repository: the last check could not run: {why}"),
+            None => "repository: the last check found damaged or missing objects (larder check --read-data)"
                 .into(),
-        );
+        });
     }
     if !problems.is_empty() {
         for p in &problems {

@@ -236,6 +236,7 @@ pub fn unpack_neo4j(
             checksum: header.checksum,
             pledged: header.size.is_some(),
             len: plain,
+            zstd: zstd::zstd_safe::version_number(),
         },
     ];
     if trailing > 0 {
@@ -640,6 +641,14 @@ mod tests {
             }
         }
         assert!(rebuild(&recipe, &content).is_err());
+        // Written by another zstd release, rebuilt differently: named.
+        for op in &mut recipe.ops {
+            if let Op::Zstd { zstd, .. } = op {
+                *zstd = 10405;
+            }
+        }
+        let err = rebuild(&recipe, &content).unwrap_err();
+        assert!(err.contains("written with zstd 1.4.5"), "{err}");
     }
 }
 

@@ -209,14 +209,24 @@ fn find_returns_matches_from_every_snapshot_newest_first() {
     let out = r.run(&["--json", "find", &format!("{}/sub/*.yaml", p(&src))]);
     assert_success(&out);
     assert_eq!(json_of(&out)["matches"].as_array().unwrap().len(), 3);
-    // Text output: one line per match, newest snapshot first.
-    let out = r.run(&["find", "*.yaml"]);
+    // Text output with --all: one line per match, newest snapshot first.
+    let out = r.run(&["find", "*.yaml", "--all"]);
     assert_success(&out);
     let text = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 4, "{text}");
     assert!(
         lines[0].starts_with(&s2[..8]) && lines[3].starts_with(&s1[..8]),
+        "{text}"
+    );
+    // Without it, one line per version: sub/b.yaml is unchanged in both.
+    let out = r.run(&["find", "*.yaml"]);
+    assert_success(&out);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().count(), 3, "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("sub/b.yaml") && l.contains("in 2 snapshots")),
         "{text}"
     );
 }
