@@ -308,6 +308,25 @@ pub fn unpack_gzip(
     })
 }
 
+/// The error that ends an unpacking whose reader stopped listening.
+fn stopped() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::BrokenPipe,
+        "the reader of the contents stopped",
+    )
+}
+
+/// Hands copies of `bytes` on in pieces of at most [`EMIT_PIECE`], so the
+/// queue to the chunker holds little.
+fn hand_on(emit: &mut dyn FnMut(Bytes) -> bool, bytes: &[u8]) -> io::Result<()> {
+    for piece in bytes.chunks(EMIT_PIECE) {
+        if !emit(Bytes::copy_from_slice(piece)) {
+            return Err(stopped());
+        }
+    }
+    Ok(())
+}
+
 /// Content bytes the operations pass through as they came.
 fn copied(ops: &[Op]) -> u64 {
     ops.iter()
@@ -630,14 +649,7 @@ impl Unpacker<'_> {
             // so the queue to the chunker holds little.
             let fresh = &text[(emitted.saturating_sub(start) as usize).min(text.len())..];
             *emitted = (*emitted).max(len);
-            for piece in fresh.chunks(EMIT_PIECE) {
-                if !(self.emit)(Bytes::copy_from_slice(piece)) {
-                    return Err(io::Error::new(
-                        io::ErrorKind::BrokenPipe,
-                        "the reader of the contents stopped",
-                    ));
-                }
-            }
+            hand_on(self.emit, fresh)?;
             consumed += result.compressed_size;
             let used = self.buf.drain(..result.compressed_size);
             match retained {
@@ -689,17 +701,12 @@ impl Unpacker<'_> {
     fn copy_rest(&mut self) -> io::Result<()> {
         loop {
             if !self.buf.is_empty() {
-                let piece = Bytes::from(std::mem::take(&mut self.buf));
+                let piece = std::mem::take(&mut self.buf);
                 match self.ops.last_mut() {
                     Some(Op::Copy(n)) => *n += piece.len() as u64,
                     _ => self.ops.push(Op::Copy(piece.len() as u64)),
                 }
-                if !(self.emit)(piece) {
-                    return Err(io::Error::new(
-                        io::ErrorKind::BrokenPipe,
-                        "the reader of the contents stopped",
-                    ));
-                }
+                hand_on(self.emit, &piece)?;
             }
             if self.eof {
                 return Ok(());
@@ -1214,7 +1221,12 @@ mod tests {
         (unpacked, content)
     }
 
-    fn rebuild(recipe: &Recipe, content: &[u8], piece: usize) -> Result<Vec<u8>, String> {
+    /// Rebuilds `recipe` from `content` fed in pieces of `piece` bytes.
+    pub(super) fn rebuild(
+        recipe: &Recipe,
+        content: &[u8],
+        piece: usize,
+    ) -> Result<Vec<u8>, String> {
         let mut rebuilder = Rebuilder::new(recipe.clone(), content.len() as u64)?;
         let mut out = Vec::new();
         let mut sink = |bytes: &[u8]| -> Result<(), ()> {

@@ -16,7 +16,7 @@ use std::io::{self, BufRead, Read};
 use bytes::Bytes;
 use minicbor::bytes::ByteArray;
 
-use super::{EMIT_PIECE, Integrity, Op, PG_CUSTOM, Recipe, Run, STEP, Unpacked, Unpacker, copied};
+use super::{Integrity, Op, PG_CUSTOM, Recipe, Run, STEP, Unpacked, Unpacker, copied};
 use crate::dump::postgres::{Archive, Broken, Toc};
 
 /// Data block types (`pg_backup_archiver.h`).
@@ -264,14 +264,7 @@ impl Walk<'_> {
             Some(Op::Copy(n)) => *n += kept.len() as u64,
             _ => self.ops.push(Op::Copy(kept.len() as u64)),
         }
-        let kept = Bytes::from(kept);
-        for at in (0..kept.len()).step_by(EMIT_PIECE) {
-            let piece = kept.slice(at..(at + EMIT_PIECE).min(kept.len()));
-            if !(self.emit)(piece) {
-                return Err(stopped());
-            }
-        }
-        Ok(())
+        super::hand_on(self.emit, &kept)
     }
 
     /// Passes everything from here on through as it came.
@@ -296,13 +289,6 @@ impl Walk<'_> {
         }
         Ok(())
     }
-}
-
-fn stopped() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::BrokenPipe,
-        "the reader of the contents stopped",
-    )
 }
 
 /// How a data stream's chunks ended.
@@ -381,6 +367,7 @@ mod tests {
 
     use super::*;
     use crate::recipe::Rebuilder;
+    use crate::recipe::tests::rebuild;
 
     /// `WriteInt` with 4-byte integers.
     fn int(out: &mut Vec<u8>, v: i64) {
@@ -477,20 +464,6 @@ mod tests {
         )
         .unwrap();
         (unpacked, content, teed)
-    }
-
-    fn rebuild(recipe: &Recipe, content: &[u8], piece: usize) -> Result<Vec<u8>, String> {
-        let mut rebuilder = Rebuilder::new(recipe.clone(), content.len() as u64)?;
-        let mut out = Vec::new();
-        let mut sink = |bytes: &[u8]| -> Result<(), ()> {
-            out.extend_from_slice(bytes);
-            Ok(())
-        };
-        for chunk in content.chunks(piece) {
-            rebuilder.feed(chunk, &mut sink)?.unwrap();
-        }
-        rebuilder.finish(&mut sink)?.unwrap();
-        Ok(out)
     }
 
     fn contains(haystack: &[u8], needle: &[u8]) -> bool {

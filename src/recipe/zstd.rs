@@ -89,11 +89,9 @@ fn header(frame: &[u8]) -> Option<Header> {
     })
 }
 
+/// A compressor with the frame's settings, as a rebuild makes it.
 fn encoder(level: i32, header: Header) -> io::Result<Encoder<'static>> {
-    let mut encoder = Encoder::new(level)?;
-    encoder.set_parameter(zstd::stream::raw::CParameter::ChecksumFlag(header.checksum))?;
-    encoder.set_pledged_src_size(header.size)?;
-    Ok(encoder)
+    super::zstd_encoder(level, header.checksum, header.size).map_err(io::Error::other)
 }
 
 /// Unpacks a Neo4j dump from `input`, handing the content to `emit` in
@@ -314,10 +312,7 @@ impl Emitter<'_> {
             total += got as u64;
             self.hasher.update(&piece);
             if !(self.emit)(Bytes::from(piece)) {
-                return Err(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    "the reader of the contents stopped",
-                ));
+                return Err(super::stopped());
             }
         }
     }
@@ -527,6 +522,7 @@ fn matches(window: &[u8], base: u64, matched: &mut u64, produced: &[u8]) -> bool
 mod tests {
     use super::*;
     use crate::recipe::Rebuilder;
+    use crate::recipe::tests::rebuild;
 
     fn graph(n: u32, seed: u32) -> Vec<u8> {
         let mut out = Vec::new();
@@ -563,20 +559,6 @@ mod tests {
         (unpacked, content)
     }
 
-    fn rebuild(recipe: &Recipe, content: &[u8]) -> Result<Vec<u8>, String> {
-        let mut rebuilder = Rebuilder::new(recipe.clone(), content.len() as u64)?;
-        let mut out = Vec::new();
-        let mut sink = |bytes: &[u8]| -> Result<(), ()> {
-            out.extend_from_slice(bytes);
-            Ok(())
-        };
-        for piece in content.chunks(100_003) {
-            rebuilder.feed(piece, &mut sink)?.unwrap();
-        }
-        rebuilder.finish(&mut sink)?.unwrap();
-        Ok(out)
-    }
-
     #[test]
     fn a_reproducible_dump_is_stored_decompressed_and_rebuilt_exactly() {
         let plain = graph(300_000, 1);
@@ -590,14 +572,14 @@ mod tests {
             );
             assert!(unpacked.recipe.unpacks());
             assert!(content == plain, "level {level}: the content is the graph");
-            assert!(rebuild(&unpacked.recipe, &content).unwrap() == input);
+            assert!(rebuild(&unpacked.recipe, &content, 100_003).unwrap() == input);
         }
         // With bytes after the frame.
         let mut input = dump(&plain[..50_000], 3);
         input.extend_from_slice(b"trailing");
         let (unpacked, content) = unpack(&input);
         assert!(unpacked.recipe.unpacks());
-        assert!(rebuild(&unpacked.recipe, &content).unwrap() == input);
+        assert!(rebuild(&unpacked.recipe, &content, 100_003).unwrap() == input);
     }
 
     #[test]
@@ -640,14 +622,14 @@ mod tests {
                 *level = 4;
             }
         }
-        assert!(rebuild(&recipe, &content).is_err());
+        assert!(rebuild(&recipe, &content, 100_003).is_err());
         // Written by another zstd release, rebuilt differently: named.
         for op in &mut recipe.ops {
             if let Op::Zstd { zstd, .. } = op {
                 *zstd = 10405;
             }
         }
-        let err = rebuild(&recipe, &content).unwrap_err();
+        let err = rebuild(&recipe, &content, 100_003).unwrap_err();
         assert!(err.contains("written with zstd 1.4.5"), "{err}");
     }
 }
