@@ -248,11 +248,30 @@ export LARDER_PASSWORD=${LARDER_PASSWORD:-larder-bench-passphrase}
 export RESTIC_PASSWORD=${RESTIC_PASSWORD:-larder-bench-passphrase}
 
 # env prefixes (env execs the tool, so GNU time measures the tool itself)
-larder_e() { LE=(env LARDER_REPO="$1" LARDER_CACHE_DIR="$1.aux/cache" "$LARDER"); }
+# With LARDER_BENCH_KEY_FILE=1 (the default) every command after `init`
+# opens the repository with an exported key file (`larder key export`), as
+# bupstash always does with its key; 0 keeps the passphrase and its
+# Argon2id run on every command.
+LARDER_BENCH_KEY_FILE=${LARDER_BENCH_KEY_FILE:-1}
+larder_e() {
+    LE=(env LARDER_REPO="$1" LARDER_CACHE_DIR="$1.aux/cache")
+    [[ -f $1.aux/key ]] && LE+=(LARDER_KEY_FILE="$1.aux/key")
+    LE+=("$LARDER")
+}
 larder_init() { # REPO [extra init args]
     mkdir -p "$1.aux"
     larder_e "$1"
     "${LE[@]}" init --quiet --json "${@:2}" >"$1.aux/init.json"
+    if [[ $LARDER_BENCH_KEY_FILE == 1 ]]; then
+        "${LE[@]}" key export "$1.aux/key" --quiet >/dev/null
+    fi
+}
+larder_keying() { # how larder opened its repositories, for the results
+    if [[ $LARDER_BENCH_KEY_FILE == 1 ]]; then
+        echo "key file (larder key export; no Argon2id per command, as bupstash)"
+    else
+        echo "passphrase (Argon2id on every command)"
+    fi
 }
 larder_backup() {
     larder_e "$1"

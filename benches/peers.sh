@@ -133,7 +133,7 @@ report() {
     echo "- script: benches/peers.sh, total run time ${elapsed}s"
     for t in "${TOOLS[@]}"; do echo "- $("${t}_version")"; done
     echo "- pgbench input: scale $PGBENCH_SCALE, day 2 after pgbench -c $PGBENCH_CLIENTS -t $PGBENCH_TX; append input: $APPEND_ROWS rows, day 2 +$APPEND_PCT %"
-    echo "- larder: default init (KDF 64 MiB x 3, stream chunker 4K:16K:64K, zstd 1); restic: repo v2, --compression auto; bupstash: defaults, new-key"
+    echo "- larder: default init, opened with $(larder_keying) (stream chunker 4K:16K:64K, zstd 1); restic: repo v2, --compression auto; bupstash: defaults, new-key"
     echo
     echo "MB = 10^6 bytes. 'repo MB' is du -sb of the repository after the step; 'added (du)' is its growth;"
     echo "'added (tool)' is what the tool reports (larder bytes_added; restic data_added, which is before compression)."

@@ -24,8 +24,10 @@
 #      (<cache>/<repo-id>-<tag>/packs) removed (cold), then again (warm);
 #      restic dump with its tree-pack cache (<cache>/<repo-id>/data) removed,
 #      then again; bupstash get --pick (it keeps no data cache)
-# Repositories use each tool's defaults: larder init (Argon2id 64 MiB x 3 on
-# every command, files profile 256K:1M:4M, zstd 1); restic repo v2,
+# Repositories use each tool's defaults: larder init (files profile
+# 256K:1M:4M, zstd 1; then `key export`, and every later command opens with
+# that key file, as bupstash does with its key; LARDER_BENCH_KEY_FILE=0 for
+# the passphrase and Argon2id on every command); restic repo v2,
 # --compression auto; bupstash new-key (no passphrase KDF), zstd:3, a
 # per-job send log (so re-scans use its stat cache). Caches, keys and send
 # logs live in REPO.aux and are not counted in the repository size.
@@ -365,7 +367,7 @@ report() {
         "day 2: $(jq '.modified | length' "$DAY2_JSON") notes modified, $(jq '.added | length' "$DAY2_JSON") added;" \
         "probed file: $PROBE ($(stat -c %s "$TREE_IN/day1/$PROBE") B on day 1)"
     echo "- page cache: $([[ $TREES_DROP_CACHES == 1 ]] && echo "dropped before each tool's first backup" || echo "warm (the tree is copied just before each tool's first backup)")"
-    echo "- larder: init ${TREES_LARDER_INIT:-with defaults (KDF 64 MiB x 3 on every command)}; restic: repo v2, --compression auto; bupstash: new-key, send log (stat cache)"
+    echo "- larder: init ${TREES_LARDER_INIT:-with defaults}, opened with $(larder_keying); restic: repo v2, --compression auto; bupstash: new-key, send log (stat cache)"
     [[ -n ${LARDER_CACHE_MB:-} ]] && echo "- cache size at the end (not in repo MB): larder ${LARDER_CACHE_MB} MB${RESTIC_CACHE_MB:+, restic ${RESTIC_CACHE_MB} MB}"
     echo
     echo "MB = 10^6 bytes. 'repo MB' is du -sb of the repository after the step; 'added MB' its growth during the step."

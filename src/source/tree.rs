@@ -1,8 +1,9 @@
 //! File trees as a backup source: paths, excludes, and what larder records
 //! about each entry.
 //!
-//! The walk itself uses `walkdir` (sorted by name, contents before their
-//! directory, symlinks never followed, optionally one file system); see
+//! The walk itself (sorted by name, contents before their directory,
+//! symlinks never followed, optionally one file system) is in
+//! `ops/backup/tree/walk.rs`; see
 //! `ops/backup/tree.rs` for how entries become tree blobs. This module holds
 //! the parts that are plain functions of the file system: turning command
 //! line paths into absolute ones, exclude patterns, and reading an entry's
@@ -280,7 +281,7 @@ impl From<&rustix::fs::Stat> for EntryStat {
 impl EntryStat {
     /// `lstat` of `name` in the directory open as `dir`: no path walk from
     /// the root for every entry (a quarter of a re-scan's time otherwise).
-    pub fn at(dir: &std::os::fd::OwnedFd, name: &OsStr) -> std::io::Result<EntryStat> {
+    pub fn at(dir: std::os::fd::BorrowedFd<'_>, name: &OsStr) -> std::io::Result<EntryStat> {
         rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
             .map(|st| EntryStat::from(&st))
             .map_err(std::io::Error::from)

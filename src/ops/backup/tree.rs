@@ -2,13 +2,14 @@
 //!
 //! ```text
 //! walker thread ──jobs──► file workers (read, chunk, hash, store) ──results──┐
-//!   (walkdir, sorted,                                                       │
+//!   (openat/statat, sorted,                                                 │
 //!    post-order, lstat,                                                     ▼
 //!    parent reuse) ─────────────────────events (in walk order)──────► assembler ──► one tree blob per directory
 //! ```
 //!
 //! The walker visits each tree sorted by name with a directory's contents
-//! before the directory itself, never following symlinks. A file whose size,
+//! before the directory itself, never following symlinks (a backup path that
+//! is itself a symlink is stored as that symlink). A file whose size,
 //! modification time, status-change time and inode match its node in the
 //! parent snapshot reuses that node's chunk list without being opened.
 //! Other files go to a pool of workers, each of which reads a whole file

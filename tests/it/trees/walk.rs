@@ -121,6 +121,43 @@ fn symlink_loops_and_links_to_ancestors_are_stored_as_links_and_never_followed()
     assert_eq!(restored_entries, want);
 }
 
+#[test]
+fn a_backup_path_that_is_a_symlink_is_stored_as_that_symlink_and_not_descended() {
+    let r = CliRepo::init();
+    let (dir, src) = TreeBuilder::new()
+        .file("real/inside.txt", random_bytes(700, 3))
+        .symlink("alias", "real")
+        .build();
+    let alias = src.join("alias");
+    let out = output_within(
+        r.cmd(&backup_args("alias", &[&alias], &[])),
+        Duration::from_secs(120),
+    );
+    assert_success(&out);
+    let summary = json_of(&out);
+    assert_eq!(n(&summary, "bytes_read"), 0, "{summary}");
+    let listed = ls_all(&r, &snap_id(&summary));
+    let e = &listed[p(&alias)];
+    assert_eq!(e["kind"], "symlink", "{e}");
+    assert_eq!(e["target"], "real", "{e}");
+    assert!(
+        !listed
+            .keys()
+            .any(|k| k.starts_with(&format!("{}/", p(&alias)))),
+        "entries below the symlink: {listed:?}"
+    );
+    let target = dir.path().join("restore");
+    restore_clean(&r, &snap_id(&summary), &target, &[]);
+    let back = restored(&target, &alias);
+    assert!(
+        std::fs::symlink_metadata(&back)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(std::fs::read_link(&back).unwrap(), PathBuf::from("real"));
+}
+
 // ---------------------------------------------------------------------------
 // Unreadable entries
 // ---------------------------------------------------------------------------
@@ -677,6 +714,8 @@ fn one_file_system_leaves_out_a_mounted_tmpfs_and_without_it_the_mount_is_includ
             "{flag}: {listed:?}"
         );
         assert_eq!(n(&summary, "total_bytes"), 24, "{flag}: {summary}");
+        // The mount point itself is kept, empty, as restic does.
+        assert_eq!(listed[p(&mnt)]["kind"], "dir", "{flag}: {listed:?}");
     }
     let summary = backup_clean(&r, "fs", &[&src], &[]);
     let listed = ls_all(&r, &snap_id(&summary));

@@ -38,6 +38,12 @@ impl ParentTrees {
         }
     }
 
+    /// The tree `id` of the parent snapshot, if it can be loaded.
+    pub(super) fn load(&self, id: &BlobId) -> Option<Tree> {
+        self.root?;
+        self.loader.load(id)
+    }
+
     /// The parent snapshot's tree for directory `dir` (absolute), if any.
     pub(super) fn tree_for(&mut self, dir: &Path) -> Option<Arc<Tree>> {
         self.dir_for(dir).map(|(_, tree)| tree)
