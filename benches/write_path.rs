@@ -158,6 +158,28 @@ fn stages(c: &mut Criterion) {
                     .sum::<usize>()
             })
         });
+        // What the write path does: decompress-and-compare every compressed
+        // blob, open whole one in 64.
+        group.bench_function(format!("seal_checked/{name}"), |b| {
+            b.iter(|| {
+                chunks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        sealer
+                            .seal_checked(
+                                &mut codec,
+                                ObjectKind::DataBlob,
+                                &[1; 32],
+                                black_box(c),
+                                i % 64 == 0,
+                            )
+                            .unwrap()
+                            .len()
+                    })
+                    .sum::<usize>()
+            })
+        });
     }
     group.finish();
 }

@@ -83,6 +83,8 @@ impl fmt::Debug for Sealer {
 pub struct Codec {
     compressor: zstd::bulk::Compressor<'static>,
     decompressor: zstd::bulk::Decompressor<'static>,
+    /// Where [`Sealer::seal_checked`] decompresses what it just compressed.
+    scratch: Vec<u8>,
 }
 
 impl Codec {
@@ -92,6 +94,7 @@ impl Codec {
         Codec {
             compressor: zstd::bulk::Compressor::new(level).expect("zstd accepts every level"),
             decompressor: zstd::bulk::Decompressor::new().expect("zstd context allocation"),
+            scratch: Vec::new(),
         }
     }
 }
@@ -155,6 +158,45 @@ impl Sealer {
         plaintext: &[u8],
         compress: bool,
     ) -> Vec<u8> {
+        let mut out = Self::payload(codec, plaintext, compress);
+        self.encrypt(&mut out, kind, id);
+        out
+    }
+
+    /// Seals like [`Sealer::seal`] (compressing), proving the result before
+    /// it can reach storage: a zstd frame is decompressed again, into a
+    /// buffer the codec keeps, and compared with `plaintext`, so an encoder
+    /// fault fails here rather than storing a blob that never opens. With
+    /// `open_too` the sealed object is also opened whole (tag, decryption,
+    /// decompression) and compared; the write path does that for a sample of
+    /// its blobs, which proves the key, nonce and associated data in use
+    /// without paying a second pass of the cipher on every blob.
+    pub fn seal_checked(
+        &self,
+        codec: &mut Codec,
+        kind: ObjectKind,
+        id: &[u8; 32],
+        plaintext: &[u8],
+        open_too: bool,
+    ) -> Result<Vec<u8>, String> {
+        let mut out = Self::payload(codec, plaintext, true);
+        if out[24] == MODE_ZSTD {
+            check_frame(codec, &out[25..], plaintext)?;
+        }
+        self.encrypt(&mut out, kind, id);
+        if open_too {
+            match self.open(codec, kind, id, &out, plaintext.len()) {
+                Ok(back) if back == plaintext => {}
+                Ok(_) => return Err("it opens to different content".to_string()),
+                Err(e) => return Err(format!("it does not open: {e}")),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Nonce, mode and payload (zstd frame or stored bytes), unencrypted,
+    /// with room for the tag.
+    fn payload(codec: &mut Codec, plaintext: &[u8], compress: bool) -> Vec<u8> {
         let mut out =
             Vec::with_capacity(SEAL_OVERHEAD + zstd::zstd_safe::compress_bound(plaintext.len()));
         let mut nonce = [0u8; 24];
@@ -172,13 +214,18 @@ impl Sealer {
             out.push(MODE_STORED);
             out.extend_from_slice(plaintext);
         }
+        out
+    }
+
+    /// Encrypts `out` (nonce ‖ mode ‖ payload) in place and appends the tag.
+    fn encrypt(&self, out: &mut Vec<u8>, kind: ObjectKind, id: &[u8; 32]) {
+        let nonce = XNonce::try_from(&out[..24]).expect("24 bytes");
         let aad = self.aad(kind, id);
         let tag = self
             .cipher
-            .encrypt_inout_detached(&XNonce::from(nonce), &aad, (&mut out[24..]).into())
+            .encrypt_inout_detached(&nonce, &aad, (&mut out[24..]).into())
             .expect("objects are far below the AEAD length limit");
         out.extend_from_slice(&tag);
-        out
     }
 
     /// Opens a sealed object of `kind` named `id`, refusing content longer
@@ -224,6 +271,24 @@ impl Sealer {
     }
 }
 
+/// Decompresses the zstd `frame` into the codec's scratch buffer and
+/// compares it with `plaintext`, the content it was made from.
+fn check_frame(codec: &mut Codec, frame: &[u8], plaintext: &[u8]) -> Result<(), String> {
+    codec.scratch.clear();
+    codec.scratch.reserve(plaintext.len());
+    match codec
+        .decompressor
+        .decompress_to_buffer(frame, &mut codec.scratch)
+    {
+        Ok(_) if codec.scratch[..] == *plaintext => Ok(()),
+        Ok(n) => Err(format!(
+            "its zstd frame decompresses to {n} bytes that differ from the {} compressed",
+            plaintext.len()
+        )),
+        Err(e) => Err(format!("its zstd frame does not decompress: {e}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,6 +307,38 @@ mod tests {
             let opened = s.open(&mut codec, ObjectKind::DataBlob, &[1; 32], &sealed, data.len()).unwrap();
             prop_assert_eq!(opened, data);
         }
+    }
+
+    proptest! {
+        #[test]
+        fn checked_seals_open_to_their_content(data in proptest::collection::vec(0u8..4, 0..5000), open_too: bool) {
+            let s = sealer();
+            let mut codec = Codec::new(1);
+            let sealed = s.seal_checked(&mut codec, ObjectKind::DataBlob, &[1; 32], &data, open_too).unwrap();
+            let opened = s.open(&mut codec, ObjectKind::DataBlob, &[1; 32], &sealed, data.len()).unwrap();
+            prop_assert_eq!(opened, data);
+        }
+    }
+
+    #[test]
+    fn a_frame_that_does_not_give_back_its_plaintext_is_refused() {
+        let mut codec = Codec::new(1);
+        let text = b"INSERT INTO t VALUES (1, 'abc');\n".repeat(100);
+        let frame = zstd::bulk::compress(&text, 1).unwrap();
+        assert_eq!(check_frame(&mut codec, &frame, &text), Ok(()));
+        // Another content's frame, one byte short, or damaged: each refused.
+        let other = zstd::bulk::compress(&text[1..], 1).unwrap();
+        let err = check_frame(&mut codec, &other, &text).unwrap_err();
+        assert!(err.contains("differ"), "{err}");
+        let err = check_frame(&mut codec, &frame[..frame.len() - 1], &text).unwrap_err();
+        assert!(err.contains("does not decompress"), "{err}");
+        let mut damaged = frame.clone();
+        let mid = damaged.len() / 2;
+        damaged[mid] ^= 0x55;
+        assert!(check_frame(&mut codec, &damaged, &text).is_err());
+        // A frame longer than its plaintext does not fit the buffer.
+        let longer = zstd::bulk::compress(&[&text[..], b"x"].concat(), 1).unwrap();
+        assert!(check_frame(&mut codec, &longer, &text).is_err());
     }
 
     #[test]

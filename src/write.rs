@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! store() ──dedup──► seal workers (one per core) ──► packer ──► uploader ──► index ──► catalog
-//!          (claimed set + catalog)  zstd, AEAD, re-open        (async, bounded)   every 64Ki blobs
+//!          (claimed set + catalog)  zstd, re-check, AEAD       (async, bounded)   every 64Ki blobs
 //! ```
 //!
 //! Blobs are handed over in content order from one caller at a time: a
@@ -18,8 +18,10 @@
 //! dropped, keeping the claimed set small.
 //!
 //! Invariants:
-//! - every sealed blob is opened again and compared with its plaintext
-//!   before it goes into a pack (guards against encoder bugs);
+//! - every compressed blob is decompressed again and compared with its
+//!   plaintext before it is encrypted, and a sample of sealed blobs (each
+//!   worker's first, then one in 64) is opened whole and compared, before
+//!   anything goes into a pack (guards against encoder and keying bugs);
 //! - an index object is written only after every pack it names is durable;
 //! - after a failure nothing new is uploaded and no index is written: the
 //!   packs already stored are unreferenced garbage that prune removes.
@@ -241,35 +243,33 @@ impl BlobWriter {
     }
 }
 
+/// Each seal worker opens its first blob and one in this many whole again
+/// (decryption included) before passing them on; every compressed blob is
+/// decompressed and compared (`Sealer::seal_checked`).
+const OPEN_SAMPLE: usize = 64;
+
 fn seal_worker(repo: &Repo, rx: &Receiver<SealJob>, tx: &Sender<SealedBlob>, abort: &Abort) {
     let mut codec = Codec::new(repo.config().compression_level);
     let sealer = repo.sealer();
-    for job in rx {
+    for (sealed, job) in rx.iter().enumerate() {
         if abort.is_set() {
             return;
         }
-        let bytes = sealer.seal(&mut codec, job.kind, job.id.as_bytes(), &job.data, true);
-        // Open what was just sealed before it can reach storage: an encoder
+        // Prove what was just sealed before it can reach storage: an encoder
         // bug must fail the backup, never store an unreadable blob.
-        match sealer.open(
-            &mut codec,
-            job.kind,
-            job.id.as_bytes(),
-            &bytes,
-            job.data.len(),
-        ) {
-            Ok(back) if back == job.data[..] => {}
-            outcome => {
-                abort.fail(Error::corrupt(
-                    format!("blob {} (just sealed)", job.id),
-                    format!(
-                        "does not open back to its content: {outcome:?}",
-                        outcome = outcome.err()
-                    ),
-                ));
-                return;
-            }
-        }
+        let open_too = sealed.is_multiple_of(OPEN_SAMPLE);
+        let bytes =
+            match sealer.seal_checked(&mut codec, job.kind, job.id.as_bytes(), &job.data, open_too)
+            {
+                Ok(bytes) => bytes,
+                Err(why) => {
+                    abort.fail(Error::corrupt(
+                        format!("blob {} (just sealed)", job.id),
+                        why,
+                    ));
+                    return;
+                }
+            };
         let blob = SealedBlob {
             kind: job.kind,
             id: job.id,
