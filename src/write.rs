@@ -9,8 +9,9 @@
 //!
 //! Blobs are handed over in content order from one caller at a time: a
 //! pipeline thread calls [`BlobWriter::store`], which blocks when the
-//! pipeline is full; async code calls [`BlobWriter::store_async`], which
-//! waits for room without holding a runtime thread. Either way memory stays
+//! pipeline is full, or stores many through a [`Batch`] (one dedup pass and
+//! one hand-off per batch); async code calls [`BlobWriter::store_async`],
+//! which waits for room without holding a runtime thread. Either way memory stays
 //! bounded by the channel capacities and the packs in flight, whatever the
 //! input size. A blob is "claimed" by the run the moment it is sent to
 //! sealing, so the same new blob is stored once per run; once the index
@@ -85,7 +86,7 @@ pub struct WriteStats {
 pub struct BlobWriter {
     repo: Repo,
     claimed: Arc<Mutex<HashSet<BlobId>>>,
-    seal_tx: Option<Sender<SealJob>>,
+    seal_tx: Option<Sender<Vec<SealJob>>>,
     threads: Vec<JoinHandle<()>>,
     uploader: tokio::task::JoinHandle<()>,
     abort: Arc<Abort>,
@@ -101,9 +102,10 @@ impl BlobWriter {
         max_blob: usize,
     ) -> Result<BlobWriter> {
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let depth = queue_depth(max_blob);
-        let (seal_tx, seal_rx) = bounded::<SealJob>(depth);
-        let (sealed_tx, sealed_rx) = bounded::<SealedBlob>(depth);
+        // Queues hold batches: bounded by the largest batch's bytes.
+        let depth = queue_depth(max_blob + BATCH_BYTES);
+        let (seal_tx, seal_rx) = bounded::<Vec<SealJob>>(depth);
+        let (sealed_tx, sealed_rx) = bounded::<Vec<SealedBlob>>(depth);
         let (pack_tx, pack_rx) = tokio::sync::mpsc::channel::<FinishedPack>(1);
         let stats = Arc::new(WriteStats::default());
 
@@ -158,8 +160,19 @@ impl BlobWriter {
         let Some(job) = self.claim(kind, id, data)? else {
             return Ok(false);
         };
-        self.seal_tx().send(job).map_err(|_| Error::Cancelled)?;
+        self.seal_tx()
+            .send(vec![job])
+            .map_err(|_| Error::Cancelled)?;
         Ok(true)
+    }
+
+    /// A batch to store many blobs through, from one blocking thread.
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            writer: self,
+            jobs: Vec::new(),
+            bytes: 0,
+        }
     }
 
     /// [`BlobWriter::store`] for async callers. The dedup check runs at
@@ -172,7 +185,7 @@ impl BlobWriter {
             return Ok(false);
         };
         let tx = self.seal_tx();
-        match tx.try_send(job) {
+        match tx.try_send(vec![job]) {
             Ok(()) => {}
             Err(TrySendError::Disconnected(_)) => return Err(Error::Cancelled),
             Err(TrySendError::Full(job)) => {
@@ -214,10 +227,44 @@ impl BlobWriter {
         Ok(Some(SealJob { kind, id, data }))
     }
 
+    /// [`BlobWriter::claim`] for a batch: one lock of the claimed set and
+    /// one catalog read transaction for all of them. Returns the new ones.
+    fn claim_batch(&self, jobs: Vec<SealJob>) -> Result<Vec<SealJob>> {
+        if self.abort.is_set() {
+            return Err(Error::Cancelled);
+        }
+        let total = jobs.len();
+        let new = {
+            let mut claimed = self.claimed.lock().expect("claimed lock");
+            let catalog = self.repo.catalog();
+            catalog.reading(|catalog| {
+                let mut new = Vec::with_capacity(jobs.len());
+                for job in jobs {
+                    if !claimed.contains(&job.id) && !catalog.has_blob(&job.id)? {
+                        claimed.insert(job.id);
+                        new.push(job);
+                    }
+                }
+                Ok(new)
+            })?
+        };
+        let bytes: usize = new.iter().map(|job| job.data.len()).sum();
+        self.stats
+            .blobs_reused
+            .fetch_add((total - new.len()) as u64, Ordering::Relaxed);
+        self.stats
+            .blobs_new
+            .fetch_add(new.len() as u64, Ordering::Relaxed);
+        self.stats
+            .bytes_new_plain
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+        Ok(new)
+    }
+
     /// The queue to the seal workers. Invariant: it is taken only by
     /// [`BlobWriter::finish`], which consumes the writer, so it is always
     /// there while the writer can be called.
-    fn seal_tx(&self) -> &Sender<SealJob> {
+    fn seal_tx(&self) -> &Sender<Vec<SealJob>> {
         self.seal_tx.as_ref().expect("store after finish")
     }
 
@@ -243,24 +290,98 @@ impl BlobWriter {
     }
 }
 
+/// Plaintext bytes a [`Batch`] gathers before it goes to sealing.
+const BATCH_BYTES: usize = 256 << 10;
+/// Blobs a [`Batch`] gathers before it goes to sealing.
+const BATCH_BLOBS: usize = 64;
+
+/// Blobs on their way into a [`BlobWriter`] together: one dedup pass (one
+/// catalog read transaction) and one hand-off to the seal workers per
+/// [`BATCH_BLOBS`] blobs or [`BATCH_BYTES`] bytes, where a tree of small
+/// files or a stream of small chunks would otherwise pay both per blob.
+///
+/// Blobs go on when the batch is full, on [`Batch::flush`], or when it is
+/// dropped; like [`BlobWriter::store`], they are durable only once
+/// [`BlobWriter::finish`] returns. A failure to hand them on when dropped
+/// fails the run, so a blob is never silently left out.
+pub struct Batch<'w> {
+    writer: &'w BlobWriter,
+    jobs: Vec<SealJob>,
+    bytes: usize,
+}
+
+impl Batch<'_> {
+    /// Adds `data` as a blob of `kind` named `id`, stored unless the
+    /// repository or this run already has it. Blocks while the pipeline is
+    /// full.
+    pub fn store(&mut self, kind: ObjectKind, id: BlobId, data: Bytes) -> Result<()> {
+        self.bytes += data.len();
+        self.jobs.push(SealJob { kind, id, data });
+        if self.bytes >= BATCH_BYTES || self.jobs.len() >= BATCH_BLOBS {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Hands what the batch holds on to sealing (a thread about to wait
+    /// calls this first, so the seal workers are not left idle).
+    pub fn flush(&mut self) -> Result<()> {
+        if self.jobs.is_empty() {
+            return Ok(());
+        }
+        self.bytes = 0;
+        let jobs = std::mem::take(&mut self.jobs);
+        let new = self.writer.claim_batch(jobs)?;
+        if !new.is_empty() {
+            self.writer
+                .seal_tx()
+                .send(new)
+                .map_err(|_| Error::Cancelled)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush() {
+            self.writer.abort.fail(e);
+        }
+    }
+}
+
 /// Each seal worker opens its first blob and one in this many whole again
 /// (decryption included) before passing them on; every compressed blob is
 /// decompressed and compared (`Sealer::seal_checked`).
 const OPEN_SAMPLE: usize = 64;
 
-fn seal_worker(repo: &Repo, rx: &Receiver<SealJob>, tx: &Sender<SealedBlob>, abort: &Abort) {
+fn seal_worker(
+    repo: &Repo,
+    rx: &Receiver<Vec<SealJob>>,
+    tx: &Sender<Vec<SealedBlob>>,
+    abort: &Abort,
+) {
     let mut codec = Codec::new(repo.config().compression_level);
     let sealer = repo.sealer();
-    for (sealed, job) in rx.iter().enumerate() {
-        if abort.is_set() {
-            return;
-        }
-        // Prove what was just sealed before it can reach storage: an encoder
-        // bug must fail the backup, never store an unreadable blob.
-        let open_too = sealed.is_multiple_of(OPEN_SAMPLE);
-        let bytes =
-            match sealer.seal_checked(&mut codec, job.kind, job.id.as_bytes(), &job.data, open_too)
-            {
+    let mut sealed = 0usize;
+    for jobs in rx {
+        let mut blobs = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            if abort.is_set() {
+                return;
+            }
+            // Prove what was just sealed before it can reach storage: an
+            // encoder bug must fail the backup, never store an unreadable
+            // blob.
+            let open_too = sealed.is_multiple_of(OPEN_SAMPLE);
+            sealed += 1;
+            let bytes = match sealer.seal_checked(
+                &mut codec,
+                job.kind,
+                job.id.as_bytes(),
+                &job.data,
+                open_too,
+            ) {
                 Ok(bytes) => bytes,
                 Err(why) => {
                     abort.fail(Error::corrupt(
@@ -270,13 +391,14 @@ fn seal_worker(repo: &Repo, rx: &Receiver<SealJob>, tx: &Sender<SealedBlob>, abo
                     return;
                 }
             };
-        let blob = SealedBlob {
-            kind: job.kind,
-            id: job.id,
-            bytes,
-            raw_len: job.data.len() as u32,
-        };
-        if tx.send(blob).is_err() {
+            blobs.push(SealedBlob {
+                kind: job.kind,
+                id: job.id,
+                bytes,
+                raw_len: job.data.len() as u32,
+            });
+        }
+        if tx.send(blobs).is_err() {
             return;
         }
     }
@@ -284,7 +406,7 @@ fn seal_worker(repo: &Repo, rx: &Receiver<SealJob>, tx: &Sender<SealedBlob>, abo
 
 fn packer(
     repo: &Repo,
-    rx: &Receiver<SealedBlob>,
+    rx: &Receiver<Vec<SealedBlob>>,
     tx: &tokio::sync::mpsc::Sender<FinishedPack>,
     abort: &Abort,
 ) {
@@ -295,7 +417,7 @@ fn packer(
     let capacity = |target: u32| target as usize + crate::config::MAX_BLOB_SIZE / 4;
     let mut data = PackWriter::new(PackKind::Data);
     let mut tree = PackWriter::new(PackKind::Tree);
-    for blob in rx {
+    for blob in rx.iter().flatten() {
         if abort.is_set() {
             return;
         }

@@ -39,6 +39,18 @@ impl BlobLocation {
 }
 
 impl Catalog {
+    /// Runs `f` inside one read transaction, so many lookups take and
+    /// release the database's lock once rather than once each.
+    pub(crate) fn reading<T>(&self, f: impl FnOnce(&Catalog) -> Result<T>) -> Result<T> {
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .map_err(self.err("starting a read"))?;
+        let out = f(self)?;
+        tx.commit().map_err(self.err("ending a read"))?;
+        Ok(out)
+    }
+
     /// True if a usable pack holds the blob.
     pub fn has_blob(&self, id: &BlobId) -> Result<bool> {
         let mut stmt = self

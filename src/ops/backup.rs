@@ -1096,7 +1096,13 @@ fn coordinate(
 ) -> Result<(Content, u64)> {
     let mut size = 0u64;
     let mut lists = Vec::new();
+    let mut batch = writer.batch();
     loop {
+        // Chunks go to sealing in batches; one that waits for its input
+        // hands on what it holds first.
+        if order.is_empty() {
+            batch.flush()?;
+        }
         // Woken now and then to notice an abort: a reader blocked on a
         // silent standard input never sends or hangs up.
         let slot = match order.recv_timeout(std::time::Duration::from_millis(100)) {
@@ -1115,15 +1121,16 @@ fn coordinate(
         }
         let len = data.len() as u64;
         size += len;
-        writer.store(ObjectKind::DataBlob, id, data)?;
+        batch.store(ObjectKind::DataBlob, id, data)?;
         builder.push(ContentRef { id, len }, &mut lists);
         for (list_id, bytes) in lists.drain(..) {
-            writer.store(ObjectKind::ListBlob, list_id, Bytes::from(bytes))?;
+            batch.store(ObjectKind::ListBlob, list_id, Bytes::from(bytes))?;
         }
     }
     let content = builder.finish(&mut lists);
     for (list_id, bytes) in lists {
-        writer.store(ObjectKind::ListBlob, list_id, Bytes::from(bytes))?;
+        batch.store(ObjectKind::ListBlob, list_id, Bytes::from(bytes))?;
     }
+    batch.flush()?;
     Ok((content, size))
 }

@@ -624,11 +624,14 @@ fn a_gzipped_pg_dump_dedups_day_over_day_and_restores_to_the_exact_gzip_bytes() 
     );
     // As well as the uncompressed dumps would, but for the recipe (the
     // DEFLATE corrections, a few percent of the gzip size, new each day).
+    // The difference moves with the rows pgbench happens to touch: over
+    // seven runs the gzip's day 2 stored from 45 kB less to 377 kB (7.9% of
+    // the gzip) more than the plain dump's.
     let plain = CliRepo::init();
     plain.backup_stdin("pg", &day1);
     let plain2 = plain.backup_stdin("pg", &day2);
     assert!(
-        added(&second) <= added(&plain2) + gz2.len() as u64 / 15,
+        added(&second) <= added(&plain2) + gz2.len() as u64 / 10,
         "gzip day 2 stored {}, the plain dump {}, the gzip is {} bytes",
         added(&second),
         added(&plain2),

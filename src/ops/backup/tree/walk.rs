@@ -31,6 +31,7 @@ use crate::progress::Progress;
 use crate::seal::ObjectKind;
 use crate::snapshot::{ContentBuilder, ContentRef, Node, NodeKind};
 use crate::source::tree::{EntryStat, Excludes, is_unchanged, node_from_stat, node_kind};
+use crate::write::Batch;
 
 /// A file for the workers to read; its node goes into `slot`.
 pub(super) struct FileJob {
@@ -415,12 +416,28 @@ fn read_names(fd: OwnedFd) -> rustix::io::Result<(Dir, Vec<Vec<u8>>)> {
 
 /// Reads whole files and stores their chunks.
 pub(super) fn file_worker(walk: &Walk, jobs: &Receiver<FileJob>, chunker: &Chunker, fanout: usize) {
-    for job in jobs {
+    // Small files are one blob each: they go to sealing in batches.
+    let mut batch = walk.writer.batch();
+    loop {
+        let job = match jobs.try_recv() {
+            Ok(job) => job,
+            Err(crossbeam_channel::TryRecvError::Disconnected) => break,
+            Err(crossbeam_channel::TryRecvError::Empty) => {
+                // About to wait: what this worker holds goes on first.
+                if let Err(e) = batch.flush() {
+                    walk.abort.fail(e);
+                }
+                match jobs.recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
+                }
+            }
+        };
         if walk.abort.is_set() {
             job.slot.set(None);
             continue;
         }
-        match read_file(walk, &job.path, job.node, chunker, fanout) {
+        match read_file(walk, &mut batch, &job.path, job.node, chunker, fanout) {
             Ok(node) => job.slot.set(node),
             Err(e) => {
                 job.slot.set(None);
@@ -434,6 +451,7 @@ pub(super) fn file_worker(walk: &Walk, jobs: &Receiver<FileJob>, chunker: &Chunk
 /// a warning; `Err` is fatal to the backup (storage failed).
 fn read_file(
     walk: &Walk,
+    batch: &mut Batch<'_>,
     path: &Path,
     mut node: Node,
     chunker: &Chunker,
@@ -488,17 +506,15 @@ fn read_file(
         size += len;
         Progress::add(&walk.progress.bytes_processed, len);
         let id = walk.repo.hasher().blob_id(ObjectKind::DataBlob, &chunk);
-        walk.writer.store(ObjectKind::DataBlob, id, chunk)?;
+        batch.store(ObjectKind::DataBlob, id, chunk)?;
         builder.push(ContentRef { id, len }, &mut lists);
         for (list_id, bytes) in lists.drain(..) {
-            walk.writer
-                .store(ObjectKind::ListBlob, list_id, Bytes::from(bytes))?;
+            batch.store(ObjectKind::ListBlob, list_id, Bytes::from(bytes))?;
         }
     }
     let content = builder.finish(&mut lists);
     for (list_id, bytes) in lists {
-        walk.writer
-            .store(ObjectKind::ListBlob, list_id, Bytes::from(bytes))?;
+        batch.store(ObjectKind::ListBlob, list_id, Bytes::from(bytes))?;
     }
     let after = file.metadata().ok();
     // Deleted while open: its content stays readable and was read whole,
