@@ -15,8 +15,9 @@
 //! (docs/PERFORMANCE.md, "Reader").
 
 use std::io::{self, Read};
+use std::sync::Mutex;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use fastcdc::v2020::{FastCDC, Normalization};
 
 use crate::config::ChunkerProfile;
@@ -103,34 +104,77 @@ impl<R: Read> Chunks<R> {
         };
         self.refilled = true;
         let enough = (self.block.len() + self.chunker.max).min(capacity);
-        let mut next = BytesMut::with_capacity(capacity);
-        next.extend_from_slice(&self.block);
-        while next.len() < capacity {
-            // Zero (and so touch) only what the next read may fill.
-            let filled = next.len();
+        let mut buf = Block::take(capacity);
+        let mut filled = self.block.len();
+        buf[..filled].copy_from_slice(&self.block);
+        while filled < capacity {
             let want = (capacity - filled).min(1 << 20);
-            next.resize(filled + want, 0);
-            match self.reader.read(&mut next[filled..]) {
+            match self.reader.read(&mut buf[filled..filled + want]) {
                 Ok(0) => {
-                    next.truncate(filled);
                     self.eof = true;
                     break;
                 }
                 Ok(n) => {
-                    next.truncate(filled + n);
+                    filled += n;
                     // A short read means the producer has nothing more right
                     // now (a pipe); with a chunk's worth in hand, cut rather
                     // than wait for it.
-                    if n < want && next.len() >= enough {
+                    if n < want && filled >= enough {
                         break;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => next.truncate(filled),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-        self.block = next.freeze();
+        self.block = Bytes::from_owner(Block { buf, len: filled });
         Ok(())
+    }
+}
+
+/// Full-size blocks whose chunks are all gone, kept for the next refill:
+/// a stream reads hundreds of 4 MiB blocks, and a fresh one each time cost
+/// the reader thread more in page faults and zeroing than chunking did.
+static SPARE_BLOCKS: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+/// Spare blocks kept at most (16 MiB).
+const SPARE_MAX: usize = 4;
+
+/// A read block that chunks share (as `Bytes` slices of it); once the last
+/// is dropped, a full-size block goes back to [`SPARE_BLOCKS`].
+struct Block {
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl Block {
+    /// An initialised buffer of `capacity` bytes: a spare one when it is
+    /// the full block size, else a fresh one (zeroed pages from the
+    /// allocator, touched only as far as reads fill them).
+    fn take(capacity: usize) -> Vec<u8> {
+        if capacity == BLOCK_SIZE
+            && let Some(buf) = SPARE_BLOCKS.lock().expect("spare blocks lock").pop()
+        {
+            return buf;
+        }
+        vec![0; capacity]
+    }
+}
+
+impl AsRef<[u8]> for Block {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        if self.buf.len() == BLOCK_SIZE {
+            let mut spare = SPARE_BLOCKS.lock().expect("spare blocks lock");
+            if spare.len() < SPARE_MAX {
+                spare.push(std::mem::take(&mut self.buf));
+            }
+        }
     }
 }
 
