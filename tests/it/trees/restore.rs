@@ -129,6 +129,68 @@ fn a_tree_round_trips_with_contents_modes_mtimes_and_symlinks() {
 }
 
 #[test]
+fn a_wide_and_deep_tree_round_trips_in_order_with_excludes_and_rescans_unchanged() {
+    // Four levels of five directories (780 in all): the walk scans
+    // subdirectories ahead on other threads at every level, and must still
+    // put every entry in its own directory, leave out what is excluded and
+    // find everything unchanged the next time.
+    let r = CliRepo::init();
+    let mut tree = TreeBuilder::new();
+    let mut dirs = vec![String::new()];
+    for _level in 0..4 {
+        let mut next = Vec::new();
+        for dir in &dirs {
+            for i in 0..5 {
+                next.push(format!("{dir}d{i}/"));
+            }
+        }
+        dirs = next;
+    }
+    let mut files = 0;
+    for (n, dir) in dirs.iter().enumerate() {
+        tree = tree.file(
+            format!("{dir}note-{n}.yaml"),
+            format!("id: {n}\n").as_bytes(),
+        );
+        tree = tree.file(format!("{dir}skip.tmp"), b"excluded\n");
+        files += 1;
+        if n % 7 == 0 {
+            tree = tree.symlink(format!("{dir}link"), "note");
+        }
+    }
+    let (dir, src) = tree
+        .dir("d1/d2/cache")
+        .file("d1/d2/cache/x.yaml", b"x")
+        .build();
+    let summary = backup_clean(
+        &r,
+        "wide",
+        &[&src],
+        &["--exclude", "*.tmp", "--exclude", "cache"],
+    );
+    assert_eq!(n(&summary, "files_new"), files, "{summary}");
+    let id = snap_id(&summary);
+
+    let target = dir.path().join("restore");
+    restore_clean(&r, &id, &target, &[]);
+    let mut expected = scan(&src);
+    expected.retain(|rel, _| {
+        let rel = show(rel);
+        !rel.ends_with(".tmp") && !rel.contains("cache")
+    });
+    assert_same_tree(&expected, &scan(&restored(&target, &src)));
+
+    let again = backup_clean(
+        &r,
+        "wide",
+        &[&src],
+        &["--exclude", "*.tmp", "--exclude", "cache"],
+    );
+    assert_eq!(n(&again, "files_unchanged"), files, "{again}");
+    assert_eq!(n(&again, "bytes_read"), 0, "{again}");
+}
+
+#[test]
 fn restored_directories_and_files_get_their_stored_modes_and_mtimes() {
     let r = CliRepo::init();
     let (dir, src) = TreeBuilder::new()

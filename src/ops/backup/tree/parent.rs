@@ -44,6 +44,11 @@ impl ParentTrees {
         self.loader.load(id)
     }
 
+    /// A loader for other threads, if there is a parent snapshot.
+    pub(super) fn loader(&self) -> Option<TreeLoader> {
+        self.root.map(|_| self.loader.clone())
+    }
+
     /// The parent snapshot's tree for directory `dir` (absolute), if any.
     pub(super) fn tree_for(&mut self, dir: &Path) -> Option<Arc<Tree>> {
         self.dir_for(dir).map(|(_, tree)| tree)
@@ -96,8 +101,9 @@ impl ParentTrees {
 /// (`None` if it could not be loaded).
 type Request = (BlobId, oneshot::Sender<Option<Tree>>);
 
-/// Loads the parent snapshot's trees for the walker thread; see the module
-/// docs.
+/// Loads the parent snapshot's trees for the walker thread (and the
+/// threads scanning ahead of it); see the module docs.
+#[derive(Clone)]
 pub(super) struct TreeLoader {
     repo: Repo,
     requests: mpsc::Sender<Request>,
@@ -107,8 +113,8 @@ impl TreeLoader {
     /// A loader, and the task answering its requests, which ends once the
     /// loader is dropped. Call from within the runtime.
     pub(super) fn start(repo: &Repo) -> (TreeLoader, tokio::task::JoinHandle<()>) {
-        // The walker waits for each answer, so one request at a time.
-        let (requests, mut incoming) = mpsc::channel::<Request>(1);
+        // Each asker waits for its answer: the walker and the scanners.
+        let (requests, mut incoming) = mpsc::channel::<Request>(4);
         let task = {
             let repo = repo.clone();
             tokio::spawn(async move {
@@ -128,7 +134,7 @@ impl TreeLoader {
     /// The tree `id`, or `None` if it cannot be loaded (nothing below it
     /// then counts as unchanged). Blocks: call from the walker thread, never
     /// from async code.
-    fn load(&self, id: &BlobId) -> Option<Tree> {
+    pub(super) fn load(&self, id: &BlobId) -> Option<Tree> {
         if let Some(tree) = self.repo.load_cached_tree(id) {
             return Some(tree);
         }

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -27,9 +27,10 @@ use super::parent::{ParentDir, ParentTrees};
 use super::{Event, Slot, TreeInput, Walk};
 use crate::chunker::Chunker;
 use crate::error::Result;
+use crate::hash::BlobId;
 use crate::progress::Progress;
 use crate::seal::ObjectKind;
-use crate::snapshot::{ContentBuilder, ContentRef, Node, NodeKind};
+use crate::snapshot::{ContentBuilder, ContentRef, Node, NodeKind, Tree};
 use crate::source::tree::{EntryStat, Excludes, is_unchanged, node_from_stat, node_kind};
 use crate::write::Batch;
 
@@ -76,7 +77,11 @@ const EVENT_BATCH: usize = 256;
 /// The walk keeps one open descriptor per directory level and works with
 /// names relative to it (`openat`, `statat`, `readlinkat`): no entry's path
 /// is resolved from `/` again, and full paths are built in one buffer only
-/// for exclude patterns, file jobs and warnings.
+/// for exclude patterns, file jobs and warnings. Reading and `lstat`ing a
+/// directory's entries (most of a re-scan's time) is done by scanner
+/// threads, one per core, for the subdirectories ahead of the walk; the
+/// walker itself only compares with the parent snapshot and emits events,
+/// in order.
 fn walk_entries(
     walk: &Walk,
     root: &Path,
@@ -100,103 +105,129 @@ fn walk_entries(
         ));
         return;
     };
-    let mut walker = Walker {
-        walk,
-        excludes: &input.excludes,
-        root_dev: input.one_file_system.then_some(stat.dev),
-        parents,
-        jobs,
-        path: root.as_os_str().as_bytes().to_vec(),
-        links: HashMap::new(),
-    };
-    if kind != NodeKind::Dir {
-        let previous = root
-            .parent()
-            .and_then(|dir| walker.parents.tree_for(dir))
-            .and_then(|tree| tree.get(name.as_bytes()).cloned());
-        let dir = root.parent().and_then(|dir| {
-            rustix::fs::open(
-                dir,
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .ok()
-        });
-        let dir = dir.as_ref().map(AsFd::as_fd);
-        if let Some(event) = walker.entry(dir, 0, name, stat, kind, previous) {
-            emit(event);
-        }
-        return;
-    }
-    walk.counts.dirs.fetch_add(1, Ordering::Relaxed);
-    let node = node_from_stat(name, &stat, kind, &walk.names);
-    let previous = walker.parents.dir_for(root);
-    let fd = rustix::fs::open(
-        root,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    );
-    let mut frames = vec![walker.frame(fd, 0, node, previous, root.as_os_str().len())];
-    while let Some(frame) = frames.last_mut() {
-        if walk.abort.is_set() {
-            return;
-        }
-        let Some(name) = frame.names.get(frame.next) else {
-            let frame = frames.pop().expect("looked at above");
-            walker.path.truncate(frame.path_len);
-            let event = Event::DirEnd {
-                depth: frame.depth,
-                node: frame.node,
-                previous: frame.previous,
-            };
-            if !emit(event) {
-                return;
-            }
-            continue;
-        };
-        frame.next += 1;
-        let name = OsStr::from_bytes(name);
-        let depth = frame.depth + 1;
-        let dir_len = walker.path.len();
-        walker.push_name(name);
-        let event = walker.visit(frame, depth, name);
-        match event {
-            Visit::Skip => walker.path.truncate(dir_len),
-            Visit::Event(event) => {
-                walker.path.truncate(dir_len);
-                if !emit(event) {
-                    return;
+    let scanners = std::thread::available_parallelism().map_or(2, |n| n.get());
+    std::thread::scope(|scope| {
+        let (scan_tx, scan_rx) = crossbeam_channel::unbounded::<ScanJob>();
+        for _ in 0..scanners {
+            let scan_rx = scan_rx.clone();
+            let excludes = &input.excludes;
+            let loader = parents.loader();
+            scope.spawn(move || {
+                for job in scan_rx {
+                    let scanned = scan_dir(job.fd, &job.path, excludes);
+                    let parent = job
+                        .subtree
+                        .and_then(|id| loader.as_ref().and_then(|l| l.load(&id)));
+                    // The walk may have ended (aborted): nobody waits.
+                    let _ = job.reply.send(Ahead { scanned, parent });
                 }
-            }
-            // The path stays extended: it is the new frame's directory.
-            Visit::Enter(fd, node, previous) => {
-                let frame = walker.frame(fd, depth, node, previous, dir_len);
-                frames.push(frame);
-            }
+            });
         }
+        drop(scan_rx);
+        let mut walker = Walker {
+            walk,
+            root_dev: input.one_file_system.then_some(stat.dev),
+            parents,
+            jobs,
+            path: root.as_os_str().as_bytes().to_vec(),
+            links: HashMap::new(),
+            scan_tx,
+        };
+        walker.run(root, name, stat, kind, &input.excludes, emit);
+    });
+}
+
+/// Subdirectories of one directory scanned ahead of the walk, at most. The
+/// walk goes depth first, so each level keeps a few ahead rather than the
+/// top level taking them all; the descriptors held open and the scanned
+/// entries waiting in memory stay bounded by this times the depth.
+const SCAN_AHEAD: usize = 4;
+
+/// A directory for a scanner to read and `lstat`, and its tree in the
+/// parent snapshot to load.
+struct ScanJob {
+    fd: OwnedFd,
+    /// Its absolute path (for exclude patterns).
+    path: Vec<u8>,
+    subtree: Option<BlobId>,
+    reply: Sender<Ahead>,
+}
+
+/// A directory scanned ahead of the walk, and its parent-snapshot tree.
+struct Ahead {
+    scanned: rustix::io::Result<Scanned>,
+    parent: Option<Tree>,
+}
+
+/// A directory read: kept open for `openat` of its subdirectories, and its
+/// entries, sorted bytewise, excluded ones left out.
+struct Scanned {
+    dir: Dir,
+    entries: Vec<ScanEntry>,
+}
+
+/// One entry of a scanned directory.
+struct ScanEntry {
+    name: Vec<u8>,
+    stat: std::io::Result<EntryStat>,
+    /// A symlink's target.
+    target: Option<std::io::Result<Vec<u8>>>,
+}
+
+/// Reads directory `fd` at `path`: its names sorted (`.` and `..` and
+/// excluded entries left out), each `lstat`ed, each symlink read.
+fn scan_dir(fd: OwnedFd, path: &[u8], excludes: &Excludes) -> rustix::io::Result<Scanned> {
+    let (dir, names) = read_names(fd)?;
+    let fd = dir.fd()?;
+    let mut full = path.to_vec();
+    if full.last() != Some(&b'/') {
+        full.push(b'/');
     }
+    let base = full.len();
+    let mut entries = Vec::with_capacity(names.len());
+    for name in names {
+        full.truncate(base);
+        full.extend_from_slice(&name);
+        if excludes.is_excluded(Path::new(OsStr::from_bytes(&full))) {
+            continue;
+        }
+        let stat = EntryStat::at(fd, OsStr::from_bytes(&name));
+        let target = match &stat {
+            Ok(stat) if stat.mode & libc::S_IFMT == libc::S_IFLNK => Some(
+                rustix::fs::readlinkat(fd, OsStr::from_bytes(&name), Vec::new())
+                    .map(|t| t.into_bytes())
+                    .map_err(std::io::Error::from),
+            ),
+            _ => None,
+        };
+        entries.push(ScanEntry { name, stat, target });
+    }
+    Ok(Scanned { dir, entries })
 }
 
 /// What the walk does with one directory entry.
 enum Visit {
-    /// Nothing (excluded, vanished, unreadable, special).
+    /// Nothing (vanished, unreadable, special).
     Skip,
     /// A finished or pending entry of the current directory.
     Event(Event),
-    /// A directory to descend into: its descriptor (or why it could not be
-    /// opened), its node and its tree in the parent snapshot.
-    Enter(rustix::io::Result<OwnedFd>, Node, Option<ParentDir>),
+    /// A directory to descend into: its scan (or why it could not be
+    /// opened or read), its node and its tree in the parent snapshot.
+    Enter(rustix::io::Result<Scanned>, Node, Option<ParentDir>),
 }
 
 /// A directory being walked.
 struct Frame {
-    /// Open for `statat`, `openat` and `readlinkat`; `None` if it could not
-    /// be opened or read (it is then stored empty, with a warning).
+    /// Open for `openat`; `None` if it could not be opened or read (it is
+    /// then stored empty, with a warning).
     dir: Option<Dir>,
-    /// Its entries' names, sorted bytewise.
-    names: Vec<Vec<u8>>,
-    /// The next name to visit.
+    entries: Vec<ScanEntry>,
+    /// The next entry to visit.
     next: usize,
+    /// Entries up to here were considered for scanning ahead.
+    ahead: usize,
+    /// Subdirectories being scanned ahead: (entry index, reply), in order.
+    pending: std::collections::VecDeque<(usize, Receiver<Ahead>)>,
     depth: usize,
     node: Node,
     previous: Option<ParentDir>,
@@ -207,7 +238,6 @@ struct Frame {
 /// The state of one backup path's walk.
 struct Walker<'a> {
     walk: &'a Walk,
-    excludes: &'a Excludes,
     /// With `--one-file-system`, the root's device.
     root_dev: Option<u64>,
     parents: &'a mut ParentTrees,
@@ -216,6 +246,7 @@ struct Walker<'a> {
     path: Vec<u8>,
     /// Hard-linked files seen so far: (device, inode) -> the first one's slot.
     links: HashMap<(u64, u64), Arc<Slot>>,
+    scan_tx: Sender<ScanJob>,
 }
 
 impl Walker<'_> {
@@ -230,17 +261,93 @@ impl Walker<'_> {
         self.path.extend_from_slice(name.as_bytes());
     }
 
-    /// A frame for a directory just opened (or not): reads its names.
+    /// Walks the backup path `root` (`lstat`ed as `stat`, of `kind`).
+    fn run(
+        &mut self,
+        root: &Path,
+        name: &OsStr,
+        stat: EntryStat,
+        kind: NodeKind,
+        excludes: &Excludes,
+        emit: &mut dyn FnMut(Event) -> bool,
+    ) {
+        let walk = self.walk;
+        if kind != NodeKind::Dir {
+            let previous = root
+                .parent()
+                .and_then(|dir| self.parents.tree_for(dir))
+                .and_then(|tree| tree.get(name.as_bytes()).cloned());
+            let target = (kind == NodeKind::Symlink)
+                .then(|| std::fs::read_link(root).map(|t| t.into_os_string().into_vec()));
+            if let Some(event) = self.entry(0, name, stat, kind, target, previous) {
+                emit(event);
+            }
+            return;
+        }
+        walk.counts.dirs.fetch_add(1, Ordering::Relaxed);
+        let node = node_from_stat(name, &stat, kind, &walk.names);
+        let previous = self.parents.dir_for(root);
+        let scanned = rustix::fs::open(
+            root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .and_then(|fd| scan_dir(fd, root.as_os_str().as_bytes(), excludes));
+        let frame = self.frame(scanned, 0, node, previous, root.as_os_str().len());
+        let mut frames = vec![frame];
+        while let Some(frame) = frames.last_mut() {
+            if walk.abort.is_set() {
+                return;
+            }
+            if frame.next == frame.entries.len() {
+                let frame = frames.pop().expect("looked at above");
+                self.path.truncate(frame.path_len);
+                let event = Event::DirEnd {
+                    depth: frame.depth,
+                    node: frame.node,
+                    previous: frame.previous,
+                };
+                if !emit(event) {
+                    return;
+                }
+                continue;
+            }
+            let index = frame.next;
+            frame.next += 1;
+            let depth = frame.depth + 1;
+            let dir_len = self.path.len();
+            let name = std::mem::take(&mut frame.entries[index].name);
+            self.push_name(OsStr::from_bytes(&name));
+            let visit = self.visit(frame, index, depth, OsStr::from_bytes(&name), excludes);
+            match visit {
+                Visit::Skip => self.path.truncate(dir_len),
+                Visit::Event(event) => {
+                    self.path.truncate(dir_len);
+                    if !emit(event) {
+                        return;
+                    }
+                }
+                // The path stays extended: it is the new frame's directory.
+                Visit::Enter(scanned, node, previous) => {
+                    let frame = self.frame(scanned, depth, node, previous, dir_len);
+                    frames.push(frame);
+                }
+            }
+        }
+    }
+
+    /// A frame for a directory just scanned (or not), with its first
+    /// subdirectories sent to be scanned ahead.
     fn frame(
-        &self,
-        fd: rustix::io::Result<OwnedFd>,
+        &mut self,
+        scanned: rustix::io::Result<Scanned>,
         depth: usize,
         node: Node,
         previous: Option<ParentDir>,
         path_len: usize,
     ) -> Frame {
-        let (dir, names) = match fd.and_then(read_names) {
-            Ok((dir, names)) => (Some(dir), names),
+        let (dir, entries) = match scanned {
+            Ok(Scanned { dir, entries }) => (Some(dir), entries),
             Err(e) => {
                 let e = std::io::Error::from(e);
                 self.walk
@@ -248,30 +355,78 @@ impl Walker<'_> {
                 (None, Vec::new())
             }
         };
-        Frame {
+        let mut frame = Frame {
             dir,
-            names,
+            entries,
             next: 0,
+            ahead: 0,
+            pending: std::collections::VecDeque::new(),
             depth,
             node,
             previous,
             path_len,
+        };
+        self.scan_ahead(&mut frame);
+        frame
+    }
+
+    /// Sends the frame's next subdirectories to the scanners, while fewer
+    /// than [`SCAN_AHEAD`] of its scans are outstanding.
+    fn scan_ahead(&mut self, frame: &mut Frame) {
+        let Some(dir) = frame.dir.as_ref().and_then(|d| d.fd().ok()) else {
+            return;
+        };
+        frame.ahead = frame.ahead.max(frame.next);
+        while frame.pending.len() < SCAN_AHEAD && frame.ahead < frame.entries.len() {
+            let index = frame.ahead;
+            frame.ahead += 1;
+            let entry = &frame.entries[index];
+            let Ok(stat) = &entry.stat else { continue };
+            if stat.mode & libc::S_IFMT != libc::S_IFDIR
+                || self.root_dev.is_some_and(|dev| dev != stat.dev)
+            {
+                continue;
+            }
+            // Failures are reported when the walk reaches the entry.
+            let Ok(fd) = open_subdir(dir, OsStr::from_bytes(&entry.name)) else {
+                continue;
+            };
+            let mut path = self.path.clone();
+            if path.last() != Some(&b'/') {
+                path.push(b'/');
+            }
+            path.extend_from_slice(&entry.name);
+            let subtree = frame
+                .previous
+                .as_ref()
+                .and_then(|(_, tree)| tree.get(&entry.name))
+                .and_then(subtree_of);
+            let (reply, rx) = crossbeam_channel::bounded(1);
+            let job = ScanJob {
+                fd,
+                path,
+                subtree,
+                reply,
+            };
+            if self.scan_tx.send(job).is_ok() {
+                frame.pending.push_back((index, rx));
+            }
         }
     }
 
-    /// Visits the entry `name` of `frame` (the path buffer holds its path).
-    fn visit(&mut self, frame: &Frame, depth: usize, name: &OsStr) -> Visit {
+    /// Visits entry `index` of `frame`, named `name` (the path buffer holds
+    /// its path).
+    fn visit(
+        &mut self,
+        frame: &mut Frame,
+        index: usize,
+        depth: usize,
+        name: &OsStr,
+        excludes: &Excludes,
+    ) -> Visit {
         let walk = self.walk;
-        if self.excludes.is_excluded(self.path()) {
-            return Visit::Skip;
-        }
-        let fd = frame
-            .dir
-            .as_ref()
-            .expect("a directory without a descriptor has no names")
-            .fd()
-            .expect("a directory read has a descriptor");
-        let stat = match EntryStat::at(fd, name) {
+        let entry = &mut frame.entries[index];
+        let stat = match std::mem::replace(&mut entry.stat, Err(std::io::Error::other("taken"))) {
             Ok(stat) => stat,
             Err(e) => {
                 let why = if e.kind() == std::io::ErrorKind::NotFound {
@@ -283,6 +438,7 @@ impl Walker<'_> {
                 return Visit::Skip;
             }
         };
+        let target = entry.target.take();
         let Some(kind) = node_kind(&stat) else {
             walk.warn(format!(
                 "{}: special file (FIFO, socket or device) skipped",
@@ -294,62 +450,69 @@ impl Walker<'_> {
             .previous
             .as_ref()
             .and_then(|(_, tree)| tree.get(name.as_bytes()));
-        if kind == NodeKind::Dir {
-            walk.counts.dirs.fetch_add(1, Ordering::Relaxed);
-            let node = node_from_stat(name, &stat, kind, &walk.names);
-            let previous = previous
-                .and_then(|node| node.subtree.filter(|_| node.kind == NodeKind::Dir))
-                .and_then(|id| self.parents.load(&id).map(|tree| (id, Arc::new(tree))));
-            // Another file system with --one-file-system: the directory is
-            // kept, empty, as a mount point.
-            let fd = if self.root_dev.is_some_and(|dev| dev != stat.dev) {
-                Ok(None)
-            } else {
-                rustix::fs::openat(
-                    fd,
-                    name,
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
-                .map(Some)
-            };
-            return match fd {
-                Ok(Some(fd)) => Visit::Enter(Ok(fd), node, previous),
-                Ok(None) => Visit::Event(Event::DirEnd {
-                    depth,
-                    node,
-                    previous,
-                }),
-                Err(e) => Visit::Enter(Err(e), node, previous),
+        if kind != NodeKind::Dir {
+            let previous = previous.cloned();
+            return match self.entry(depth, name, stat, kind, target, previous) {
+                Some(event) => Visit::Event(event),
+                None => Visit::Skip,
             };
         }
-        let previous = previous.cloned();
-        match self.entry(Some(fd), depth, name, stat, kind, previous) {
-            Some(event) => Visit::Event(event),
-            None => Visit::Skip,
+        walk.counts.dirs.fetch_add(1, Ordering::Relaxed);
+        let node = node_from_stat(name, &stat, kind, &walk.names);
+        let subtree = previous.and_then(subtree_of);
+        let load = |parents: &ParentTrees| {
+            subtree.and_then(|id| parents.load(&id).map(|tree| (id, Arc::new(tree))))
+        };
+        // Another file system with --one-file-system: the directory is
+        // kept, empty, as a mount point.
+        if self.root_dev.is_some_and(|dev| dev != stat.dev) {
+            return Visit::Event(Event::DirEnd {
+                depth,
+                node,
+                previous: load(self.parents),
+            });
         }
+        while frame.pending.front().is_some_and(|(i, _)| *i < index) {
+            frame.pending.pop_front();
+        }
+        let ahead = match frame.pending.front() {
+            Some((i, _)) if *i == index => frame.pending.pop_front().map(|(_, rx)| rx),
+            _ => None,
+        };
+        let (scanned, previous) = match ahead.and_then(|rx| rx.recv().ok()) {
+            Some(Ahead { scanned, parent }) => (scanned, subtree.zip(parent.map(Arc::new))),
+            // Not scanned ahead (opening failed, or the directory changed
+            // since it was read): here and now.
+            None => {
+                let dir = frame
+                    .dir
+                    .as_ref()
+                    .expect("a directory without a descriptor has no entries")
+                    .fd()
+                    .expect("a directory read has a descriptor");
+                let scanned =
+                    open_subdir(dir, name).and_then(|fd| scan_dir(fd, &self.path, excludes));
+                (scanned, load(self.parents))
+            }
+        };
+        self.scan_ahead(frame);
+        Visit::Enter(scanned, node, previous)
     }
 
-    /// The event for a file or symlink `name` in the directory `dir`.
+    /// The event for a file or symlink `name` (a symlink's `target` read).
     fn entry(
         &mut self,
-        dir: Option<BorrowedFd<'_>>,
         depth: usize,
         name: &OsStr,
         stat: EntryStat,
         kind: NodeKind,
+        target: Option<std::io::Result<Vec<u8>>>,
         previous: Option<Node>,
     ) -> Option<Event> {
         let walk = self.walk;
         let mut node = node_from_stat(name, &stat, kind, &walk.names);
         if kind == NodeKind::Symlink {
-            let target = match dir {
-                Some(dir) => rustix::fs::readlinkat(dir, name, Vec::new())
-                    .map(|t| t.into_bytes())
-                    .map_err(std::io::Error::from),
-                None => std::fs::read_link(self.path()).map(|t| t.into_os_string().into_vec()),
-            };
-            return match target {
+            return match target.expect("a symlink's target is read with its stat") {
                 Ok(target) => {
                     node.target = Some(ByteVec::from(target));
                     Some(Event::Ready { depth, node })
@@ -396,6 +559,21 @@ impl Walker<'_> {
             changed,
         })
     }
+}
+
+/// The tree of `node` in the parent snapshot, if it was a directory.
+fn subtree_of(node: &Node) -> Option<BlobId> {
+    node.subtree.filter(|_| node.kind == NodeKind::Dir)
+}
+
+/// Opens subdirectory `name` of `dir` for reading, never through a symlink.
+fn open_subdir(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
 }
 
 /// Reads directory `fd`: its names, sorted bytewise (`.` and `..` left
