@@ -161,6 +161,13 @@ enum BlockBuf {
 }
 
 impl BlockBuf {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            BlockBuf::Heap(v) => v,
+            BlockBuf::Mapped(m) => m.as_slice(),
+        }
+    }
+
     fn as_mut_slice(&mut self) -> &mut [u8] {
         match self {
             BlockBuf::Heap(v) => v,
@@ -188,21 +195,14 @@ impl Block {
 
 impl AsRef<[u8]> for Block {
     fn as_ref(&self) -> &[u8] {
-        match &self.buf {
-            BlockBuf::Heap(v) => &v[..self.len],
-            BlockBuf::Mapped(m) => &m.as_slice()[..self.len],
-        }
+        &self.buf.as_slice()[..self.len]
     }
 }
 
 impl Drop for Block {
     fn drop(&mut self) {
-        if let BlockBuf::Mapped(_) = self.buf {
-            let BlockBuf::Mapped(buf) =
-                std::mem::replace(&mut self.buf, BlockBuf::Heap(Vec::new()))
-            else {
-                unreachable!("matched above")
-            };
+        if let BlockBuf::Mapped(buf) = std::mem::replace(&mut self.buf, BlockBuf::Heap(Vec::new()))
+        {
             let mut spare = SPARE_BLOCKS.lock().expect("spare blocks lock");
             if spare.len() < SPARE_MAX {
                 spare.push(buf);

@@ -204,31 +204,12 @@ impl BlobWriter {
     /// Dedups a blob against this run and the catalog; returns the job to
     /// send to sealing if it is new, and counts it either way.
     fn claim(&self, kind: ObjectKind, id: BlobId, data: Bytes) -> Result<Option<SealJob>> {
-        if self.abort.is_set() {
-            return Err(Error::Cancelled);
-        }
-        let is_new = {
-            let mut claimed = self.claimed.lock().expect("claimed lock");
-            if claimed.contains(&id) || self.repo.catalog().has_blob(&id)? {
-                false
-            } else {
-                claimed.insert(id);
-                true
-            }
-        };
-        if !is_new {
-            self.stats.blobs_reused.fetch_add(1, Ordering::Relaxed);
-            return Ok(None);
-        }
-        self.stats.blobs_new.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .bytes_new_plain
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
-        Ok(Some(SealJob { kind, id, data }))
+        Ok(self.claim_batch(vec![SealJob { kind, id, data }])?.pop())
     }
 
-    /// [`BlobWriter::claim`] for a batch: one lock of the claimed set and
-    /// one catalog read transaction for all of them. Returns the new ones.
+    /// Dedups `jobs` against this run and the catalog under one lock of the
+    /// claimed set and one catalog read transaction; returns the new ones,
+    /// claimed, and counts them all.
     fn claim_batch(&self, jobs: Vec<SealJob>) -> Result<Vec<SealJob>> {
         if self.abort.is_set() {
             return Err(Error::Cancelled);

@@ -105,23 +105,31 @@ fn walk_entries(
         ));
         return;
     };
-    let scanners = std::thread::available_parallelism().map_or(2, |n| n.get());
+    // A single file or symlink needs no scanners.
+    let scanners = match kind {
+        NodeKind::Dir => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        _ => 0,
+    };
     std::thread::scope(|scope| {
         let (scan_tx, scan_rx) = crossbeam_channel::unbounded::<ScanJob>();
-        for _ in 0..scanners {
+        for i in 0..scanners {
             let scan_rx = scan_rx.clone();
             let excludes = &input.excludes;
             let loader = parents.loader();
-            scope.spawn(move || {
-                for job in scan_rx {
-                    let scanned = scan_dir(job.fd, &job.path, excludes);
-                    let parent = job
-                        .subtree
-                        .and_then(|id| loader.as_ref().and_then(|l| l.load(&id)));
-                    // The walk may have ended (aborted): nobody waits.
-                    let _ = job.reply.send(Ahead { scanned, parent });
-                }
-            });
+            // A scanner that cannot be started is not needed: with none
+            // running, sending a scan fails and the walker scans in place.
+            let _ = std::thread::Builder::new()
+                .name(format!("larder-scan-{i}"))
+                .spawn_scoped(scope, move || {
+                    for job in scan_rx {
+                        let scanned = scan_dir(job.fd, &job.path, excludes);
+                        let parent = job
+                            .subtree
+                            .and_then(|id| loader.as_ref().and_then(|l| l.load(&id)));
+                        // The walk may have ended (aborted): nobody waits.
+                        let _ = job.reply.send(Ahead { scanned, parent });
+                    }
+                });
         }
         drop(scan_rx);
         let mut walker = Walker {
