@@ -22,6 +22,10 @@ use fastcdc::v2020::{FastCDC, Normalization};
 
 use crate::config::ChunkerProfile;
 
+mod parallel;
+
+pub use parallel::{Blocks, Speculative, Stitcher};
+
 /// Bytes read per refill: large enough that syscalls and buffer hand-offs
 /// are rare, small enough that a few blocks in flight stay cheap.
 const BLOCK_SIZE: usize = 4 << 20;
@@ -45,6 +49,27 @@ impl Chunker {
             max: profile.max as usize,
             seed,
         }
+    }
+
+    /// A FastCDC cutter over `data` with this chunker's sizes and seed.
+    fn cutter<'a>(&self, data: &'a [u8]) -> FastCDC<'a> {
+        FastCDC::with_level_and_seed(
+            data,
+            self.min,
+            self.avg,
+            self.max,
+            Normalization::Level1,
+            self.seed,
+        )
+    }
+
+    /// Where the chunk starting at `start` of the cutter's `len` bytes ends,
+    /// if those bytes decide it: they do when the cut falls before their
+    /// end (FastCDC never looks past its cut), when a whole maximal chunk
+    /// is in hand, or when `last` says the stream ends with them.
+    fn decided_cut(&self, cutter: &FastCDC, start: usize, len: usize, last: bool) -> Option<usize> {
+        let (_, end) = cutter.cut(start, len - start);
+        (last || end < len || len - start >= self.max).then_some(end)
     }
 
     /// Splits `reader` into chunks. Each item is one chunk's bytes, or the
@@ -141,8 +166,11 @@ impl<R: Read> Chunks<R> {
 /// the reader thread more in page faults and zeroing than chunking did.
 static SPARE_BLOCKS: Mutex<Vec<Mapped>> = Mutex::new(Vec::new());
 
-/// Spare blocks kept at most (16 MiB).
-const SPARE_MAX: usize = 4;
+/// Spare blocks kept at most (32 MiB): about as many as a stream backup
+/// has in flight on a few cores (queued for chunking, being stitched, and
+/// held by chunks waiting to be sealed), so that its reader rarely maps a
+/// fresh one.
+const SPARE_MAX: usize = 8;
 
 /// A read block that chunks share (as `Bytes` slices of it); once the last
 /// is dropped, a full-size block goes back to [`SPARE_BLOCKS`].
@@ -282,16 +310,7 @@ impl<R: Read> Iterator for Chunks<R> {
         if self.block.is_empty() {
             return None;
         }
-        let c = &self.chunker;
-        let cutter = FastCDC::with_level_and_seed(
-            &self.block,
-            c.min,
-            c.avg,
-            c.max,
-            Normalization::Level1,
-            c.seed,
-        );
-        let (_, end) = cutter.cut(0, self.block.len());
+        let (_, end) = self.chunker.cutter(&self.block).cut(0, self.block.len());
         Some(Ok(self.block.split_to(end)))
     }
 }

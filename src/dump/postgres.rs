@@ -37,9 +37,16 @@ pub(crate) fn check_plain(reader: impl Read) -> io::Result<Verdict> {
             let more = block.len().min(START - start.len());
             start.extend_from_slice(&block[..more]);
         }
-        tail.extend_from_slice(block);
-        if tail.len() > 2 * TAIL {
-            tail.drain(..tail.len() - TAIL);
+        // Only the last TAIL bytes are ever looked at: a long block
+        // replaces the tail rather than passing through it.
+        if block.len() >= TAIL {
+            tail.clear();
+            tail.extend_from_slice(&block[block.len() - TAIL..]);
+        } else {
+            tail.extend_from_slice(block);
+            if tail.len() > 2 * TAIL {
+                tail.drain(..tail.len() - TAIL);
+            }
         }
     })?;
     let found = TRAILERS
@@ -600,5 +607,40 @@ mod tests {
         let mut doubled = good.to_vec();
         doubled.extend_from_slice(b"CREATE TABLE u ();\n");
         assert!(!check_plain(&doubled[..]).unwrap().complete);
+    }
+
+    #[test]
+    fn a_long_plain_dump_is_judged_by_its_end_whatever_the_read_sizes() {
+        let trailer = b"\n--\n-- PostgreSQL database dump complete\n--\n\n\\unrestrict k1\n";
+        let mut dump = b"\\restrict k1\n--\n-- PostgreSQL database dump\n--\n".to_vec();
+        while dump.len() < 700 << 10 {
+            dump.extend_from_slice(b"COPY t (a) FROM stdin;\n1\n\\.\n");
+        }
+        dump.extend_from_slice(trailer);
+        // Whole, and in reads shorter and longer than the tail kept.
+        assert!(check_plain(&dump[..]).unwrap().complete);
+        for piece in [TAIL - 1, TAIL, TAIL + 7, 3 * TAIL + 1] {
+            let reads = Pieces(&dump, piece);
+            assert!(check_plain(reads).unwrap().complete, "reads of {piece}");
+        }
+        let cut = &dump[..dump.len() - trailer.len() + 5];
+        assert!(!check_plain(cut).unwrap().complete);
+        // Text after the trailer that is not a comment makes it incomplete,
+        // however long.
+        let mut more = dump.clone();
+        more.extend(std::iter::repeat_n(b'x', 3 * TAIL));
+        assert!(!check_plain(&more[..]).unwrap().complete);
+    }
+
+    /// Reads `.0` in pieces of `.1` bytes.
+    struct Pieces<'a>(&'a [u8], usize);
+
+    impl Read for Pieces<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.1.min(buf.len()).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
     }
 }

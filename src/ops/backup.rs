@@ -1,11 +1,16 @@
 //! `backup`: the write path wired into a pipeline.
 //!
 //! ```text
-//! reader thread ──► hash workers ──► coordinator ──► BlobWriter (seal workers ─► packer ─► uploader ─► index)
-//! (source, FastCDC)  keyed BLAKE3    in stream order:
-//!                                    dedups, builds
-//!                                    content lists
+//! reader thread ──► chunk workers ──► coordinator ──► BlobWriter (seal workers ─► packer ─► uploader ─► index)
+//! (source, 4 MiB     FastCDC from     in stream order:
+//!  blocks)           each block's     stitches blocks,
+//!                    start, keyed     dedups, builds
+//!                    BLAKE3           content lists
 //! ```
+//!
+//! A stream is chunked on every core with the cut points sequential
+//! chunking would give ([`crate::chunker::Stitcher`]); file trees chunk
+//! each file on the thread reading it ([`tree`]).
 //!
 //! Every stage is joined to the next by a bounded channel, so peak memory
 //! is flat whatever the input size; CPU stages run one thread per core.
@@ -29,10 +34,10 @@ pub use tree::TreeInput;
 
 use crate::backend::RequestCounts;
 use crate::catalog::SnapshotFilter;
-use crate::chunker::Chunker;
+use crate::chunker::{Blocks, Chunker, Speculative, Stitcher};
 use crate::config::STREAM_PROFILE;
 use crate::error::{Error, Result};
-use crate::hash::{BlobId, SnapshotId};
+use crate::hash::{BlobHasher, BlobId, SnapshotId};
 use crate::host::{current_user, now_ns};
 use crate::lease::LeaseKind;
 use crate::progress::Progress;
@@ -44,7 +49,7 @@ use crate::snapshot::{
     SnapshotSummary, Tree,
 };
 use crate::source::{RunningCommand, StreamInput};
-use crate::write::{Abort, BlobWriter, queue_depth, spawn_thread};
+use crate::write::{Abort, BlobWriter, spawn_thread};
 
 /// What to back up and how to label it.
 #[derive(Debug)]
@@ -431,14 +436,17 @@ async fn stream_root(
         let killer = command.killer();
         abort.on_abort(move || killer.kill());
     }
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let depth = queue_depth(profile.max as usize);
-    // Hashing runs on a pool; each chunk's result comes back through its
-    // own slot, and the slots reach the coordinator in stream order through
-    // a bounded queue, so nothing needs reordering and memory stays bounded
-    // however unevenly the hashers run.
-    let (hash_tx, hash_rx) = bounded::<(Bytes, Sender<(BlobId, Bytes)>)>(depth);
-    let (order_tx, order_rx) = bounded::<Receiver<(BlobId, Bytes)>>(depth);
+    // Past a few cores, chunking outruns everything after it; more workers
+    // would only hold more 4 MiB blocks.
+    let workers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(MAX_CHUNK_WORKERS);
+    // Blocks are chunked and hashed on a pool; each block's result comes
+    // back through its own slot, and the slots reach the coordinator in
+    // stream order through a bounded queue, so nothing needs reordering and
+    // at most a few blocks are in flight however unevenly the workers run.
+    let (chunk_tx, chunk_rx) = bounded::<(Bytes, bool, Sender<Speculated>)>(workers);
+    let (order_tx, order_rx) = bounded::<Receiver<Speculated>>(workers);
 
     let reader_thread = {
         let abort = Arc::clone(abort);
@@ -447,25 +455,27 @@ async fn stream_root(
         let source = source.to_string();
         spawn_thread("larder-read", move || {
             read_stream(
-                chunker, reader, command, check, &hash_tx, &order_tx, &abort, &progress, &warnings,
-                &source,
+                reader, command, check, &chunk_tx, &order_tx, &abort, &progress, &warnings, &source,
             )
         })?
     };
-    let mut hashers = Vec::new();
+    let mut chunkers = Vec::new();
     for i in 0..workers {
-        let rx = hash_rx.clone();
+        let rx = chunk_rx.clone();
         let hasher = repo.hasher().clone();
-        hashers.push(spawn_thread(&format!("larder-hash-{i}"), move || {
-            for (data, slot) in rx {
-                let id = hasher.blob_id(ObjectKind::DataBlob, &data);
+        let chunker = chunker.clone();
+        chunkers.push(spawn_thread(&format!("larder-chunk-{i}"), move || {
+            for (block, last, slot) in rx {
+                let spec = chunker.speculate(&block, last, |chunk| {
+                    hasher.blob_id(ObjectKind::DataBlob, chunk)
+                });
                 // A closed slot means the coordinator stopped; keep draining
                 // so the reader is never stuck on a full queue.
-                let _ = slot.send((id, data));
+                let _ = slot.send(Speculated { block, last, spec });
             }
         })?);
     }
-    drop(hash_rx);
+    drop(chunk_rx);
 
     let coordinator = {
         let writer = Arc::clone(writer);
@@ -477,7 +487,9 @@ async fn stream_root(
                 &writer,
                 &abort,
                 &order_rx,
-                ContentBuilder::new(fanout, hasher),
+                Stitcher::new(chunker),
+                &hasher,
+                ContentBuilder::new(fanout, hasher.clone()),
             )?;
             if abort.is_set() {
                 return Err(Error::Cancelled);
@@ -498,7 +510,7 @@ async fn stream_root(
     let end = join_unless_stuck(reader_thread, abort, deadline)
         .await
         .flatten();
-    for h in hashers {
+    for h in chunkers {
         join_unless_stuck(h, abort, deadline).await;
     }
     let (content, mut size) = content?;
@@ -610,12 +622,11 @@ impl<R: Read> Read for CountingReader<R> {
 /// the check found. `None` when the backup failed.
 #[allow(clippy::too_many_arguments)]
 fn read_stream(
-    chunker: Chunker,
     reader: Box<dyn Read + Send>,
     command: Option<RunningCommand>,
     check: DumpCheck,
-    hash_tx: &Sender<(Bytes, Sender<(BlobId, Bytes)>)>,
-    order_tx: &Sender<Receiver<(BlobId, Bytes)>>,
+    chunk_tx: &Sender<(Bytes, bool, Sender<Speculated>)>,
+    order_tx: &Sender<Receiver<Speculated>>,
     abort: &Abort,
     progress: &Arc<Progress>,
     warnings: &Mutex<Vec<String>>,
@@ -628,7 +639,7 @@ fn read_stream(
     let (mut check_tx, checker) = if check.kind == crate::dump::Kind::Stream {
         (None, None)
     } else {
-        let (tx, rx) = bounded::<Bytes>(16);
+        let (tx, rx) = bounded::<Bytes>(4);
         let kind = check.kind;
         let thread = spawn_thread("larder-check", move || {
             crate::dump::check(kind, ChannelReader::new(rx))
@@ -661,33 +672,37 @@ fn read_stream(
     if unpacking_active {
         check_tx = None;
     }
-    let mut seq = 0u64;
-    for chunk in chunker.chunks(reader) {
+    let mut read = 0u64;
+    for block in Blocks::new(reader) {
         if abort.is_set() {
             return None;
         }
-        let data = match chunk {
-            Ok(data) => data,
+        let (block, last) = match block {
+            Ok(block) => block,
             Err(e) => {
                 abort.fail(read_failed(command, source, e));
                 return None;
             }
         };
-        if seq == 0
-            && !unpacking_active
-            && let Some(warning) = crate::dump::inspect_head(&data)
+        if read == 0 {
+            if block.is_empty() {
+                break;
+            }
+            if !unpacking_active && let Some(warning) = crate::dump::inspect_head(&block) {
+                warnings.lock().expect("warnings lock").push(warning);
+            }
+        }
+        if let Some(tx) = &check_tx
+            && !block.is_empty()
         {
-            warnings.lock().expect("warnings lock").push(warning);
-        }
-        if let Some(tx) = &check_tx {
             // A check that has stopped listening has its verdict already.
-            let _ = tx.send(data.clone());
+            let _ = tx.send(block.clone());
         }
+        read += block.len() as u64;
         let (slot_tx, slot_rx) = bounded(1);
-        if hash_tx.send((data, slot_tx)).is_err() || order_tx.send(slot_rx).is_err() {
+        if chunk_tx.send((block, last, slot_tx)).is_err() || order_tx.send(slot_rx).is_err() {
             return None;
         }
-        seq += 1;
     }
     // The unpacker ends when the source does; a read error it met ends the
     // backup as one met by the chunker would.
@@ -709,7 +724,7 @@ fn read_stream(
         },
         None => None,
     };
-    if seq == 0 {
+    if read == 0 {
         abort.fail(Error::SourceFailed {
             source_name: source.into(),
             reason: "produced no data; an empty dump is never a valid backup".into(),
@@ -1086,16 +1101,31 @@ impl Read for ChannelReader {
     }
 }
 
-/// Takes hashed chunks in stream order, dedups and stores each, and builds
-/// the content list.
+/// Chunk workers at most for one stream.
+const MAX_CHUNK_WORKERS: usize = 8;
+
+/// A block of a stream with its speculative chunks, from a chunk worker.
+struct Speculated {
+    block: Bytes,
+    /// The stream ends with this block.
+    last: bool,
+    spec: Speculative<BlobId>,
+}
+
+/// Takes speculatively chunked blocks in stream order, stitches them into
+/// the stream's chunks, dedups and stores each, and builds the content list.
 fn coordinate(
     writer: &BlobWriter,
     abort: &Abort,
-    order: &Receiver<Receiver<(BlobId, Bytes)>>,
+    order: &Receiver<Receiver<Speculated>>,
+    mut stitcher: Stitcher,
+    hasher: &BlobHasher,
     mut builder: ContentBuilder,
 ) -> Result<(Content, u64)> {
     let mut size = 0u64;
     let mut lists = Vec::new();
+    let mut chunks = Vec::new();
+    let mut ended = false;
     let mut batch = writer.batch();
     loop {
         // Chunks go to sealing in batches; one that waits for its input
@@ -1113,19 +1143,34 @@ fn coordinate(
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
         };
-        let Ok((id, data)) = slot.recv() else {
+        let Ok(speculated) = slot.recv() else {
             return Err(Error::Cancelled);
         };
         if abort.is_set() {
             return Err(Error::Cancelled);
         }
-        let len = data.len() as u64;
-        size += len;
-        batch.store(ObjectKind::DataBlob, id, data)?;
-        builder.push(ContentRef { id, len }, &mut lists);
-        for (list_id, bytes) in lists.drain(..) {
-            batch.store(ObjectKind::ListBlob, list_id, Bytes::from(bytes))?;
+        let Speculated { block, last, spec } = speculated;
+        stitcher.push(
+            block,
+            spec,
+            last,
+            |chunk| hasher.blob_id(ObjectKind::DataBlob, chunk),
+            &mut chunks,
+        );
+        ended |= last;
+        for (id, data) in chunks.drain(..) {
+            let len = data.len() as u64;
+            size += len;
+            batch.store(ObjectKind::DataBlob, id, data)?;
+            builder.push(ContentRef { id, len }, &mut lists);
+            for (list_id, bytes) in lists.drain(..) {
+                batch.store(ObjectKind::ListBlob, list_id, Bytes::from(bytes))?;
+            }
         }
+    }
+    // A reader that stopped before the end has failed, and said why.
+    if !ended {
+        return Err(Error::Cancelled);
     }
     let content = builder.finish(&mut lists);
     for (list_id, bytes) in lists {
