@@ -8,7 +8,7 @@
 //! already compressed. larder compresses every chunk itself, so an
 //! uncompressed dump costs no extra space in the repository.
 
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 
 pub mod neo4j;
 pub mod postgres;
@@ -126,16 +126,20 @@ impl Verdict {
     }
 }
 
-/// Reads `reader` to its end in large blocks, handing each to `each`.
-fn for_each_block(mut reader: impl Read, mut each: impl FnMut(&[u8])) -> io::Result<()> {
-    let mut buf = vec![0u8; 256 << 10];
+/// Reads `reader` to its end, handing each buffered block to `each` where
+/// it lies (a channel of blocks is read without copying).
+fn for_each_block(mut reader: impl BufRead, mut each: impl FnMut(&[u8])) -> io::Result<()> {
     loop {
-        match reader.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => each(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+        let n = match reader.fill_buf() {
+            Ok([]) => return Ok(()),
+            Ok(block) => {
+                each(block);
+                block.len()
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
-        }
+        };
+        reader.consume(n);
     }
 }
 
@@ -145,7 +149,7 @@ const HEAD: usize = 64;
 /// Checks a stream of kind `kind` read from `reader` to its end; `None`
 /// when nothing is checked (`stream`, or `auto` on an unknown format).
 /// Errors are the reader's own.
-pub(crate) fn check(kind: Kind, mut reader: impl Read) -> io::Result<Option<Verdict>> {
+pub(crate) fn check(kind: Kind, mut reader: impl BufRead) -> io::Result<Option<Verdict>> {
     let mut head = Vec::with_capacity(HEAD);
     (&mut reader).take(HEAD as u64).read_to_end(&mut head)?;
     let custom = head.starts_with(b"PGDMP");
@@ -168,7 +172,7 @@ pub(crate) fn check(kind: Kind, mut reader: impl Read) -> io::Result<Option<Verd
     };
     // Read to the end whatever the verdict: whoever feeds the check must
     // never block on one that stopped listening.
-    io::copy(&mut whole, &mut io::sink())?;
+    for_each_block(&mut whole, |_| {})?;
     Ok(verdict)
 }
 

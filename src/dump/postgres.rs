@@ -2,7 +2,7 @@
 //! (`pg_dump -Fc`), whose header and table of contents are parsed and
 //! whose every announced data block must be present, whole, to the end.
 
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 
 use super::Verdict;
 
@@ -29,7 +29,7 @@ const TAIL: usize = 64 << 10;
 /// by nothing but blank lines, comment lines and, when the dump began with
 /// `\restrict KEY` (pg_dump from 17.6, 16.10, 15.14 on), the whole line
 /// `\unrestrict KEY`.
-pub(crate) fn check_plain(reader: impl Read) -> io::Result<Verdict> {
+pub(crate) fn check_plain(reader: impl BufRead) -> io::Result<Verdict> {
     let mut tail: Vec<u8> = Vec::with_capacity(2 * TAIL);
     let mut start: Vec<u8> = Vec::new();
     super::for_each_block(reader, |block| {
@@ -620,7 +620,7 @@ mod tests {
         // Whole, and in reads shorter and longer than the tail kept.
         assert!(check_plain(&dump[..]).unwrap().complete);
         for piece in [TAIL - 1, TAIL, TAIL + 7, 3 * TAIL + 1] {
-            let reads = Pieces(&dump, piece);
+            let reads = io::BufReader::with_capacity(piece, Pieces(&dump, piece));
             assert!(check_plain(reads).unwrap().complete, "reads of {piece}");
         }
         let cut = &dump[..dump.len() - trailer.len() + 5];

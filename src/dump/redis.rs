@@ -2,7 +2,7 @@
 //! with `REDIS` and a four-digit version and end with the EOF opcode and
 //! a CRC-64 of everything before it.
 
-use std::io::{self, Read};
+use std::io::{self, BufRead};
 
 use super::Verdict;
 
@@ -28,7 +28,7 @@ pub(crate) fn is_rdb(head: &[u8]) -> bool {
 /// before the checksum, and the checksum (CRC-64/Jones, as Redis computes
 /// it) over everything before the checksum. A checksum of zero means the
 /// server has `rdbchecksum no`; then only the opcode is checked.
-pub(crate) fn check(mut reader: impl Read) -> io::Result<Verdict> {
+pub(crate) fn check(mut reader: impl BufRead) -> io::Result<Verdict> {
     let mut header = [0u8; 9];
     if let Err(e) = reader.read_exact(&mut header) {
         return match e.kind() {
@@ -58,6 +58,14 @@ pub(crate) fn check(mut reader: impl Read) -> io::Result<Verdict> {
     let mut total = header.len() as u64;
     super::for_each_block(&mut reader, |block| {
         total += block.len() as u64;
+        if block.len() >= HELD {
+            // A long block replaces what is held rather than pass through it.
+            crc.update(&held);
+            crc.update(&block[..block.len() - HELD]);
+            held.clear();
+            held.extend_from_slice(&block[block.len() - HELD..]);
+            return;
+        }
         held.extend_from_slice(block);
         if held.len() > HELD {
             let release = held.len() - HELD;

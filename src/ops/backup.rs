@@ -1088,16 +1088,28 @@ impl ChannelReader {
 
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(std::io::BufRead::fill_buf(self)?.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        std::io::BufRead::consume(self, n);
+        Ok(n)
+    }
+}
+
+/// The blocks themselves are the buffer: a reader that takes them through
+/// `fill_buf` (the dump checks) copies nothing.
+impl std::io::BufRead for ChannelReader {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
         while self.current.is_empty() {
             match self.rx.recv() {
                 Ok(next) => self.current = next,
-                Err(_) => return Ok(0),
+                Err(_) => break,
             }
         }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current[..n]);
+        Ok(&self.current)
+    }
+
+    fn consume(&mut self, n: usize) {
         bytes::Buf::advance(&mut self.current, n);
-        Ok(n)
     }
 }
 

@@ -23,7 +23,9 @@ fn repo_relying_on_a_failed_runs_index() -> (CliRepo, Vec<u8>, PathBuf) {
     let data = random_bytes(6 << 20, 7);
     let file = r.dir.path().join("dump.bin");
     std::fs::write(&file, &data).unwrap();
-    let failing = format!("sh -c 'cat {} && exit 1'", file.display());
+    // The command fails a moment after its output, so what was read
+    // before has been stored (a stream is stored as it arrives, in blocks).
+    let failing = format!("sh -c 'cat {} && sleep 0.5 && exit 1'", file.display());
     let out = r.run(&["backup", "--source", "db", "--command", &failing]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let failed_index = r.objects("index");
