@@ -85,6 +85,39 @@ pub struct Codec {
     decompressor: zstd::bulk::Decompressor<'static>,
     /// Where [`Sealer::seal_checked`] decompresses what it just compressed.
     scratch: Vec<u8>,
+    nonces: Nonces,
+}
+
+/// Nonces sealed per batch drawn from the OS generator.
+const NONCE_BATCH: usize = 128;
+
+/// Nonces drawn from the operating system's generator a batch at a time:
+/// one `getrandom` call per 128 sealed objects instead of one each (a tree
+/// of 50,000 small files made 52,000 calls). Every byte is used once.
+struct Nonces {
+    buf: Box<[u8; 24 * NONCE_BATCH]>,
+    used: usize,
+}
+
+impl Nonces {
+    fn new() -> Nonces {
+        Nonces {
+            buf: Box::new([0; 24 * NONCE_BATCH]),
+            used: 24 * NONCE_BATCH,
+        }
+    }
+
+    fn next(&mut self) -> [u8; 24] {
+        if self.used == self.buf.len() {
+            fill_random(&mut self.buf[..]);
+            self.used = 0;
+        }
+        let nonce: [u8; 24] = self.buf[self.used..self.used + 24]
+            .try_into()
+            .expect("24 bytes");
+        self.used += 24;
+        nonce
+    }
 }
 
 impl Codec {
@@ -95,6 +128,7 @@ impl Codec {
             compressor: zstd::bulk::Compressor::new(level).expect("zstd accepts every level"),
             decompressor: zstd::bulk::Decompressor::new().expect("zstd context allocation"),
             scratch: Vec::new(),
+            nonces: Nonces::new(),
         }
     }
 }
@@ -199,9 +233,7 @@ impl Sealer {
     fn payload(codec: &mut Codec, plaintext: &[u8], compress: bool) -> Vec<u8> {
         let mut out =
             Vec::with_capacity(SEAL_OVERHEAD + zstd::zstd_safe::compress_bound(plaintext.len()));
-        let mut nonce = [0u8; 24];
-        fill_random(&mut nonce);
-        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&codec.nonces.next());
         out.push(MODE_ZSTD);
         let compressed = compress
             && {
@@ -439,5 +471,14 @@ mod tests {
         let a = s.seal(&mut codec, ObjectKind::DataBlob, &[1; 32], b"same", true);
         let b = s.seal(&mut codec, ObjectKind::DataBlob, &[1; 32], b"same", true);
         assert_ne!(a[..24], b[..24]);
+        // Across batches and codecs too: no nonce is ever seen twice.
+        let mut other = Codec::new(1);
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..3 * NONCE_BATCH {
+            let codec = if i % 3 == 0 { &mut other } else { &mut codec };
+            let sealed = s.seal(codec, ObjectKind::DataBlob, &[1; 32], b"same", true);
+            assert!(seen.insert(sealed[..24].to_vec()), "nonce {i} repeated");
+            assert_ne!(sealed[..24], [0; 24]);
+        }
     }
 }
