@@ -15,13 +15,13 @@
 //! (docs/PERFORMANCE.md, "Reader").
 
 use std::io::{self, Read};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use bytes::Bytes;
+use fastcdc::v2020::{FastCDC, Normalization};
 
 use crate::config::ChunkerProfile;
 
-mod gear;
 mod parallel;
 
 pub use parallel::{Blocks, Speculative, Stitcher};
@@ -33,34 +33,43 @@ const BLOCK_SIZE: usize = 4 << 20;
 /// Splits readers into chunks with one profile's sizes.
 #[derive(Clone, Debug)]
 pub struct Chunker {
+    min: usize,
     avg: usize,
     max: usize,
-    gear: Arc<gear::Gear>,
+    seed: u64,
 }
 
 impl Chunker {
     /// A chunker for `profile` (already validated by the config) and the
     /// repository's `seed`.
     pub fn new(profile: &ChunkerProfile, seed: u64) -> Chunker {
-        let (min, avg, max) = (
-            profile.min as usize,
-            profile.avg as usize,
-            profile.max as usize,
-        );
         Chunker {
-            avg,
-            max,
-            gear: Arc::new(gear::Gear::new(min, avg, max, seed)),
+            min: profile.min as usize,
+            avg: profile.avg as usize,
+            max: profile.max as usize,
+            seed,
         }
     }
 
-    /// Where the chunk starting at `start` of `data` ends, if `data`
-    /// decides it: it does when the cut falls before its end (FastCDC never
-    /// looks past its cut), when a whole maximal chunk is in hand, or when
-    /// `last` says the stream ends with `data`.
-    fn decided_cut(&self, data: &[u8], start: usize, last: bool) -> Option<usize> {
-        let end = start + self.gear.cut(&data[start..]);
-        (last || end < data.len() || data.len() - start >= self.max).then_some(end)
+    /// A FastCDC cutter over `data` with this chunker's sizes and seed.
+    fn cutter<'a>(&self, data: &'a [u8]) -> FastCDC<'a> {
+        FastCDC::with_level_and_seed(
+            data,
+            self.min,
+            self.avg,
+            self.max,
+            Normalization::Level1,
+            self.seed,
+        )
+    }
+
+    /// Where the chunk starting at `start` of the cutter's `len` bytes ends,
+    /// if those bytes decide it: they do when the cut falls before their
+    /// end (FastCDC never looks past its cut), when a whole maximal chunk
+    /// is in hand, or when `last` says the stream ends with them.
+    fn decided_cut(&self, cutter: &FastCDC, start: usize, len: usize, last: bool) -> Option<usize> {
+        let (_, end) = cutter.cut(start, len - start);
+        (last || end < len || len - start >= self.max).then_some(end)
     }
 
     /// Splits `reader` into chunks. Each item is one chunk's bytes, or the
@@ -301,7 +310,7 @@ impl<R: Read> Iterator for Chunks<R> {
         if self.block.is_empty() {
             return None;
         }
-        let end = self.chunker.gear.cut(&self.block);
+        let (_, end) = self.chunker.cutter(&self.block).cut(0, self.block.len());
         Some(Ok(self.block.split_to(end)))
     }
 }
@@ -309,7 +318,7 @@ impl<R: Read> Iterator for Chunks<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fastcdc::v2020::{Normalization, StreamCDC};
+    use fastcdc::v2020::StreamCDC;
     use proptest::prelude::*;
 
     fn chunker(seed: u64) -> Chunker {

@@ -43,11 +43,12 @@ impl Chunker {
         last: bool,
         mut id: impl FnMut(&[u8]) -> T,
     ) -> Speculative<T> {
+        let cutter = self.cutter(block);
         let mut ends = Vec::with_capacity(block.len() / self.avg + 1);
         let mut ids = Vec::with_capacity(ends.capacity());
         let mut start = 0;
         while start < block.len() {
-            let Some(end) = self.decided_cut(block, start, last) else {
+            let Some(end) = self.decided_cut(&cutter, start, block.len(), last) else {
                 break;
             };
             ids.push(id(&block[start..end]));
@@ -100,9 +101,10 @@ impl Stitcher {
             joined.extend_from_slice(&block[..head]);
             let joined = joined.freeze();
             let joined_last = last && head == block.len();
+            let cutter = c.cutter(&joined);
             let mut start = 0;
             while start < self.tail.len() {
-                let Some(end) = c.decided_cut(&joined, start, joined_last) else {
+                let Some(end) = c.decided_cut(&cutter, start, joined.len(), joined_last) else {
                     // Only a block shorter than a chunk leaves it undecided:
                     // all of it joins the tail.
                     self.tail = joined.slice(start..);
@@ -113,6 +115,7 @@ impl Stitcher {
             }
             at = start - self.tail.len();
         }
+        let cutter = c.cutter(&block);
         let mut next = 0; // the first speculative chunk ending after `at`
         loop {
             while next < spec.ends.len() && spec.ends[next] <= at {
@@ -128,7 +131,7 @@ impl Stitcher {
                 at = start;
                 break;
             }
-            let Some(end) = c.decided_cut(&block, at, last) else {
+            let Some(end) = c.decided_cut(&cutter, at, block.len(), last) else {
                 break;
             };
             out.push((id(&block[at..end]), block.slice(at..end)));
