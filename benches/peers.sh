@@ -15,8 +15,13 @@
 # cmp. Each step is measured with GNU time (wall, user+sys, peak RSS) and
 # `du -sb` of the repository.
 #
-# Other knobs: PEERS_TOOLS="larder restic bupstash", LARDER_BIN, PG_PORT
-# (default 55500), and those listed in benches/lib.sh.
+# Every tool's sequence runs PEERS_RUNS times (default 3), the tools taking
+# turns within each run, and each row reports the median wall and CPU time
+# over the runs (peak RSS: the largest): wall times on a small virtual
+# machine swing by more than the differences measured.
+#
+# Other knobs: PEERS_TOOLS="larder restic bupstash", PEERS_RUNS, LARDER_BIN,
+# PG_PORT (default 55500), and those listed in benches/lib.sh.
 # Output: a markdown table on stdout and in
 # $LARDER_BENCH_DIR/results-peers-<timestamp>.md (and results-peers.md).
 set -euo pipefail
@@ -24,6 +29,8 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 TOOLS=(${PEERS_TOOLS:-larder restic bupstash})
+RUNS=${PEERS_RUNS:-3}
+[[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "PEERS_RUNS must be a positive whole number, not '$RUNS'"
 
 need jq awk du cmp stat "$GNU_TIME"
 for t in "${TOOLS[@]}"; do
@@ -56,12 +63,26 @@ MACHINE=$(machine_info)
 ROWS=()   # markdown rows of the step table
 SUMMARY=() # markdown rows of the per-repository summary
 
+# over_runs TAG FIELD: the median of FIELD (wall, cpu) over the runs'
+# TAG-r1..TAG-rN, or the largest for rss.
+over_runs() {
+    local run
+    for run in $(seq "$RUNS"); do time_field "$1-r$run" "$2"; done | sort -g | awk -v k="$2" '
+        { v[NR] = $1 }
+        END {
+            if (k == "rss") { print v[NR]; exit }
+            if (NR % 2) m = v[(NR + 1) / 2]; else m = (v[NR / 2] + v[NR / 2 + 1]) / 2
+            if (k == "wall") printf "%.3f\n", m; else printf "%.2f\n", m
+        }'
+}
+
 # row TOOL INPUT STEP INPUT_BYTES TAG REPO_BYTES ADDED_DU ADDED_TOOL VERIFIED
+# (TAG without its run suffix: times are over all runs, sizes the last run's)
 row() {
     local wall cpu rss
-    wall=$(time_field "$5" wall)
-    cpu=$(time_field "$5" cpu)
-    rss=$(time_field "$5" rss)
+    wall=$(over_runs "$5" wall)
+    cpu=$(over_runs "$5" cpu)
+    rss=$(over_runs "$5" rss)
     local added_du=- added_tool=-
     [[ $7 != - ]] && added_du=$(mb "$7")
     [[ $8 != - && $8 != null && -n $8 ]] && added_tool=$(mb "$8")
@@ -79,46 +100,59 @@ verify() {
     fi
 }
 
+# Sizes and verdicts of each tool's last run, by tool and step.
+declare -A R0 R1 R2 A1 A2 RESTORED VERDICT
 failures=0
 for input in "${INPUT_NAMES[@]}"; do
     dir=$(input_dir "$input")
     d1=$dir/day1.sql d2=$dir/day2.sql
     s1=$(file_bytes "$d1") s2=$(file_bytes "$d2")
-    for tool in "${TOOLS[@]}"; do
-        repo=$RUN_DIR/$tool-$input/repo
-        mkdir -p "$(dirname "$repo")"
-        log "== $tool / $input"
-        "${tool}_init" "$repo"
-        r0=$(du_bytes "$repo")
+    for run in $(seq "$RUNS"); do
+        for tool in "${TOOLS[@]}"; do
+            t=$tool-$input
+            repo=$RUN_DIR/$t/repo
+            mkdir -p "$(dirname "$repo")"
+            log "== $tool / $input (run $run of $RUNS)"
+            "${tool}_init" "$repo"
+            R0[$t]=$(du_bytes "$repo")
 
-        "${tool}_backup" "$repo" "$d1" "$tool-$input-d1"
-        r1=$(du_bytes "$repo")
-        a1=-
-        declare -F "${tool}_added" >/dev/null && a1=$("${tool}_added" "$tool-$input-d1")
-        row "$tool" "$input" "backup day 1" "$s1" "$tool-$input-d1" "$r1" $((r1 - r0)) "$a1" -
+            "${tool}_backup" "$repo" "$d1" "$t-d1-r$run"
+            R1[$t]=$(du_bytes "$repo")
+            A1[$t]=-
+            declare -F "${tool}_added" >/dev/null && A1[$t]=$("${tool}_added" "$t-d1-r$run")
 
-        "${tool}_backup" "$repo" "$d2" "$tool-$input-d2"
-        r2=$(du_bytes "$repo")
-        a2=-
-        declare -F "${tool}_added" >/dev/null && a2=$("${tool}_added" "$tool-$input-d2")
-        row "$tool" "$input" "backup day 2" "$s2" "$tool-$input-d2" "$r2" $((r2 - r1)) "$a2" -
+            "${tool}_backup" "$repo" "$d2" "$t-d2-r$run"
+            R2[$t]=$(du_bytes "$repo")
+            A2[$t]=-
+            declare -F "${tool}_added" >/dev/null && A2[$t]=$("${tool}_added" "$t-d2-r$run")
 
-        out=$RUN_DIR/$tool-$input/restored.sql
-        if declare -F "${tool}_restore" >/dev/null; then
-            "${tool}_restore" "$repo" "$out" "$tool-$input-restore"
-            v=$(verify "$tool" "$input" restore "$out" "$d2")
+            out=$RUN_DIR/$t/restored.sql
+            if declare -F "${tool}_restore" >/dev/null; then
+                "${tool}_restore" "$repo" "$out" "$t-restore-r$run"
+                v=$(verify "$tool" "$input" restore "$out" "$d2")
+                [[ $v == ok ]] || failures=$((failures + 1))
+                [[ ${VERDICT[$t-restore]:-ok} == ok ]] && VERDICT[$t-restore]=$v
+                rm -f "$out"
+            fi
+            "${tool}_cat" "$repo" "$out" "$t-cat-r$run" "$t-d2-r$run"
+            v=$(verify "$tool" "$input" cat "$out" "$d2")
             [[ $v == ok ]] || failures=$((failures + 1))
+            [[ ${VERDICT[$t-cat]:-ok} == ok ]] && VERDICT[$t-cat]=$v
             rm -f "$out"
-            row "$tool" "$input" "restore day 2" "$s2" "$tool-$input-restore" "$(du_bytes "$repo")" - - "$v"
+            RESTORED[$t]=$(du_bytes "$repo")
+            rm -rf "$repo" "$repo.aux"
+        done
+    done
+    for tool in "${TOOLS[@]}"; do
+        t=$tool-$input
+        r0=${R0[$t]} r1=${R1[$t]} r2=${R2[$t]}
+        row "$tool" "$input" "backup day 1" "$s1" "$t-d1" "$r1" $((r1 - r0)) "${A1[$t]}" -
+        row "$tool" "$input" "backup day 2" "$s2" "$t-d2" "$r2" $((r2 - r1)) "${A2[$t]}" -
+        if declare -F "${tool}_restore" >/dev/null; then
+            row "$tool" "$input" "restore day 2" "$s2" "$t-restore" "${RESTORED[$t]}" - - "${VERDICT[$t-restore]}"
         fi
-        "${tool}_cat" "$repo" "$out" "$tool-$input-cat" "$tool-$input-d2"
-        v=$(verify "$tool" "$input" cat "$out" "$d2")
-        [[ $v == ok ]] || failures=$((failures + 1))
-        rm -f "$out"
-        row "$tool" "$input" "cat day 2" "$s2" "$tool-$input-cat" "$(du_bytes "$repo")" - - "$v"
-
+        row "$tool" "$input" "cat day 2" "$s2" "$t-cat" "${RESTORED[$t]}" - - "${VERDICT[$t-cat]}"
         SUMMARY+=("| $tool | $input | $(mb "$s1") | $(mb $((r1 - r0))) | $(pct $((r1 - r0)) "$s1") | $(mb $((r2 - r1))) | $(pct $((r2 - r1)) $((r1 - r0))) | $(mb "$r2") |")
-        rm -rf "$repo" "$repo.aux"
     done
 done
 
@@ -137,6 +171,8 @@ report() {
     echo
     echo "MB = 10^6 bytes. 'repo MB' is du -sb of the repository after the step; 'added (du)' is its growth;"
     echo "'added (tool)' is what the tool reports (larder bytes_added; restic data_added, which is before compression)."
+    echo "Wall and CPU s are medians over $RUNS run(s) of each tool's whole sequence, the tools taking turns in each"
+    echo "run; peak RSS is the largest of the runs; sizes are the last run's."
     echo "MB/s = input (or restored) bytes / wall time. Peak RSS from GNU time. 'restore' is larder/restic restore"
     echo "into a directory; 'cat' is larder cat, restic dump, bupstash get (bupstash has no separate restore for a"
     echo "stdin item). Every restored stream is compared with the day-2 dump by cmp."
