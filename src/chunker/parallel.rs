@@ -34,6 +34,13 @@ pub struct Speculative<T> {
 }
 
 impl Chunker {
+    /// The read block size for speculative chunking: 4 MiB, or two maximal
+    /// chunks if that is more, so that most of a block's cuts are decided by
+    /// its own bytes (a profile's maximum may be up to 16 MiB).
+    pub fn block_size(&self) -> usize {
+        BLOCK_SIZE.max(2 * self.max)
+    }
+
     /// Cuts `block` from its first byte and identifies each chunk with `id`.
     /// `last` says the stream ends with this block; otherwise the bytes after
     /// the last cut its own bytes decide are left to the [`Stitcher`].
@@ -155,7 +162,8 @@ impl<R: Read> Blocks<R> {
         Blocks::with_block_size(reader, BLOCK_SIZE)
     }
 
-    pub(crate) fn with_block_size(reader: R, block_size: usize) -> Blocks<R> {
+    /// Blocks of `block_size` bytes (see [`Chunker::block_size`]).
+    pub fn with_block_size(reader: R, block_size: usize) -> Blocks<R> {
         Blocks {
             reader,
             block_size,
@@ -297,6 +305,21 @@ mod tests {
             let data: Vec<u8> = unit.iter().copied().cycle().take(len).collect();
             assert_same_as_sequential(&data, &sizes);
         }
+    }
+
+    #[test]
+    fn blocks_hold_at_least_two_maximal_chunks() {
+        assert_eq!(chunker().block_size(), BLOCK_SIZE);
+        let huge = Chunker::new(
+            &ChunkerProfile {
+                name: "t".into(),
+                min: 1 << 20,
+                avg: 4 << 20,
+                max: 16 << 20,
+            },
+            1,
+        );
+        assert_eq!(huge.block_size(), 32 << 20);
     }
 
     #[test]

@@ -49,6 +49,10 @@ pub(crate) fn check_plain(reader: impl BufRead) -> io::Result<Verdict> {
             }
         }
     })?;
+    // The same window whatever the read sizes were: the last TAIL bytes.
+    if tail.len() > TAIL {
+        tail.drain(..tail.len() - TAIL);
+    }
     let found = TRAILERS
         .iter()
         .filter_map(|t| find_last(&tail, t).map(|at| at + t.len()))
@@ -630,6 +634,17 @@ mod tests {
         let mut more = dump.clone();
         more.extend(std::iter::repeat_n(b'x', 3 * TAIL));
         assert!(!check_plain(&more[..]).unwrap().complete);
+        // The trailer is looked for in the last TAIL bytes, whatever the
+        // read sizes: one followed by more comment lines than that is not
+        // seen, however the dump is read.
+        let mut commented = dump.clone();
+        while commented.len() < dump.len() + TAIL + 100 {
+            commented.extend_from_slice(b"-- a comment\n");
+        }
+        for piece in [TAIL / 2, TAIL - 1, TAIL + 7, 3 * TAIL + 1] {
+            let reads = io::BufReader::with_capacity(piece, Pieces(&commented, piece));
+            assert!(!check_plain(reads).unwrap().complete, "reads of {piece}");
+        }
     }
 
     /// Reads `.0` in pieces of `.1` bytes.

@@ -447,6 +447,7 @@ async fn stream_root(
     // at most a few blocks are in flight however unevenly the workers run.
     let (chunk_tx, chunk_rx) = bounded::<(Bytes, bool, Sender<Speculated>)>(workers);
     let (order_tx, order_rx) = bounded::<Receiver<Speculated>>(workers);
+    let block_size = chunker.block_size();
 
     let reader_thread = {
         let abort = Arc::clone(abort);
@@ -455,7 +456,8 @@ async fn stream_root(
         let source = source.to_string();
         spawn_thread("larder-read", move || {
             read_stream(
-                reader, command, check, &chunk_tx, &order_tx, &abort, &progress, &warnings, &source,
+                reader, block_size, command, check, &chunk_tx, &order_tx, &abort, &progress,
+                &warnings, &source,
             )
         })?
     };
@@ -623,6 +625,7 @@ impl<R: Read> Read for CountingReader<R> {
 #[allow(clippy::too_many_arguments)]
 fn read_stream(
     reader: Box<dyn Read + Send>,
+    block_size: usize,
     command: Option<RunningCommand>,
     check: DumpCheck,
     chunk_tx: &Sender<(Bytes, bool, Sender<Speculated>)>,
@@ -673,7 +676,7 @@ fn read_stream(
         check_tx = None;
     }
     let mut read = 0u64;
-    for block in Blocks::new(reader) {
+    for block in Blocks::with_block_size(reader, block_size) {
         if abort.is_set() {
             return None;
         }
@@ -1156,6 +1159,9 @@ fn coordinate(
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
         };
         let Ok(speculated) = slot.recv() else {
+            // A chunk worker is gone without an answer: stop the others
+            // (the reader may be blocked on a silent input).
+            abort.fail(Error::Cancelled);
             return Err(Error::Cancelled);
         };
         if abort.is_set() {
