@@ -32,7 +32,8 @@
 # per-job send log (so re-scans use its stat cache). Caches, keys and send
 # logs live in REPO.aux and are not counted in the repository size.
 #
-# Knobs: TREES_TOOLS="larder restic bupstash", TREE_FILES (50000), TREE_SEED
+# Knobs: TREES_TOOLS="larder restic bupstash", TREES_RUNS (1; 3 reports the
+# medians of three runs, the tools taking turns), TREE_FILES (50000), TREE_SEED
 # (42), TREES_LARDER_INIT (extra `larder init` arguments, such as
 # "--kdf-memory 8 --kdf-passes 1" to see larder without its per-command
 # Argon2id cost; default none), TREES_DROP_CACHES=1 to drop the page cache
@@ -46,6 +47,8 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 TOOLS=(${TREES_TOOLS:-larder restic bupstash})
+RUNS=${TREES_RUNS:-1}
+[[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "TREES_RUNS must be a positive whole number, not '$RUNS'"
 TREE_FILES=${TREE_FILES:-50000}
 TREE_SEED=${TREE_SEED:-42}
 TREES_DROP_CACHES=${TREES_DROP_CACHES:-0}
@@ -207,12 +210,22 @@ tr_bupstash_cat() {
 
 # ---- driver -------------------------------------------------------------------
 declare -A WALL CPU RSS ADDED REPO OK
+declare -A WALLS CPUS # every run's values, space-separated
+RUN=1
 ROWS=()
 FAILS=()
 ODD=() # larder stderr besides JSON, and warnings
 failures=0
 
-# step TOOL STEP KEY REPO FN [ARGS...]: run FN REPO TAG ARGS, record a row.
+# median_of "V1 V2 ..." DECIMALS
+median_of() {
+    tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk -v d="$2" '
+        { v[NR] = $1 }
+        END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.*f\n", d, m }'
+}
+
+# step TOOL STEP KEY REPO FN [ARGS...]: run FN REPO TAG ARGS, record a row
+# (on the last of the runs, with the medians over all of them).
 step() {
     local tool=$1 name=$2 key=$3 repo=$4 fn=$5
     shift 5
@@ -258,7 +271,19 @@ step() {
             ODD+=("$tool $name: warnings: $(jq -c '.warnings' "$BENCH_TMP/$tag.out" | head -c 500)")
         fi
     fi
-    WALL[$tool/$key]=$wall CPU[$tool/$key]=$cpu RSS[$tool/$key]=$rss
+    # Every run but the last only records its times; the last reports the
+    # medians (and the largest RSS) of all of them.
+    WALLS[$tool/$key]+=" $wall"
+    CPUS[$tool/$key]+=" $cpu"
+    ((rss > ${RSS[$tool/$key]:-0})) && RSS[$tool/$key]=$rss
+    if ((RUN < RUNS)); then
+        log "$tool $name (run $RUN of $RUNS): ${wall}s wall, ${cpu}s cpu"
+        return 0
+    fi
+    wall=$(median_of "${WALLS[$tool/$key]}" 3)
+    cpu=$(median_of "${CPUS[$tool/$key]}" 2)
+    rss=${RSS[$tool/$key]}
+    WALL[$tool/$key]=$wall CPU[$tool/$key]=$cpu
     ROWS+=("| $tool | $name | $wall | $cpu | $(rss_mib "$rss") | $(mb "$after") | $added | $notes |")
     log "$tool $name: ${wall}s wall, ${cpu}s cpu, $(rss_mib "$rss") MiB rss, repo $(mb "$after") MB, added $added MB"
 }
@@ -270,8 +295,9 @@ MACHINE=$(machine_info)
 DAY2_JSON=""
 TOOL_LOAD=() # 1-minute load average as each tool starts
 
+for RUN in $(seq "$RUNS"); do
 for tool in "${TOOLS[@]}"; do
-    log "== $tool"
+    log "== $tool (run $RUN of $RUNS)"
     TOOL_LOAD+=("$tool $(cut -d' ' -f1 /proc/loadavg)")
     repo=$RUN_DIR/repos/$tool
     mkdir -p "$(dirname "$repo")"
@@ -298,6 +324,7 @@ for tool in "${TOOLS[@]}"; do
     [[ $tool == larder ]] && LARDER_CACHE_MB=$(mb "$(du_bytes "$repo.aux/cache")")
     [[ $tool == restic ]] && RESTIC_CACHE_MB=$(mb "$(du_bytes "$repo.aux/cache")")
     rm -rf "$repo" "$repo.aux"
+done
 done
 rm -rf "$WORK"
 
@@ -374,7 +401,9 @@ report() {
     [[ -n ${LARDER_CACHE_MB:-} ]] && echo "- cache size at the end (not in repo MB): larder ${LARDER_CACHE_MB} MB${RESTIC_CACHE_MB:+, restic ${RESTIC_CACHE_MB} MB}"
     echo
     echo "MB = 10^6 bytes. 'repo MB' is du -sb of the repository after the step; 'added MB' its growth during the step."
-    echo "Wall/CPU (user+sys)/peak RSS from GNU time. Restored and cat'ed files are compared with cmp."
+    echo "Wall/CPU (user+sys)/peak RSS from GNU time; with TREES_RUNS=$RUNS, wall and CPU are medians over the runs"
+    echo "(the tools taking turns in each run), peak RSS the largest, sizes and notes the last run's."
+    echo "Restored and cat'ed files are compared with cmp."
     echo
     echo "| tool | step | wall s | CPU s | peak RSS MiB | repo MB | added MB | notes |"
     echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"
