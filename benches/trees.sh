@@ -280,6 +280,7 @@ step() {
         log "$tool $name (run $RUN of $RUNS): ${wall}s wall, ${cpu}s cpu"
         return 0
     fi
+    ((RUNS > 1)) && log "$tool $name: wall times of the runs:${WALLS[$tool/$key]}"
     wall=$(median_of "${WALLS[$tool/$key]}" 3)
     cpu=$(median_of "${CPUS[$tool/$key]}" 2)
     rss=${RSS[$tool/$key]}
