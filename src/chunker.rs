@@ -131,34 +131,44 @@ impl<R: Read> Chunks<R> {
         let enough = (self.block.len() + self.chunker.max).min(capacity);
         let mut block = Block::take(capacity);
         let buf = block.as_mut_slice();
-        let mut filled = self.block.len();
-        buf[..filled].copy_from_slice(&self.block);
-        while filled < capacity {
-            let want = (capacity - filled).min(1 << 20);
-            match self.reader.read(&mut buf[filled..filled + want]) {
-                Ok(0) => {
-                    self.eof = true;
-                    break;
-                }
-                Ok(n) => {
-                    filled += n;
-                    // A short read means the producer has nothing more right
-                    // now (a pipe); with a chunk's worth in hand, cut rather
-                    // than wait for it.
-                    if n < want && filled >= enough {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        let kept = self.block.len();
+        buf[..kept].copy_from_slice(&self.block);
+        let (filled, eof) = fill(&mut self.reader, buf, kept, enough)?;
+        self.eof = eof;
         self.block = Bytes::from_owner(Block {
             buf: block,
             len: filled,
         });
         Ok(())
     }
+}
+
+/// Reads into `buf` from `filled` on until it is full or the reader is
+/// exhausted; returns how far it is filled and whether the end was seen.
+/// A short read once `enough` bytes are in hand stops early: the producer
+/// (a pipe) has nothing more right now, and what is there can be cut
+/// rather than wait for it.
+fn fill(
+    reader: &mut impl Read,
+    buf: &mut [u8],
+    mut filled: usize,
+    enough: usize,
+) -> io::Result<(usize, bool)> {
+    while filled < buf.len() {
+        let want = (buf.len() - filled).min(1 << 20);
+        match reader.read(&mut buf[filled..filled + want]) {
+            Ok(0) => return Ok((filled, true)),
+            Ok(n) => {
+                filled += n;
+                if n < want && filled >= enough {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((filled, false))
 }
 
 /// Full-size blocks whose chunks are all gone, kept for the next refill:
@@ -333,7 +343,7 @@ mod tests {
         )
     }
 
-    fn pseudo_random(n: usize, mut state: u64) -> Vec<u8> {
+    pub(super) fn pseudo_random(n: usize, mut state: u64) -> Vec<u8> {
         (0..n)
             .map(|_| {
                 state ^= state << 13;
@@ -457,20 +467,23 @@ mod tests {
         assert!(split(&chunker(0), &[]).is_empty());
     }
 
+    /// Yields `.0` bytes, then fails.
+    pub(super) struct Failing(pub(super) usize);
+
+    impl Read for Failing {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.0 == 0 {
+                return Err(io::Error::other("disk on fire"));
+            }
+            let n = self.0.min(buf.len());
+            self.0 -= n;
+            buf[..n].fill(7);
+            Ok(n)
+        }
+    }
+
     #[test]
     fn a_read_error_ends_the_stream_with_that_error() {
-        struct Failing(usize);
-        impl Read for Failing {
-            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-                if self.0 == 0 {
-                    return Err(io::Error::other("disk on fire"));
-                }
-                let n = self.0.min(buf.len());
-                self.0 -= n;
-                buf[..n].fill(7);
-                Ok(n)
-            }
-        }
         let items: Vec<_> = chunker(0).chunks(Failing(10_000)).collect();
         assert!(
             items

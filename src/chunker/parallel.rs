@@ -21,7 +21,7 @@ use std::io::{self, Read};
 
 use bytes::{Bytes, BytesMut};
 
-use super::{BLOCK_SIZE, Block, Chunker};
+use super::{BLOCK_SIZE, Block, Chunker, fill};
 
 /// A block's speculative chunks: cut from its first byte, as far as its own
 /// bytes decide, each with its identity.
@@ -157,12 +157,8 @@ pub struct Blocks<R> {
 }
 
 impl<R: Read> Blocks<R> {
-    /// Blocks of `reader`, each a full read block unless the stream ends.
-    pub fn new(reader: R) -> Blocks<R> {
-        Blocks::with_block_size(reader, BLOCK_SIZE)
-    }
-
-    /// Blocks of `block_size` bytes (see [`Chunker::block_size`]).
+    /// Blocks of `reader`, each `block_size` bytes (see
+    /// [`Chunker::block_size`]) unless the stream ends with it.
     pub fn with_block_size(reader: R, block_size: usize) -> Blocks<R> {
         Blocks {
             reader,
@@ -186,24 +182,14 @@ impl<R: Read> Iterator for Blocks<R> {
         // earlier ones goes on meanwhile on other threads, and a full block
         // keeps the stitching (a chunk or two per block) rare.
         let mut block = Block::take(self.block_size);
-        let buf = block.as_mut_slice();
-        let mut filled = 0;
-        let mut last = false;
-        while filled < self.block_size {
-            let want = (self.block_size - filled).min(1 << 20);
-            match self.reader.read(&mut buf[filled..filled + want]) {
-                Ok(0) => {
-                    last = true;
-                    break;
-                }
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    self.done = true;
-                    return Some(Err(e));
-                }
+        let (filled, last) = match fill(&mut self.reader, block.as_mut_slice(), 0, self.block_size)
+        {
+            Ok(read) => read,
+            Err(e) => {
+                self.done = true;
+                return Some(Err(e));
             }
-        }
+        };
         self.done = last;
         let block = Bytes::from_owner(Block {
             buf: block,
@@ -216,6 +202,7 @@ impl<R: Read> Iterator for Blocks<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chunker::tests::{Failing, pseudo_random};
     use crate::config::ChunkerProfile;
     use proptest::prelude::*;
 
@@ -229,17 +216,6 @@ mod tests {
             },
             0x5eed,
         )
-    }
-
-    fn pseudo_random(n: usize, mut state: u64) -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect()
     }
 
     /// Chunks `data` in blocks of the given sizes (cycled), speculating on
@@ -352,22 +328,11 @@ mod tests {
             .map(|b| b.unwrap().0.len())
             .collect();
         assert_eq!(exact, [4096, 4096, 0]);
-        let empty: Vec<(usize, bool)> = Blocks::new(&[][..])
+        let empty: Vec<(usize, bool)> = Blocks::with_block_size(&[][..], BLOCK_SIZE)
             .map(|b| b.map(|(b, l)| (b.len(), l)).unwrap())
             .collect();
         assert_eq!(empty, [(0, true)]);
 
-        struct Failing(usize);
-        impl Read for Failing {
-            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-                if self.0 == 0 {
-                    return Err(io::Error::other("disk on fire"));
-                }
-                let n = self.0.min(buf.len());
-                self.0 -= n;
-                Ok(n)
-            }
-        }
         let items: Vec<_> = Blocks::with_block_size(Failing(5000), 4096).collect();
         assert_eq!(items.len(), 2);
         assert!(items[0].is_ok());
