@@ -228,7 +228,7 @@ mod tests {
         for cut in [0, 3, pack.len() / 2, pack.len() - 1] {
             assert!(read_header(&sealer, &mut codec, &pack[..cut], "p").is_err());
         }
-        let mut flipped = pack.clone();
+        let mut flipped = pack.to_vec();
         let n = flipped.len();
         flipped[n - 10] ^= 1;
         assert!(read_header(&sealer, &mut codec, &flipped, "p").is_err());

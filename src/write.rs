@@ -495,7 +495,7 @@ async fn uploader(
 /// locally; returns its index entry and the bytes it added to storage.
 pub(crate) async fn upload(repo: &Repo, pack: FinishedPack) -> Result<(IndexedPack, u64)> {
     let size = pack.bytes.len() as u64;
-    let bytes = Bytes::from(pack.bytes);
+    let bytes = pack.bytes;
     let put = repo
         .backend()
         .put_if_absent(&pack_path(&pack.id), bytes.clone())

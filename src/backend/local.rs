@@ -10,7 +10,7 @@
 //! directories 0700; all 256 pack directories exist from `init` on.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -279,14 +279,13 @@ fn write_new(root: &Path, path: &Path, data: &[u8]) -> Result<Put> {
     let result = (|| {
         // Objects are private to the repository's owner: key files invite
         // offline guessing, and everything else is of no use to others.
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&tmp)
             .map_err(|e| Error::io("creating", &tmp, e))?;
-        file.write_all(data)
-            .map_err(|e| Error::io("writing", &tmp, e))?;
+        write_data(&file, data).map_err(|e| Error::io("writing", &tmp, e))?;
         file.sync_all().map_err(|e| Error::io("syncing", &tmp, e))?;
         drop(file);
         let created =
@@ -298,6 +297,57 @@ fn write_new(root: &Path, path: &Path, data: &[u8]) -> Result<Put> {
     // outcome remove it so a failed write leaves nothing behind.
     let _ = fs::remove_file(&tmp);
     result
+}
+
+/// What direct I/O asks of the buffer's address, the file offset and the
+/// length: a page, enough for every common device and file system. Pack
+/// buffers are built aligned to it (`pack::PAGE`).
+pub const DIRECT_IO_ALIGN: usize = 4096;
+
+/// Objects of at least this many bytes are written with direct I/O.
+const DIRECT_MIN: usize = 1 << 20;
+
+/// Writes `data` to the new, empty `file`.
+///
+/// An object of a megabyte or more (a pack) whose bytes start on a page
+/// boundary, as packs built by this crate do, goes to the disk with direct
+/// I/O (`O_DIRECT`), except its last partial page: the kernel neither copies
+/// it into the page cache (a tenth of a file tree backup's CPU time went to
+/// that copy) nor keeps it there, so a backup does not push a database's
+/// working set out of memory. Where the file system or device refuses
+/// direct I/O, everything goes through the page cache as before. Either way
+/// the caller's `fsync` makes it durable; direct I/O alone does not.
+fn write_data(file: &File, data: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let page = DIRECT_IO_ALIGN;
+    let direct = data.len() / page * page;
+    if direct >= DIRECT_MIN
+        && (data.as_ptr() as usize).is_multiple_of(page)
+        && set_direct(file, true).is_ok()
+    {
+        let written = file.write_all_at(&data[..direct], 0);
+        set_direct(file, false)?;
+        match written {
+            Ok(()) => return file.write_all_at(&data[direct..], direct as u64),
+            // Accepted when asked but refused when written (a device with
+            // larger sectors, say): all again, through the page cache.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    file.write_all_at(data, 0)
+}
+
+/// Turns direct I/O on or off for `file`.
+fn set_direct(file: &File, on: bool) -> io::Result<()> {
+    use rustix::fs::{OFlags, fcntl_getfl, fcntl_setfl};
+    let flags = fcntl_getfl(file)?;
+    let flags = if on {
+        flags | OFlags::DIRECT
+    } else {
+        flags - OFlags::DIRECT
+    };
+    Ok(fcntl_setfl(file, flags)?)
 }
 
 /// Renames `from` to `to` unless `to` exists. Returns false if it existed.
@@ -321,4 +371,124 @@ fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io("syncing directory", dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `len` bytes of a pattern, starting on a page boundary when `aligned`.
+    fn object(len: usize, aligned: bool) -> Bytes {
+        #[repr(C, align(4096))]
+        struct Page([u8; DIRECT_IO_ALIGN]);
+        struct Pages(Vec<Page>, usize);
+        impl AsRef<[u8]> for Pages {
+            fn as_ref(&self) -> &[u8] {
+                // SAFETY: `self.1` bytes of initialised pages.
+                unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast(), self.1) }
+            }
+        }
+        let total = len + usize::from(!aligned);
+        let mut pages = Pages(
+            (0..total.div_ceil(DIRECT_IO_ALIGN))
+                .map(|_| Page([0; DIRECT_IO_ALIGN]))
+                .collect(),
+            total,
+        );
+        // SAFETY: as in `as_ref`, mutably.
+        let bytes: &mut [u8] =
+            unsafe { std::slice::from_raw_parts_mut(pages.0.as_mut_ptr().cast(), total) };
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = (i * 7 + i / 4096) as u8;
+        }
+        let bytes = Bytes::from_owner(pages);
+        if aligned { bytes } else { bytes.slice(1..) }
+    }
+
+    /// Pages of `path` in the page cache, and all its pages.
+    fn cached_pages(path: &Path) -> (usize, usize) {
+        let file = File::open(path).unwrap();
+        let len = file.metadata().unwrap().len() as usize;
+        let pages = len.div_ceil(DIRECT_IO_ALIGN);
+        // SAFETY: a fresh shared read-only mapping of the whole file, only
+        // passed to mincore and unmapped before returning.
+        unsafe {
+            let map = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                0,
+            );
+            assert_ne!(map, libc::MAP_FAILED);
+            let mut resident = vec![0u8; pages];
+            assert_eq!(libc::mincore(map, len, resident.as_mut_ptr()), 0);
+            libc::munmap(map, len);
+            (resident.iter().filter(|r| *r & 1 == 1).count(), pages)
+        }
+    }
+
+    #[test]
+    fn objects_of_every_size_and_alignment_are_written_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        for len in [
+            0,
+            1,
+            4096,
+            DIRECT_MIN - 1,
+            DIRECT_MIN,
+            DIRECT_MIN + 1,
+            (3 << 20) + 4095,
+        ] {
+            for aligned in [true, false] {
+                let data = object(len, aligned);
+                let path = dir.path().join(format!("o-{len}-{aligned}"));
+                assert_eq!(write_new(dir.path(), &path, &data).unwrap(), Put::Created);
+                assert_eq!(
+                    fs::read(&path).unwrap(),
+                    data,
+                    "{len} bytes, aligned {aligned}"
+                );
+                // The file was not left in direct mode for its tail or for
+                // the next writer: a plain append works.
+                fs::OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .and_then(|mut f| io::Write::write_all(&mut f, b"x"))
+                    .unwrap();
+            }
+        }
+    }
+
+    /// A pack goes to the disk without passing through the page cache, so a
+    /// backup leaves the memory of the database it copies alone. Where the
+    /// directory refuses direct I/O, or lives in memory anyway (tmpfs),
+    /// there is nothing to see.
+    #[test]
+    fn large_aligned_objects_bypass_the_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let probe = dir.path().join("probe");
+        let refuses = File::create(&probe)
+            .and_then(|f| set_direct(&f, true))
+            .is_err();
+        let in_memory = rustix::fs::statfs(dir.path())
+            .map(|s| s.f_type == libc::TMPFS_MAGIC)
+            .unwrap_or(true);
+        if refuses || in_memory {
+            eprintln!("{}: no direct I/O to observe here", dir.path().display());
+            return;
+        }
+        let len = (8 << 20) + 100;
+        let path = dir.path().join("pack");
+        write_new(dir.path(), &path, &object(len, true)).unwrap();
+        let (cached, pages) = cached_pages(&path);
+        // Only the partial last page went through the cache.
+        assert!(cached <= 1, "{cached} of {pages} pages cached");
+        // The same object, not page-aligned, is written through the cache.
+        let path = dir.path().join("unaligned");
+        write_new(dir.path(), &path, &object(len, false)).unwrap();
+        let (cached, pages) = cached_pages(&path);
+        assert!(cached > pages / 2, "{cached} of {pages} pages cached");
+    }
 }

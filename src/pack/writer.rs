@@ -1,6 +1,8 @@
 //! `PackWriter`: collects sealed blobs of one pack kind and, when asked,
 //! appends the sealed header and hands back the finished pack and its id.
 
+use bytes::Bytes;
+
 use super::{HEADER_ID, PackEntry, PackHeader, PackKind};
 use crate::hash::{BlobId, PackId};
 use crate::seal::{Codec, ObjectKind, Sealer};
@@ -9,7 +11,7 @@ use crate::seal::{Codec, ObjectKind, Sealer};
 #[derive(Debug)]
 pub(crate) struct PackWriter {
     kind: PackKind,
-    bytes: Vec<u8>,
+    bytes: PageBuf,
     entries: Vec<PackEntry>,
 }
 
@@ -20,8 +22,8 @@ pub(crate) struct FinishedPack {
     pub id: PackId,
     /// Data or tree pack.
     pub kind: PackKind,
-    /// The stored bytes.
-    pub bytes: Vec<u8>,
+    /// The stored bytes, starting on a page boundary ([`PAGE`]).
+    pub bytes: Bytes,
     /// Where each blob sits, in pack order.
     pub entries: Vec<PackEntry>,
 }
@@ -38,7 +40,7 @@ impl PackWriter {
     pub fn with_capacity(kind: PackKind, capacity: usize) -> PackWriter {
         PackWriter {
             kind,
-            bytes: Vec::with_capacity(capacity),
+            bytes: PageBuf::with_capacity(capacity),
             entries: Vec::new(),
         }
     }
@@ -76,11 +78,100 @@ impl PackWriter {
         let mut bytes = self.bytes;
         bytes.extend_from_slice(&sealed);
         bytes.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
+        let bytes = Bytes::from_owner(bytes);
         FinishedPack {
             id: PackId::of_pack(&bytes),
             kind: self.kind,
             bytes,
             entries: header.entries,
+        }
+    }
+}
+
+/// The alignment of a pack's bytes in memory: what a local repository's
+/// direct I/O asks of a buffer, so that it can write a pack without copying
+/// it into the page cache.
+pub const PAGE: usize = crate::backend::local::DIRECT_IO_ALIGN;
+const _: () = assert!(std::mem::align_of::<Page>() == PAGE);
+
+/// One page of a [`PageBuf`].
+#[derive(Clone, Copy)]
+#[repr(C, align(4096))]
+struct Page([u8; PAGE]);
+
+/// A growable byte buffer that starts on a page boundary.
+struct PageBuf {
+    // Invariant: every page up to `pages.len()` is initialised, and
+    // `pages.len()` is the fewest pages that hold `len` bytes.
+    pages: Vec<Page>,
+    len: usize,
+}
+
+impl PageBuf {
+    fn with_capacity(bytes: usize) -> PageBuf {
+        PageBuf {
+            pages: Vec::with_capacity(bytes.div_ceil(PAGE)),
+            len: 0,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn extend_from_slice(&mut self, more: &[u8]) {
+        let len = self.len + more.len();
+        let pages = len.div_ceil(PAGE);
+        self.pages.reserve(pages - self.pages.len());
+        let base = self.pages.as_mut_ptr().cast::<u8>();
+        // SAFETY: the reservation makes `pages` pages writable from `base`;
+        // `more` lies outside this buffer (a `&mut self` is held). The
+        // bytes after `len` in the last page are zeroed, so every page up
+        // to `pages` is initialised before the length says so.
+        unsafe {
+            std::ptr::copy_nonoverlapping(more.as_ptr(), base.add(self.len), more.len());
+            std::ptr::write_bytes(base.add(len), 0, pages * PAGE - len);
+            self.pages.set_len(pages);
+        }
+        self.len = len;
+    }
+}
+
+impl std::fmt::Debug for PageBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PageBuf").field("len", &self.len).finish()
+    }
+}
+
+impl AsRef<[u8]> for PageBuf {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `len` bytes of initialised pages (see the invariant).
+        unsafe { std::slice::from_raw_parts(self.pages.as_ptr().cast::<u8>(), self.len) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_buffer_holds_what_was_appended_and_starts_on_a_page() {
+        for capacity in [0, 1, PAGE, 3 * PAGE + 5] {
+            let mut buf = PageBuf::with_capacity(capacity);
+            let mut expected = Vec::new();
+            for (i, n) in [0, 1, PAGE - 1, 2, PAGE, 3 * PAGE + 7, 0, 13]
+                .into_iter()
+                .enumerate()
+            {
+                let piece: Vec<u8> = (0..n).map(|j| (i * 31 + j) as u8).collect();
+                buf.extend_from_slice(&piece);
+                expected.extend_from_slice(&piece);
+                assert_eq!(buf.len(), expected.len());
+                assert_eq!(buf.as_ref(), &expected[..]);
+                assert_eq!(buf.as_ref().as_ptr() as usize % PAGE, 0);
+            }
+            let bytes = Bytes::from_owner(buf);
+            assert_eq!(&bytes[..], &expected[..]);
         }
     }
 }
