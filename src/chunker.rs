@@ -93,6 +93,7 @@ impl Chunker {
             reader,
             block: Bytes::new(),
             block_size,
+            expected: size_hint.and_then(|hint| usize::try_from(hint).ok()),
             refilled: false,
             eof: false,
             failed: false,
@@ -109,6 +110,8 @@ pub struct Chunks<R> {
     // cut always sees as much lookahead as StreamCDC would.
     block: Bytes,
     block_size: usize,
+    /// The size hint, if any: the length the input is expected to have.
+    expected: Option<usize>,
     refilled: bool,
     eof: bool,
     failed: bool,
@@ -122,19 +125,29 @@ impl<R: Read> Chunks<R> {
         // end (a small file costs a small buffer, not a 4 MiB one). Later
         // refills, of a stream or a file that outgrew its hint, use full
         // blocks with room for the tail plus a whole chunk of lookahead.
-        let capacity = if self.block.is_empty() && !self.refilled {
+        let first = self.block.is_empty() && !self.refilled;
+        let capacity = if first {
             self.block_size
         } else {
             BLOCK_SIZE.max(self.block.len() + self.chunker.max)
         };
         self.refilled = true;
-        let enough = (self.block.len() + self.chunker.max).min(capacity);
+        // A first read that stops short at exactly the expected size is the
+        // end: asking again would only read nothing (one system call more
+        // per file). An input that grew meanwhile is cut at the size it was
+        // expected to have, which its caller sees when it compares that
+        // size with a fresh `stat` (a file changed while being read).
+        let expected = self.expected.filter(|&n| first && n < capacity);
+        let enough = match expected {
+            Some(n) => n,
+            None => (self.block.len() + self.chunker.max).min(capacity),
+        };
         let mut block = Block::take(capacity);
         let buf = block.as_mut_slice();
         let kept = self.block.len();
         buf[..kept].copy_from_slice(&self.block);
         let (filled, eof) = fill(&mut self.reader, buf, kept, enough)?;
-        self.eof = eof;
+        self.eof = eof || expected == Some(filled);
         self.block = Bytes::from_owner(Block {
             buf: block,
             len: filled,
@@ -465,6 +478,60 @@ mod tests {
     #[test]
     fn empty_input_yields_no_chunks() {
         assert!(split(&chunker(0), &[]).is_empty());
+    }
+
+    /// Counts the reads made of it.
+    struct Counted<R>(R, usize);
+
+    impl<R: Read> Read for Counted<R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.1 += 1;
+            self.0.read(buf)
+        }
+    }
+
+    #[test]
+    fn an_input_of_its_expected_size_is_read_without_a_read_past_its_end() {
+        let c = chunker(3);
+        for len in [0, 1, 4095, 4096, 20_000, 70_000] {
+            let data = pseudo_random(len, 11);
+            let mut reader = Counted(&data[..], 0);
+            let chunks = c.chunks_with_hint(&mut reader, Some(len as u64));
+            let got: Vec<Bytes> = chunks.collect::<io::Result<_>>().unwrap();
+            assert_eq!(got.concat(), data);
+            assert_eq!(reader.1, 1, "{len} bytes");
+        }
+        // In pieces, as a network file system may return them: still all of
+        // it, and no read past the end.
+        let data = pseudo_random(30_000, 12);
+        let mut reader = Counted(Trickle(&data, 0), 0);
+        let got: Vec<Bytes> = c
+            .chunks_with_hint(&mut reader, Some(30_000))
+            .collect::<io::Result<_>>()
+            .unwrap();
+        assert_eq!(got.concat(), data);
+    }
+
+    #[test]
+    fn an_input_longer_or_shorter_than_expected_is_read_to_its_end() {
+        let c = chunker(3);
+        let data = pseudo_random(50_000, 13);
+        for expected in [0, 1, 100, 4095, 4096, 30_000, 49_999, 50_001, 1 << 20] {
+            for trickle in [false, true] {
+                let chunks = if trickle {
+                    c.chunks_with_hint(Box::new(Trickle(&data, 0)) as Box<dyn Read>, Some(expected))
+                } else {
+                    c.chunks_with_hint(Box::new(&data[..]) as Box<dyn Read>, Some(expected))
+                };
+                let got: Vec<Bytes> = chunks.collect::<io::Result<_>>().unwrap();
+                // A trickled input that happens to pause exactly at the
+                // expected size ends there; its caller's second look at
+                // the file's size tells that it changed.
+                if !(trickle && got.concat().len() == expected as usize) {
+                    assert_eq!(got.concat(), data, "expected {expected}, trickle {trickle}");
+                }
+            }
+        }
     }
 
     /// Yields `.0` bytes, then fails.

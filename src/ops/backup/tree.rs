@@ -192,7 +192,9 @@ pub(super) async fn backup_tree(
     // Reading many small files is as much waiting on the disk as work, so
     // more readers than cores.
     let readers = (2 * cores).max(4);
-    let (job_tx, job_rx) = bounded::<FileJob>(4 * readers);
+    // Jobs travel in batches (`JOB_BATCH` files); enough queued to keep
+    // every reader busy while the walker waits for a scan.
+    let (job_tx, job_rx) = bounded::<Vec<FileJob>>(readers);
     // Events travel in batches: one hand-off per entry cost more than the
     // re-scan's real work (a stat and a lookup per file).
     let (event_tx, event_rx) = bounded::<Vec<Event>>(64);

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -36,43 +36,24 @@ use crate::write::Batch;
 
 /// A file for the workers to read; its node goes into `slot`.
 pub(super) struct FileJob {
+    /// The directory holding it, open, if the walk has it: the file is
+    /// opened relative to it (no path lookup from `/` per file).
+    dir: Option<Arc<Dir>>,
+    /// Its absolute path (opened by this if there is no `dir`).
     path: PathBuf,
     node: Node,
     slot: Arc<Slot>,
 }
 
-/// Walks one backup path, sending jobs and events.
-pub(super) fn walk_one(
-    walk: &Walk,
-    root: &Path,
-    input: &TreeInput,
-    parents: &mut ParentTrees,
-    jobs: &Sender<FileJob>,
-    events: &Sender<Vec<Event>>,
-) {
-    let mut batch = Vec::with_capacity(EVENT_BATCH);
-    walk_entries(walk, root, input, parents, jobs, &mut |event| {
-        batch.push(event);
-        if batch.len() < EVENT_BATCH {
-            return true;
-        }
-        events
-            .send(std::mem::replace(
-                &mut batch,
-                Vec::with_capacity(EVENT_BATCH),
-            ))
-            .is_ok()
-    });
-    if !batch.is_empty() {
-        let _ = events.send(batch);
-    }
-}
-
 /// Events per batch sent from the walker to the assembler.
 const EVENT_BATCH: usize = 256;
 
-/// Walks one backup path, sending jobs, and handing each event to `emit`
-/// (which returns false once nobody listens).
+/// File jobs per batch sent from the walker to the file workers: one
+/// hand-off per file kept the walker and the workers waking each other
+/// (tens of thousands of `sched_yield`s and futex calls on a tree backup).
+pub(super) const JOB_BATCH: usize = 8;
+
+/// Walks one backup path, sending jobs and events, each in batches.
 ///
 /// The walk keeps one open descriptor per directory level and works with
 /// names relative to it (`openat`, `statat`, `readlinkat`): no entry's path
@@ -82,13 +63,13 @@ const EVENT_BATCH: usize = 256;
 /// threads, one per core, for the subdirectories ahead of the walk; the
 /// walker itself only compares with the parent snapshot and emits events,
 /// in order.
-fn walk_entries(
+pub(super) fn walk_one(
     walk: &Walk,
     root: &Path,
     input: &TreeInput,
     parents: &mut ParentTrees,
-    jobs: &Sender<FileJob>,
-    emit: &mut dyn FnMut(Event) -> bool,
+    jobs: &Sender<Vec<FileJob>>,
+    events: &Sender<Vec<Event>>,
 ) {
     let stat = match EntryStat::of_path(root) {
         Ok(stat) => stat,
@@ -137,11 +118,15 @@ fn walk_entries(
             root_dev: input.one_file_system.then_some(stat.dev),
             parents,
             jobs,
+            job_batch: Vec::with_capacity(JOB_BATCH),
+            events,
+            event_batch: Vec::with_capacity(EVENT_BATCH),
             path: root.as_os_str().as_bytes().to_vec(),
             links: HashMap::new(),
             scan_tx,
         };
-        walker.run(root, name, stat, kind, &input.excludes, emit);
+        walker.run(root, name, stat, kind, &input.excludes);
+        walker.flush();
     });
 }
 
@@ -227,8 +212,9 @@ enum Visit {
 /// A directory being walked.
 struct Frame {
     /// Open for `openat`; `None` if it could not be opened or read (it is
-    /// then stored empty, with a warning).
-    dir: Option<Dir>,
+    /// then stored empty, with a warning). Shared with the file jobs of
+    /// its entries.
+    dir: Option<Arc<Dir>>,
     entries: Vec<ScanEntry>,
     /// The next entry to visit.
     next: usize,
@@ -249,7 +235,12 @@ struct Walker<'a> {
     /// With `--one-file-system`, the root's device.
     root_dev: Option<u64>,
     parents: &'a mut ParentTrees,
-    jobs: &'a Sender<FileJob>,
+    jobs: &'a Sender<Vec<FileJob>>,
+    /// Jobs not sent yet; always sent before the events that wait for
+    /// them, so the assembler never waits for a job the walker holds.
+    job_batch: Vec<FileJob>,
+    events: &'a Sender<Vec<Event>>,
+    event_batch: Vec<Event>,
     /// The current entry's absolute path.
     path: Vec<u8>,
     /// Hard-linked files seen so far: (device, inode) -> the first one's slot.
@@ -277,7 +268,6 @@ impl Walker<'_> {
         stat: EntryStat,
         kind: NodeKind,
         excludes: &Excludes,
-        emit: &mut dyn FnMut(Event) -> bool,
     ) {
         let walk = self.walk;
         if kind != NodeKind::Dir {
@@ -287,8 +277,8 @@ impl Walker<'_> {
                 .and_then(|tree| tree.get(name.as_bytes()).cloned());
             let target = (kind == NodeKind::Symlink)
                 .then(|| std::fs::read_link(root).map(|t| t.into_os_string().into_vec()));
-            if let Some(event) = self.entry(0, name, stat, kind, target, previous) {
-                emit(event);
+            if let Some(event) = self.entry(None, 0, name, stat, kind, target, previous) {
+                self.emit(event);
             }
             return;
         }
@@ -315,7 +305,7 @@ impl Walker<'_> {
                     node: frame.node,
                     previous: frame.previous,
                 };
-                if !emit(event) {
+                if !self.emit(event) {
                     return;
                 }
                 continue;
@@ -331,7 +321,7 @@ impl Walker<'_> {
                 Visit::Skip => self.path.truncate(dir_len),
                 Visit::Event(event) => {
                     self.path.truncate(dir_len);
-                    if !emit(event) {
+                    if !self.emit(event) {
                         return;
                     }
                 }
@@ -342,6 +332,47 @@ impl Walker<'_> {
                 }
             }
         }
+    }
+
+    /// Adds a file job; false once the workers are gone.
+    fn queue(&mut self, job: FileJob) -> bool {
+        self.job_batch.push(job);
+        self.job_batch.len() < JOB_BATCH || self.send_jobs()
+    }
+
+    /// Sends the jobs held; false once the workers are gone (their files
+    /// are then given up, so nobody waits for them).
+    fn send_jobs(&mut self) -> bool {
+        if self.job_batch.is_empty() {
+            return true;
+        }
+        let batch = std::mem::replace(&mut self.job_batch, Vec::with_capacity(JOB_BATCH));
+        match self.jobs.send(batch) {
+            Ok(()) => true,
+            Err(crossbeam_channel::SendError(batch)) => {
+                for job in batch {
+                    job.slot.set(None);
+                }
+                false
+            }
+        }
+    }
+
+    /// Adds an event; false once nobody listens.
+    fn emit(&mut self, event: Event) -> bool {
+        self.event_batch.push(event);
+        self.event_batch.len() < EVENT_BATCH || self.flush()
+    }
+
+    /// Sends the jobs, then the events held; false once either side is
+    /// gone.
+    fn flush(&mut self) -> bool {
+        let jobs = self.send_jobs();
+        if self.event_batch.is_empty() {
+            return jobs;
+        }
+        let batch = std::mem::replace(&mut self.event_batch, Vec::with_capacity(EVENT_BATCH));
+        self.events.send(batch).is_ok() && jobs
     }
 
     /// A frame for a directory just scanned (or not), with its first
@@ -355,7 +386,7 @@ impl Walker<'_> {
         path_len: usize,
     ) -> Frame {
         let (dir, entries) = match scanned {
-            Ok(Scanned { dir, entries }) => (Some(dir), entries),
+            Ok(Scanned { dir, entries }) => (Some(Arc::new(dir)), entries),
             Err(e) => {
                 let e = std::io::Error::from(e);
                 self.walk
@@ -460,7 +491,8 @@ impl Walker<'_> {
             .and_then(|(_, tree)| tree.get(name.as_bytes()));
         if kind != NodeKind::Dir {
             let previous = previous.cloned();
-            return match self.entry(depth, name, stat, kind, target, previous) {
+            let dir = frame.dir.clone();
+            return match self.entry(dir, depth, name, stat, kind, target, previous) {
                 Some(event) => Visit::Event(event),
                 None => Visit::Skip,
             };
@@ -487,6 +519,9 @@ impl Walker<'_> {
             Some((i, _)) if *i == index => frame.pending.pop_front().map(|(_, rx)| rx),
             _ => None,
         };
+        // Waiting for the scan may take a while: let the workers have
+        // what is queued meanwhile.
+        self.send_jobs();
         let (scanned, previous) = match ahead.and_then(|rx| rx.recv().ok()) {
             Some(Ahead { scanned, parent }) => (scanned, subtree.zip(parent.map(Arc::new))),
             // Not scanned ahead (opening failed, or the directory changed
@@ -508,8 +543,10 @@ impl Walker<'_> {
     }
 
     /// The event for a file or symlink `name` (a symlink's `target` read).
+    #[allow(clippy::too_many_arguments)]
     fn entry(
         &mut self,
+        dir: Option<Arc<Dir>>,
         depth: usize,
         name: &OsStr,
         stat: EntryStat,
@@ -555,12 +592,15 @@ impl Walker<'_> {
             self.links.insert(key, Arc::clone(&slot));
         }
         let job = FileJob {
+            dir,
             path: self.path().to_path_buf(),
             node,
             slot: Arc::clone(&slot),
         };
         // The workers stopped: the backup is failing, the walk ends.
-        self.jobs.send(job).ok()?;
+        if !self.queue(job) {
+            return None;
+        }
         Some(Event::File {
             depth,
             slot,
@@ -601,12 +641,17 @@ fn read_names(fd: OwnedFd) -> rustix::io::Result<(Dir, Vec<Vec<u8>>)> {
 }
 
 /// Reads whole files and stores their chunks.
-pub(super) fn file_worker(walk: &Walk, jobs: &Receiver<FileJob>, chunker: &Chunker, fanout: usize) {
+pub(super) fn file_worker(
+    walk: &Walk,
+    jobs: &Receiver<Vec<FileJob>>,
+    chunker: &Chunker,
+    fanout: usize,
+) {
     // Small files are one blob each: they go to sealing in batches.
     let mut batch = walk.writer.batch();
     loop {
-        let job = match jobs.try_recv() {
-            Ok(job) => job,
+        let jobs = match jobs.try_recv() {
+            Ok(jobs) => jobs,
             Err(crossbeam_channel::TryRecvError::Disconnected) => break,
             Err(crossbeam_channel::TryRecvError::Empty) => {
                 // About to wait: what this worker holds goes on first.
@@ -614,20 +659,29 @@ pub(super) fn file_worker(walk: &Walk, jobs: &Receiver<FileJob>, chunker: &Chunk
                     walk.abort.fail(e);
                 }
                 match jobs.recv() {
-                    Ok(job) => job,
+                    Ok(jobs) => jobs,
                     Err(_) => break,
                 }
             }
         };
-        if walk.abort.is_set() {
-            job.slot.set(None);
-            continue;
-        }
-        match read_file(walk, &mut batch, &job.path, job.node, chunker, fanout) {
-            Ok(node) => job.slot.set(node),
-            Err(e) => {
-                job.slot.set(None);
-                walk.abort.fail(e);
+        for job in jobs {
+            let FileJob {
+                dir,
+                path,
+                node,
+                slot,
+            } = job;
+            if walk.abort.is_set() {
+                slot.set(None);
+                continue;
+            }
+            let dir = dir.as_deref();
+            match read_file(walk, &mut batch, dir, &path, node, chunker, fanout) {
+                Ok(node) => slot.set(node),
+                Err(e) => {
+                    slot.set(None);
+                    walk.abort.fail(e);
+                }
             }
         }
     }
@@ -638,6 +692,7 @@ pub(super) fn file_worker(walk: &Walk, jobs: &Receiver<FileJob>, chunker: &Chunk
 fn read_file(
     walk: &Walk,
     batch: &mut Batch<'_>,
+    dir: Option<&Dir>,
     path: &Path,
     mut node: Node,
     chunker: &Chunker,
@@ -645,10 +700,17 @@ fn read_file(
 ) -> Result<Option<Node>> {
     // O_NOFOLLOW: if the file was swapped for a symlink since it was listed,
     // refuse rather than read whatever it points to.
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_NONBLOCK)
-        .open(path)
+    let flags =
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let opened = match dir.map(Dir::fd) {
+        Some(Ok(dir)) => {
+            rustix::fs::openat(dir, OsStr::from_bytes(&node.name), flags, Mode::empty())
+        }
+        _ => rustix::fs::open(path, flags, Mode::empty()),
+    };
+    let file = match opened
+        .map(std::fs::File::from)
+        .map_err(std::io::Error::from)
     {
         Ok(file) => file,
         Err(e) => {
