@@ -19,7 +19,7 @@ mod objects;
 mod sync;
 mod unlock;
 
-pub(crate) use blobs::BlobOpener;
+pub(crate) use blobs::{BlobOpener, CachedTrees};
 pub use leases::LeaseGuard;
 pub(crate) use objects::{list_ids, list_prefix};
 pub use sync::{DamagedObject, SyncReport};

@@ -3,7 +3,8 @@
 //!
 //! The walker is a plain thread and never blocks on the runtime: a tree
 //! whose pack is in the local tree-pack cache (as after any earlier backup
-//! from this cache) is read and opened on the walker thread itself; any
+//! from this cache) is read and opened on the walker thread itself, found
+//! through the cached pack's header ([`CachedTrees`]); any
 //! other is asked of an async task through a channel, which loads it with
 //! [`Repo::load_tree`] and answers on a oneshot channel.
 
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::hash::BlobId;
-use crate::repo::Repo;
+use crate::repo::{CachedTrees, Repo};
 use crate::snapshot::{NodeKind, Tree};
 
 /// The parent snapshot's trees along the current walk position, loaded on
@@ -105,7 +106,7 @@ type Request = (BlobId, oneshot::Sender<Option<Tree>>);
 /// threads scanning ahead of it); see the module docs.
 #[derive(Clone)]
 pub(super) struct TreeLoader {
-    repo: Repo,
+    cached: Arc<CachedTrees>,
     requests: mpsc::Sender<Request>,
 }
 
@@ -125,7 +126,7 @@ impl TreeLoader {
             })
         };
         let loader = TreeLoader {
-            repo: repo.clone(),
+            cached: Arc::new(CachedTrees::new(repo)),
             requests,
         };
         (loader, task)
@@ -135,7 +136,7 @@ impl TreeLoader {
     /// then counts as unchanged). Blocks: call from the walker thread, never
     /// from async code.
     pub(super) fn load(&self, id: &BlobId) -> Option<Tree> {
-        if let Some(tree) = self.repo.load_cached_tree(id) {
+        if let Some(tree) = self.cached.load(id) {
             return Some(tree);
         }
         let (answer, answered) = oneshot::channel();

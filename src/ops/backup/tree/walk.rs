@@ -271,10 +271,8 @@ impl Walker<'_> {
     ) {
         let walk = self.walk;
         if kind != NodeKind::Dir {
-            let previous = root
-                .parent()
-                .and_then(|dir| self.parents.tree_for(dir))
-                .and_then(|tree| tree.get(name.as_bytes()).cloned());
+            let parent = root.parent().and_then(|dir| self.parents.tree_for(dir));
+            let previous = parent.as_ref().and_then(|tree| tree.get(name.as_bytes()));
             let target = (kind == NodeKind::Symlink)
                 .then(|| std::fs::read_link(root).map(|t| t.into_os_string().into_vec()));
             if let Some(event) = self.entry(None, 0, name, stat, kind, target, previous) {
@@ -490,7 +488,6 @@ impl Walker<'_> {
             .as_ref()
             .and_then(|(_, tree)| tree.get(name.as_bytes()));
         if kind != NodeKind::Dir {
-            let previous = previous.cloned();
             let dir = frame.dir.clone();
             return match self.entry(dir, depth, name, stat, kind, target, previous) {
                 Some(event) => Visit::Event(event),
@@ -552,7 +549,7 @@ impl Walker<'_> {
         stat: EntryStat,
         kind: NodeKind,
         target: Option<std::io::Result<Vec<u8>>>,
-        previous: Option<Node>,
+        previous: Option<&Node>,
     ) -> Option<Event> {
         let walk = self.walk;
         let mut node = node_from_stat(name, &stat, kind, &walk.names);
@@ -568,7 +565,7 @@ impl Walker<'_> {
                 }
             };
         }
-        if let Some(previous) = &previous
+        if let Some(previous) = previous
             && is_unchanged(previous, &node)
         {
             node.content = previous.content.clone();
