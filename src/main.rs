@@ -30,6 +30,7 @@ fn main() -> ExitCode {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 8 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
     }
+    raise_open_file_limit();
     std::panic::set_hook(Box::new(|info| {
         // A panic inside the compressed-stream analysis is caught and
         // handled (the input is stored as it came); nothing to report.
@@ -128,4 +129,27 @@ fn exit_code(error: &anyhow::Error) -> u8 {
         }
     });
     signal.map_or(1, |s| u8::try_from(128 + s).unwrap_or(1))
+}
+
+/// Raises the soft limit on open descriptors towards the hard one (at most
+/// 65,536). A tree backup holds a directory per level of the walk, one per
+/// directory scanned ahead and one per batch of file jobs in flight (at
+/// most about 17 batches per core), besides packs, the catalog and sockets;
+/// the common soft limit of 1,024 is tight on many cores.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write only `limit`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        let wanted = limit.rlim_max.min(65_536);
+        if limit.rlim_cur < wanted {
+            limit.rlim_cur = wanted;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }

@@ -297,21 +297,49 @@ impl Repo {
 /// Trees read from the local tree-pack cache during one walk (a backup's
 /// re-scan of its parent snapshot), found through the headers of the
 /// cached packs they sit in: one catalog lookup and one header read per
-/// tree pack, then one read of an already open file per tree. Looking up
-/// and opening every tree on its own took a tenth of a re-scan's CPU time.
-/// Shared by the threads of the walk.
+/// tree pack, then one read per tree from a pack kept open (the last
+/// [`OPEN_PACKS`] used). Looking up and opening every tree on its own took a
+/// tenth of a re-scan's CPU time. Shared by the threads of the walk.
 pub(crate) struct CachedTrees {
     repo: Repo,
     opener: BlobOpener,
     known: std::sync::Mutex<KnownTrees>,
 }
 
+/// Cached packs kept open at most: a parent snapshot's trees may be spread
+/// over thousands of packs after many backups, and descriptors are limited.
+const OPEN_PACKS: usize = 16;
+
 #[derive(Default)]
 struct KnownTrees {
-    /// Packs looked at: open if cached and their header opened.
-    packs: std::collections::HashMap<PackId, Option<std::sync::Arc<std::fs::File>>>,
+    /// Packs looked at: true if cached and their header opened.
+    packs: std::collections::HashMap<PackId, bool>,
     /// The trees in those packs.
     trees: std::collections::HashMap<BlobId, (PackId, PackEntry)>,
+    /// Packs open, the most recently used last.
+    open: Vec<(PackId, std::sync::Arc<std::fs::File>)>,
+}
+
+impl KnownTrees {
+    /// The cached pack `pack`, open; reopened if it was closed.
+    fn file(&mut self, repo: &Repo, pack: &PackId) -> Option<std::sync::Arc<std::fs::File>> {
+        if let Some(at) = self.open.iter().position(|(p, _)| p == pack) {
+            let entry = self.open.remove(at);
+            let file = std::sync::Arc::clone(&entry.1);
+            self.open.push(entry);
+            return Some(file);
+        }
+        let file = std::sync::Arc::new(std::fs::File::open(repo.cached_pack_path(pack)).ok()?);
+        self.keep_open(*pack, std::sync::Arc::clone(&file));
+        Some(file)
+    }
+
+    fn keep_open(&mut self, pack: PackId, file: std::sync::Arc<std::fs::File>) {
+        if self.open.len() >= OPEN_PACKS {
+            self.open.remove(0);
+        }
+        self.open.push((pack, file));
+    }
 }
 
 impl CachedTrees {
@@ -345,11 +373,11 @@ impl CachedTrees {
     /// Where the tree `id` is in an open cached pack.
     fn find(&self, id: &BlobId) -> Option<(std::sync::Arc<std::fs::File>, BlobLocation)> {
         {
-            let known = self.known.lock().expect("cached trees lock");
-            if let Some((pack, entry)) = known.trees.get(id) {
-                let file = known.packs.get(pack)?.clone()?;
+            let mut known = self.known.lock().expect("cached trees lock");
+            if let Some(&(pack, entry)) = known.trees.get(id) {
+                let file = known.file(&self.repo, &pack)?;
                 let location = BlobLocation {
-                    pack: *pack,
+                    pack,
                     offset: entry.offset,
                     length: entry.length,
                     raw_length: entry.raw_length,
@@ -364,19 +392,23 @@ impl CachedTrees {
             return None;
         }
         let mut known = self.known.lock().expect("cached trees lock");
-        if !known.packs.contains_key(&location.pack) {
+        if let std::collections::hash_map::Entry::Vacant(looked) = known.packs.entry(location.pack)
+        {
             let opened = self.repo.open_cached_pack(&location.pack);
-            let file = opened.map(|(file, entries)| {
+            looked.insert(opened.is_some());
+            if let Some((file, entries)) = opened {
                 for entry in entries {
                     if entry.object_kind() == Some(ObjectKind::TreeBlob) {
                         known.trees.insert(entry.id, (location.pack, entry));
                     }
                 }
-                std::sync::Arc::new(file)
-            });
-            known.packs.insert(location.pack, file);
+                known.keep_open(location.pack, std::sync::Arc::new(file));
+            }
         }
-        let file = known.packs.get(&location.pack)?.clone()?;
+        if !known.packs[&location.pack] {
+            return None;
+        }
+        let file = known.file(&self.repo, &location.pack)?;
         Some((file, location))
     }
 }
@@ -465,6 +497,7 @@ mod tests {
         // One tree pack, located once: every other tree came from its header.
         let known = cached.known.lock().unwrap();
         assert_eq!(known.packs.len(), 1);
+        assert!(known.open.len() <= OPEN_PACKS);
         assert!(known.trees.len() >= trees.len());
         drop(known);
 
