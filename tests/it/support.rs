@@ -308,6 +308,8 @@ pub fn larder_cmd() -> Command {
         "LARDER_TO_PASSWORD",
         "LARDER_FROM_PASSWORD",
         "LARDER_CONFIG",
+        "LARDER_KEY_FILE",
+        "LARDER_LEASE_SECONDS",
     ] {
         cmd.env_remove(var);
     }
