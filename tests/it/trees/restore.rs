@@ -188,6 +188,32 @@ fn a_wide_and_deep_tree_round_trips_in_order_with_excludes_and_rescans_unchanged
     );
     assert_eq!(n(&again, "files_unchanged"), files, "{again}");
     assert_eq!(n(&again, "bytes_read"), 0, "{again}");
+
+    // Directories are scanned in bundles ahead of the walk: a change deep
+    // inside one, and a file added next to it, are still seen, and land in
+    // their own directories.
+    let deep = dirs.len() / 2 + 3;
+    let changed = src.join(format!("{}note-{deep}.yaml", dirs[deep]));
+    std::fs::write(&changed, format!("id: {deep}\nchanged: yes\n")).unwrap();
+    let added = src.join(format!("{}added.yaml", dirs[deep + 1]));
+    std::fs::write(&added, b"added: yes\n").unwrap();
+    let third = backup_clean(
+        &r,
+        "wide",
+        &[&src],
+        &["--exclude", "*.tmp", "--exclude", "cache"],
+    );
+    assert_eq!(n(&third, "files_changed"), 1, "{third}");
+    assert_eq!(n(&third, "files_new"), 1, "{third}");
+    assert_eq!(n(&third, "files_unchanged"), files - 1, "{third}");
+    let target = dir.path().join("restore-3");
+    restore_clean(&r, &snap_id(&third), &target, &[]);
+    let mut expected = scan(&src);
+    expected.retain(|rel, _| {
+        let rel = show(rel);
+        !rel.ends_with(".tmp") && !rel.contains("cache")
+    });
+    assert_same_tree(&expected, &scan(&restored(&target, &src)));
 }
 
 #[test]

@@ -60,9 +60,10 @@ pub(super) const JOB_BATCH: usize = 8;
 /// is resolved from `/` again, and full paths are built in one buffer only
 /// for exclude patterns, file jobs and warnings. Reading and `lstat`ing a
 /// directory's entries (most of a re-scan's time) is done by scanner
-/// threads, one per core, for the subdirectories ahead of the walk; the
-/// walker itself only compares with the parent snapshot and emits events,
-/// in order.
+/// threads, one per core, for the subdirectories ahead of the walk, each
+/// job a bundle of a directory and its first few subdirectories; the walker
+/// itself only compares with the parent snapshot and emits events, in
+/// order.
 pub(super) fn walk_one(
     walk: &Walk,
     root: &Path,
@@ -91,6 +92,7 @@ pub(super) fn walk_one(
         NodeKind::Dir => std::thread::available_parallelism().map_or(2, |n| n.get()),
         _ => 0,
     };
+    let root_dev = input.one_file_system.then_some(stat.dev);
     std::thread::scope(|scope| {
         let (scan_tx, scan_rx) = crossbeam_channel::unbounded::<ScanJob>();
         for i in 0..scanners {
@@ -102,20 +104,24 @@ pub(super) fn walk_one(
             let _ = std::thread::Builder::new()
                 .name(format!("larder-scan-{i}"))
                 .spawn_scoped(scope, move || {
+                    let load = |id: BlobId| loader.as_ref().and_then(|l| l.load(&id));
+                    let scanner = Scanner {
+                        excludes,
+                        root_dev,
+                        load: &load,
+                    };
                     for job in scan_rx {
-                        let scanned = scan_dir(job.fd, &job.path, excludes);
-                        let parent = job
-                            .subtree
-                            .and_then(|id| loader.as_ref().and_then(|l| l.load(&id)));
+                        let mut budget = Budget::default();
+                        let ahead = scanner.scan(job.fd, job.path, job.subtree, &mut budget);
                         // The walk may have ended (aborted): nobody waits.
-                        let _ = job.reply.send(Ahead { scanned, parent });
+                        let _ = job.reply.send(ahead);
                     }
                 });
         }
         drop(scan_rx);
         let mut walker = Walker {
             walk,
-            root_dev: input.one_file_system.then_some(stat.dev),
+            root_dev,
             parents,
             jobs,
             job_batch: Vec::with_capacity(JOB_BATCH),
@@ -133,7 +139,8 @@ pub(super) fn walk_one(
 /// Subdirectories of one directory scanned ahead of the walk, at most. The
 /// walk goes depth first, so each level keeps a few ahead rather than the
 /// top level taking them all; the descriptors held open and the scanned
-/// entries waiting in memory stay bounded by this times the depth.
+/// entries waiting in memory stay bounded by this times the depth times a
+/// scan job's [`Budget`].
 const SCAN_AHEAD: usize = 4;
 
 /// A directory for a scanner to read and `lstat`, and its tree in the
@@ -146,10 +153,106 @@ struct ScanJob {
     reply: Sender<Ahead>,
 }
 
-/// A directory scanned ahead of the walk, and its parent-snapshot tree.
+/// A directory scanned ahead of the walk, its parent-snapshot tree, and
+/// the first of its subdirectories scanned with it (see [`Budget`]).
 struct Ahead {
     scanned: rustix::io::Result<Scanned>,
     parent: Option<Tree>,
+    /// Scanned subdirectories: (entry index, scan), in entry order.
+    inner: Inner,
+}
+
+type Inner = std::collections::VecDeque<(usize, Ahead)>;
+
+/// How much one scan job reads beyond its own directory: its
+/// subdirectories, depth first, in walk order, while fewer than these
+/// directories and entries have been read. One hand-off between the walker
+/// and a scanner per small directory cost about a tenth of a re-scan's CPU
+/// in waking and waiting; a bundle of a few directories costs one. Each
+/// bundled directory stays open until the walk reaches it, so the
+/// directories bound the descriptors a job holds.
+#[derive(Default)]
+struct Budget {
+    dirs: usize,
+    entries: usize,
+}
+
+impl Budget {
+    const DIRS: usize = 16;
+    const ENTRIES: usize = 512;
+
+    fn spent(&self) -> bool {
+        self.dirs >= Self::DIRS || self.entries >= Self::ENTRIES
+    }
+}
+
+/// What a scanner thread needs to scan directories and load their trees in
+/// the parent snapshot.
+struct Scanner<'a> {
+    excludes: &'a Excludes,
+    root_dev: Option<u64>,
+    load: &'a dyn Fn(BlobId) -> Option<Tree>,
+}
+
+impl Scanner<'_> {
+    /// Scans directory `fd` at `path` and loads `subtree`, then its
+    /// subdirectories while `budget` lasts.
+    fn scan(
+        &self,
+        fd: OwnedFd,
+        path: Vec<u8>,
+        subtree: Option<BlobId>,
+        budget: &mut Budget,
+    ) -> Ahead {
+        let scanned = scan_dir(fd, &path, self.excludes);
+        let parent = subtree.and_then(self.load);
+        let mut inner = Inner::new();
+        budget.dirs += 1;
+        if let Ok(scanned) = &scanned {
+            budget.entries += scanned.entries.len();
+        }
+        if let Ok(scanned) = &scanned
+            && let Ok(dir) = scanned.dir.fd()
+        {
+            for (index, entry) in scanned.entries.iter().enumerate() {
+                if budget.spent() {
+                    break;
+                }
+                let Ok(stat) = &entry.stat else { continue };
+                if stat.mode & libc::S_IFMT != libc::S_IFDIR
+                    || self.root_dev.is_some_and(|dev| dev != stat.dev)
+                {
+                    continue;
+                }
+                // Not bundled: the walk opens it again and reports why.
+                let Ok(fd) = open_subdir(dir, OsStr::from_bytes(&entry.name)) else {
+                    continue;
+                };
+                let sub = parent
+                    .as_ref()
+                    .and_then(|tree| tree.get(&entry.name))
+                    .and_then(subtree_of);
+                let ahead = self.scan(fd, child_path(&path, &entry.name), sub, budget);
+                inner.push_back((index, ahead));
+            }
+        }
+        Ahead {
+            scanned,
+            parent,
+            inner,
+        }
+    }
+}
+
+/// `path` joined with `name`.
+fn child_path(path: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut child = Vec::with_capacity(path.len() + 1 + name.len());
+    child.extend_from_slice(path);
+    if child.last() != Some(&b'/') {
+        child.push(b'/');
+    }
+    child.extend_from_slice(name);
+    child
 }
 
 /// A directory read: kept open for `openat` of its subdirectories, and its
@@ -205,8 +308,9 @@ enum Visit {
     /// A finished or pending entry of the current directory.
     Event(Event),
     /// A directory to descend into: its scan (or why it could not be
-    /// opened or read), its node and its tree in the parent snapshot.
-    Enter(rustix::io::Result<Scanned>, Node, Option<ParentDir>),
+    /// opened or read), its node, its tree in the parent snapshot and its
+    /// subdirectories scanned with it.
+    Enter(rustix::io::Result<Scanned>, Node, Option<ParentDir>, Inner),
 }
 
 /// A directory being walked.
@@ -222,6 +326,8 @@ struct Frame {
     ahead: usize,
     /// Subdirectories being scanned ahead: (entry index, reply), in order.
     pending: std::collections::VecDeque<(usize, Receiver<Ahead>)>,
+    /// Subdirectories scanned with this directory, in order.
+    inner: Inner,
     depth: usize,
     node: Node,
     previous: Option<ParentDir>,
@@ -289,7 +395,14 @@ impl Walker<'_> {
             Mode::empty(),
         )
         .and_then(|fd| scan_dir(fd, root.as_os_str().as_bytes(), excludes));
-        let frame = self.frame(scanned, 0, node, previous, root.as_os_str().len());
+        let frame = self.frame(
+            scanned,
+            0,
+            node,
+            previous,
+            root.as_os_str().len(),
+            Inner::new(),
+        );
         let mut frames = vec![frame];
         while let Some(frame) = frames.last_mut() {
             if walk.abort.is_set() {
@@ -324,8 +437,8 @@ impl Walker<'_> {
                     }
                 }
                 // The path stays extended: it is the new frame's directory.
-                Visit::Enter(scanned, node, previous) => {
-                    let frame = self.frame(scanned, depth, node, previous, dir_len);
+                Visit::Enter(scanned, node, previous, inner) => {
+                    let frame = self.frame(scanned, depth, node, previous, dir_len, inner);
                     frames.push(frame);
                 }
             }
@@ -382,6 +495,7 @@ impl Walker<'_> {
         node: Node,
         previous: Option<ParentDir>,
         path_len: usize,
+        inner: Inner,
     ) -> Frame {
         let (dir, entries) = match scanned {
             Ok(Scanned { dir, entries }) => (Some(Arc::new(dir)), entries),
@@ -398,6 +512,7 @@ impl Walker<'_> {
             next: 0,
             ahead: 0,
             pending: std::collections::VecDeque::new(),
+            inner,
             depth,
             node,
             previous,
@@ -421,6 +536,7 @@ impl Walker<'_> {
             let Ok(stat) = &entry.stat else { continue };
             if stat.mode & libc::S_IFMT != libc::S_IFDIR
                 || self.root_dev.is_some_and(|dev| dev != stat.dev)
+                || frame.inner.iter().any(|(i, _)| *i == index)
             {
                 continue;
             }
@@ -428,11 +544,7 @@ impl Walker<'_> {
             let Ok(fd) = open_subdir(dir, OsStr::from_bytes(&entry.name)) else {
                 continue;
             };
-            let mut path = self.path.clone();
-            if path.last() != Some(&b'/') {
-                path.push(b'/');
-            }
-            path.extend_from_slice(&entry.name);
+            let path = child_path(&self.path, &entry.name);
             let subtree = frame
                 .previous
                 .as_ref()
@@ -509,18 +621,31 @@ impl Walker<'_> {
                 previous: load(self.parents),
             });
         }
+        while frame.inner.front().is_some_and(|(i, _)| *i < index) {
+            frame.inner.pop_front();
+        }
         while frame.pending.front().is_some_and(|(i, _)| *i < index) {
             frame.pending.pop_front();
         }
-        let ahead = match frame.pending.front() {
-            Some((i, _)) if *i == index => frame.pending.pop_front().map(|(_, rx)| rx),
-            _ => None,
+        let ahead = match frame.inner.front() {
+            Some((i, _)) if *i == index => frame.inner.pop_front().map(|(_, ahead)| ahead),
+            _ => {
+                let rx = match frame.pending.front() {
+                    Some((i, _)) if *i == index => frame.pending.pop_front().map(|(_, rx)| rx),
+                    _ => None,
+                };
+                // Waiting for the scan, or scanning, may take a while: let
+                // the workers have what is queued meanwhile.
+                self.send_jobs();
+                rx.and_then(|rx| rx.recv().ok())
+            }
         };
-        // Waiting for the scan may take a while: let the workers have
-        // what is queued meanwhile.
-        self.send_jobs();
-        let (scanned, previous) = match ahead.and_then(|rx| rx.recv().ok()) {
-            Some(Ahead { scanned, parent }) => (scanned, subtree.zip(parent.map(Arc::new))),
+        let (scanned, previous, inner) = match ahead {
+            Some(Ahead {
+                scanned,
+                parent,
+                inner,
+            }) => (scanned, subtree.zip(parent.map(Arc::new)), inner),
             // Not scanned ahead (opening failed, or the directory changed
             // since it was read): here and now.
             None => {
@@ -532,11 +657,11 @@ impl Walker<'_> {
                     .expect("a directory read has a descriptor");
                 let scanned =
                     open_subdir(dir, name).and_then(|fd| scan_dir(fd, &self.path, excludes));
-                (scanned, load(self.parents))
+                (scanned, load(self.parents), Inner::new())
             }
         };
         self.scan_ahead(frame);
-        Visit::Enter(scanned, node, previous)
+        Visit::Enter(scanned, node, previous, inner)
     }
 
     /// The event for a file or symlink `name` (a symlink's `target` read).
@@ -805,4 +930,100 @@ fn read_file(
     }
     Progress::add(&walk.progress.items_done, 1);
     Ok(Some(node))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every directory of a bundle, depth first: (path, entries).
+    fn flatten(ahead: &Ahead, path: &str, out: &mut Vec<(String, usize)>) {
+        let scanned = ahead.scanned.as_ref().expect("scanned");
+        out.push((path.to_string(), scanned.entries.len()));
+        let mut last = None;
+        for (index, inner) in &ahead.inner {
+            assert!(last < Some(*index), "bundled subdirectories out of order");
+            last = Some(*index);
+            let entry = &scanned.entries[*index];
+            let name = String::from_utf8(entry.name.clone()).unwrap();
+            flatten(inner, &format!("{path}/{name}"), out);
+        }
+    }
+
+    #[test]
+    fn a_scan_bundles_subdirectories_in_walk_order_within_its_budget() {
+        let dir = tempfile::TempDir::new().unwrap();
+        // Three levels of six directories, three files in each.
+        let mut all = vec![String::new()];
+        let mut level = vec![String::new()];
+        for _ in 0..3 {
+            let mut next = Vec::new();
+            for parent in &level {
+                for i in 0..6 {
+                    next.push(format!("{parent}/d{i}"));
+                }
+            }
+            all.extend(next.iter().cloned());
+            level = next;
+        }
+        for d in &all {
+            let path = format!("{}{d}", dir.path().display());
+            std::fs::create_dir_all(&path).unwrap();
+            for f in 0..3 {
+                std::fs::write(format!("{path}/f{f}"), b"x").unwrap();
+            }
+        }
+        let excludes = Excludes::new(&[]).unwrap();
+        let load = |_: BlobId| None;
+        let scanner = Scanner {
+            excludes: &excludes,
+            root_dev: None,
+            load: &load,
+        };
+        let root = dir.path().as_os_str().as_bytes().to_vec();
+        let fd = rustix::fs::open(
+            dir.path(),
+            OFlags::RDONLY | OFlags::DIRECTORY,
+            Mode::empty(),
+        )
+        .unwrap();
+        let mut budget = Budget::default();
+        let ahead = scanner.scan(fd, root, None, &mut budget);
+        let mut got = Vec::new();
+        flatten(&ahead, "", &mut got);
+        // The walk's own order: depth first, names sorted.
+        let mut expected = all.clone();
+        expected.sort();
+        assert_eq!(got.len(), Budget::DIRS, "{got:?}");
+        let paths: Vec<&str> = got.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(paths, expected[..Budget::DIRS].to_vec());
+        // Each directory was read whole: its files and subdirectories.
+        for (path, entries) in &got {
+            let depth = path.matches('/').count();
+            assert_eq!(*entries, if depth < 3 { 9 } else { 3 }, "{path}");
+        }
+
+        // A bundle also stops at its entry budget.
+        let wide = tempfile::TempDir::new().unwrap();
+        for d in 0..3 {
+            let sub = wide.path().join(format!("d{d}"));
+            std::fs::create_dir(&sub).unwrap();
+            for f in 0..Budget::ENTRIES / 2 {
+                std::fs::write(sub.join(format!("f{f}")), b"").unwrap();
+            }
+        }
+        let fd = rustix::fs::open(
+            wide.path(),
+            OFlags::RDONLY | OFlags::DIRECTORY,
+            Mode::empty(),
+        )
+        .unwrap();
+        let mut budget = Budget::default();
+        let root = wide.path().as_os_str().as_bytes().to_vec();
+        let ahead = scanner.scan(fd, root, None, &mut budget);
+        let mut got = Vec::new();
+        flatten(&ahead, "", &mut got);
+        let paths: Vec<&str> = got.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(paths, ["", "/d0", "/d1"]);
+    }
 }
