@@ -12,7 +12,10 @@ use tempfile::TempDir;
 
 use crate::support::*;
 
-use super::{TreeBuilder, backup_clean, ls_all, mtime_ns, n, p, set_mtime, snap_id, write};
+use super::{
+    TreeBuilder, backup_clean, files_rel, ls_all, mtime_ns, n, p, restore_clean, restored,
+    set_mtime, snap_id, write,
+};
 
 // ---------------------------------------------------------------------------
 // Re-scans against the parent
@@ -77,6 +80,53 @@ fn an_unchanged_rescan_reads_no_content_and_stores_no_blobs() {
     // the renewal confirming it before the commit).
     assert_eq!(second["requests"]["put"], 3, "{second}");
     assert_eq!(ls_all(&r, &snap_id(&first)), ls_all(&r, &snap_id(&second)));
+}
+
+#[test]
+fn a_rescan_stores_again_the_unchanged_trees_whose_stored_copy_was_found_damaged() {
+    let r = CliRepo::init();
+    let dir = stable_tempdir("damaged-trees-rescan");
+    let src = dir.path().join("src");
+    rescan_tree(&src);
+    let first = backup_clean(&r, "kb", &[&src], &[]);
+
+    // The tree pack is the one the local cache holds a copy of.
+    let caches = tree_pack_caches(&r.cache);
+    let cached: Vec<PathBuf> = caches
+        .iter()
+        .flat_map(|packs| files_under(packs).into_iter().map(|(path, _)| path))
+        .collect();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    let name = cached[0].file_name().unwrap().to_str().unwrap().to_string();
+    let stored = r.repo.join("packs").join(&name[..2]).join(&name);
+    let mut bytes = std::fs::read(&stored).unwrap();
+    let middle = bytes.len() / 3;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&stored, &bytes).unwrap();
+    // check finds the damaged tree; the catalog remembers it.
+    assert_eq!(r.run(&["check", "--read-data"]).status.code(), Some(1));
+
+    // The files are unchanged; the walk reads the parent's trees from the
+    // intact cached copy, and every tree without a usable stored copy is
+    // stored again rather than named by id.
+    let second = backup_clean(&r, "kb", &[&src], &[]);
+    assert_eq!(n(&second, "bytes_read"), 0, "{second}");
+    assert!(n(&second, "blobs_new") >= 1, "{second}");
+
+    // Both snapshots restore whole from storage alone.
+    for packs in &caches {
+        std::fs::remove_dir_all(packs).unwrap();
+    }
+    for (i, summary) in [&first, &second].into_iter().enumerate() {
+        let target = dir.path().join(format!("restore-{i}"));
+        restore_clean(&r, &snap_id(summary), &target, &[]);
+        assert_eq!(
+            files_rel(&restored(&target, &src)),
+            files_rel(&src),
+            "snapshot {i}"
+        );
+        std::fs::remove_dir_all(&target).unwrap();
+    }
 }
 
 /// The local tree-pack caches under `cache`: each repository's `packs`.

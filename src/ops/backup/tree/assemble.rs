@@ -3,10 +3,12 @@
 //! The assembler turns the walker's events into one tree blob per
 //! directory, bottom-up, waiting for a file's result only when its
 //! directory is complete. A directory whose entries equal its tree in the
-//! parent snapshot keeps that tree's id instead of being encoded again.
+//! parent snapshot keeps that tree's id instead of being encoded again;
+//! that the id is still stored is checked when its parent completes, for
+//! all of the parent's unchanged subdirectories in one catalog read.
 //! Last, the trees from `/` down to the backup paths are built and stored.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -29,6 +31,10 @@ enum Pending {
     Ready(Node),
     File(Arc<Slot>, bool),
     Link(Node, Arc<Slot>, bool),
+    /// A directory equal to its tree in the parent snapshot: the node
+    /// names that tree's id, stored again from the tree if no usable copy
+    /// is left.
+    Unchanged(Node, Arc<Tree>),
 }
 
 /// Counts a file once its outcome is known: only files in the snapshot
@@ -43,10 +49,20 @@ fn count_file(walk: &Walk, node: &Node, changed: bool) {
     walk.counts.bytes.fetch_add(node.size, Ordering::Relaxed);
 }
 
-/// Resolves a pending entry to the node the tree gets, if any.
-fn resolve(walk: &Walk, pending: Pending) -> Result<Option<Node>> {
+/// Resolves a pending entry to the node the tree gets, if any; an
+/// unchanged directory's tree is stored again if it is in `missing`.
+fn resolve(walk: &Walk, pending: Pending, missing: &HashSet<BlobId>) -> Result<Option<Node>> {
     Ok(match pending {
         Pending::Ready(node) => Some(node),
+        Pending::Unchanged(mut node, tree) => {
+            if node.subtree.is_some_and(|id| missing.contains(&id)) {
+                // Trees encode canonically, so this is the same id; should
+                // it not be (a tree written otherwise), the parent then
+                // differs from its previous tree and is stored too.
+                node.subtree = Some(store_tree(walk, Tree::clone(&tree))?);
+            }
+            Some(node)
+        }
         Pending::File(slot, changed) => slot
             .wait(&walk.abort)?
             .inspect(|node| count_file(walk, node, changed)),
@@ -99,23 +115,25 @@ pub(super) fn assemble(
                     Vec::new()
                 };
                 frames.truncate(depth);
+                let missing = missing_trees(walk, &children)?;
                 let mut entries = Vec::with_capacity(children.len());
                 for child in children {
-                    entries.extend(resolve(walk, child)?);
+                    entries.extend(resolve(walk, child, &missing)?);
                 }
-                // Unchanged since the parent snapshot: same tree, same id,
-                // already stored; no need to encode, hash and look it up.
-                // (Its blob must still be usable: one found damaged is
-                // stored again through the normal path.)
-                node.subtree = Some(match previous {
-                    Some((id, tree))
-                        if tree.entries == entries && walk.repo.catalog().has_blob(&id)? =>
-                    {
-                        id
+                // Unchanged since the parent snapshot: same tree, same id;
+                // no need to encode and hash it. (Its blob must still be
+                // usable: one lost or found damaged is stored again, see
+                // `missing_trees`.)
+                match previous {
+                    Some((id, tree)) if tree.entries == entries => {
+                        node.subtree = Some(id);
+                        (depth, Pending::Unchanged(node, tree))
                     }
-                    _ => store_tree(walk, Tree { entries })?,
-                });
-                (depth, Pending::Ready(node))
+                    _ => {
+                        node.subtree = Some(store_tree(walk, Tree { entries })?);
+                        (depth, Pending::Ready(node))
+                    }
+                }
             }
         };
         if depth > 0 {
@@ -123,7 +141,8 @@ pub(super) fn assemble(
             continue;
         }
         // A backup path itself: a directory, a file, or a symlink.
-        match resolve(walk, pending)? {
+        let missing = missing_trees(walk, std::slice::from_ref(&pending))?;
+        match resolve(walk, pending, &missing)? {
             Some(node) => out.push(node),
             None => {
                 return Err(Error::InvalidArgument(
@@ -136,6 +155,28 @@ pub(super) fn assemble(
         return Err(Error::Cancelled);
     }
     Ok(out)
+}
+
+/// The trees of the unchanged directories among `children` that have no
+/// usable stored copy (lost with its pack, or found damaged): all looked up
+/// in one catalog read.
+fn missing_trees(walk: &Walk, children: &[Pending]) -> Result<HashSet<BlobId>> {
+    let mut ids = children.iter().filter_map(|child| match child {
+        Pending::Unchanged(node, _) => node.subtree,
+        _ => None,
+    });
+    let Some(first) = ids.next() else {
+        return Ok(HashSet::new());
+    };
+    walk.repo.catalog().reading(|catalog| {
+        let mut missing = HashSet::new();
+        for id in std::iter::once(first).chain(ids) {
+            if !catalog.has_blob(&id)? {
+                missing.insert(id);
+            }
+        }
+        Ok(missing)
+    })
 }
 
 fn store_tree(walk: &Walk, tree: Tree) -> Result<BlobId> {
