@@ -217,6 +217,28 @@ impl Names {
             .or_insert_with(|| crate::host::group_name(gid))
             .clone()
     }
+
+    /// True if [`Names::user`] of `uid` is `name` (nothing copied).
+    fn user_is(&self, uid: u32, name: Option<&str>) -> bool {
+        self.users
+            .lock()
+            .expect("names lock")
+            .entry(uid)
+            .or_insert_with(|| crate::host::user_name(uid))
+            .as_deref()
+            == name
+    }
+
+    /// True if [`Names::group`] of `gid` is `name` (nothing copied).
+    fn group_is(&self, gid: u32, name: Option<&str>) -> bool {
+        self.groups
+            .lock()
+            .expect("names lock")
+            .entry(gid)
+            .or_insert_with(|| crate::host::group_name(gid))
+            .as_deref()
+            == name
+    }
 }
 
 /// What larder records of an entry's `lstat`.
@@ -347,9 +369,134 @@ pub(crate) fn is_unchanged(previous: &Node, current: &Node) -> bool {
         && previous.inode == current.inode
 }
 
+/// True if a regular file just `lstat`ed as `stat` gets exactly its node
+/// in the parent snapshot, `previous`: its content is reused
+/// ([`is_unchanged`]) and [`node_from_stat`] with that content would equal
+/// `previous` field for field. An unchanged file is then taken as it was,
+/// without a node being built or compared. `previous` is the entry of the
+/// same name.
+pub(crate) fn same_as_previous(previous: &Node, stat: &EntryStat, names: &Names) -> bool {
+    stat.mode & libc::S_IFMT == libc::S_IFREG
+        && previous.kind == NodeKind::File
+        && previous.content.is_some()
+        && previous.changed_while_reading.is_none()
+        && previous.recipe.is_none()
+        && previous.subtree.is_none()
+        && previous.target.is_none()
+        && previous.mode == stat.mode & 0o7777
+        && previous.uid == stat.uid
+        && previous.gid == stat.gid
+        && previous.mtime_ns == stat.mtime_ns
+        && previous.size == stat.size
+        && previous.ctime_ns == Some(stat.ctime_ns)
+        && previous.inode == Some(stat.ino)
+        && previous.device == Some(stat.dev)
+        && previous.links == (stat.nlink > 1).then_some(stat.nlink)
+        && names.user_is(stat.uid, previous.user.as_deref())
+        && names.group_is(stat.gid, previous.group.as_deref())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hash::BlobId;
+    use crate::snapshot::{Content, ContentRef};
+    use proptest::prelude::*;
+
+    /// A stat from small ranges, so that two of them often agree.
+    fn small_stat() -> impl Strategy<Value = EntryStat> {
+        (
+            prop_oneof![
+                6 => Just(libc::S_IFREG),
+                1 => Just(libc::S_IFLNK),
+                1 => Just(libc::S_IFDIR)
+            ],
+            0u32..2,
+            prop_oneof![Just(0u32), Just(4_000_000u32)],
+            prop_oneof![Just(0u32), Just(4_000_000u32)],
+            0u64..2,
+            (0i64..2, 0i64..2),
+            (0u64..2, 0u64..2, 1u64..3),
+        )
+            .prop_map(
+                |(kind, perm, uid, gid, size, (mtime, ctime), (ino, dev, nlink))| EntryStat {
+                    mode: kind | if perm == 0 { 0o644 } else { 0o600 },
+                    uid,
+                    gid,
+                    size,
+                    mtime_ns: mtime,
+                    ctime_ns: ctime,
+                    ino,
+                    dev,
+                    nlink,
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        /// The shortcut agrees with building the node, reusing the content,
+        /// and comparing: whatever differs between the two stats, and
+        /// whatever else the previous node records.
+        #[test]
+        fn same_as_previous_agrees_with_building_and_comparing_the_node(
+            was in small_stat(),
+            other in small_stat(),
+            change in 0u8..12,
+            content in prop::bool::weighted(0.9),
+            changed_while_reading in prop_oneof![8 => Just(None), 1 => Just(Some(false)), 1 => Just(Some(true))],
+            extra in prop_oneof![6 => Just(0u8), 1 => 1u8..5],
+        ) {
+            // Mostly the same stat, or one field changed, or another stat.
+            let mut now = was;
+            match change {
+                1 => now.mode = other.mode,
+                2 => now.uid = other.uid,
+                3 => now.gid = other.gid,
+                4 => now.size = other.size,
+                5 => now.mtime_ns = other.mtime_ns,
+                6 => now.ctime_ns = other.ctime_ns,
+                7 => now.ino = other.ino,
+                8 => now.dev = other.dev,
+                9 => now.nlink = other.nlink,
+                10 => now = other,
+                _ => {}
+            }
+            let names = Names::default();
+            let name = OsStr::new("note.yaml");
+            let Some(was_kind) = node_kind(&was) else { unreachable!() };
+            let mut previous = node_from_stat(name, &was, was_kind, &names);
+            if content {
+                previous.content = Some(Content {
+                    depth: 0,
+                    entries: vec![ContentRef { id: BlobId([7; 32]), len: was.size }],
+                });
+            }
+            previous.changed_while_reading = changed_while_reading;
+            match extra {
+                1 => previous.recipe = Some(Content::default()),
+                2 => previous.target = Some(b"elsewhere".to_vec().into()),
+                3 => previous.subtree = Some(BlobId([9; 32])),
+                4 => previous.user = Some("someone-else".into()),
+                _ => {}
+            }
+            let expected = node_kind(&now) == Some(NodeKind::File) && {
+                let mut node = node_from_stat(name, &now, NodeKind::File, &names);
+                is_unchanged(&previous, &node) && {
+                    node.content = previous.content.clone();
+                    node == previous
+                }
+            };
+            prop_assert_eq!(same_as_previous(&previous, &now, &names), expected);
+            // Each case is also seen the other way round, often enough.
+            if was.mode & libc::S_IFMT == libc::S_IFREG && content && change == 0 && extra == 0
+                && changed_while_reading.is_none()
+            {
+                prop_assert!(expected);
+            }
+        }
+    }
 
     #[test]
     fn paths_become_absolute_and_clean() {

@@ -118,6 +118,10 @@ impl Slot {
 enum Event {
     /// A finished entry of the directory at `depth - 1`.
     Ready { depth: usize, node: Node },
+    /// An entry of the directory at `depth - 1` exactly as in the parent
+    /// snapshot: entry `index` of the directory's previous tree (an
+    /// unchanged file, see [`crate::source::tree::same_as_previous`]).
+    Same { depth: usize, index: usize },
     /// A file being read; its node arrives in the slot. `changed`: the
     /// parent snapshot had it (so it counts as changed, not new).
     File {

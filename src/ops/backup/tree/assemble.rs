@@ -29,6 +29,8 @@ use crate::source::tree::{EntryStat, node_from_stat};
 /// on a file worker's slot (`bool`: the file counts as changed, not new).
 enum Pending {
     Ready(Node),
+    /// Entry `.0` of the directory's tree in the parent snapshot.
+    Same(usize),
     File(Arc<Slot>, bool),
     Link(Node, Arc<Slot>, bool),
     /// A directory equal to its tree in the parent snapshot: the node
@@ -51,9 +53,25 @@ fn count_file(walk: &Walk, node: &Node, changed: bool) {
 
 /// Resolves a pending entry to the node the tree gets, if any; an
 /// unchanged directory's tree is stored again if it is in `missing`.
-fn resolve(walk: &Walk, pending: Pending, missing: &HashSet<BlobId>) -> Result<Option<Node>> {
+/// `previous`: the tree in the parent snapshot of the directory holding it.
+fn resolve(
+    walk: &Walk,
+    pending: Pending,
+    missing: &HashSet<BlobId>,
+    previous: Option<&Tree>,
+) -> Result<Option<Node>> {
     Ok(match pending {
         Pending::Ready(node) => Some(node),
+        Pending::Same(index) => Some(
+            previous
+                .and_then(|tree| tree.entries.get(index))
+                .cloned()
+                .ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "internal error: entry {index} of a previous tree is not there"
+                    ))
+                })?,
+        ),
         Pending::Unchanged(mut node, tree) => {
             if node.subtree.is_some_and(|id| missing.contains(&id)) {
                 // Trees encode canonically, so this is the same id; should
@@ -93,6 +111,7 @@ pub(super) fn assemble(
     for event in batches.iter().flatten() {
         let (depth, pending) = match event {
             Event::Ready { depth, node } => (depth, Pending::Ready(node)),
+            Event::Same { depth, index } => (depth, Pending::Same(index)),
             Event::File {
                 depth,
                 slot,
@@ -116,22 +135,31 @@ pub(super) fn assemble(
                 };
                 frames.truncate(depth);
                 let missing = missing_trees(walk, &children)?;
-                let mut entries = Vec::with_capacity(children.len());
-                for child in children {
-                    entries.extend(resolve(walk, child, &missing)?);
-                }
                 // Unchanged since the parent snapshot: same tree, same id;
                 // no need to encode and hash it. (Its blob must still be
                 // usable: one lost or found damaged is stored again, see
                 // `missing_trees`.)
                 match previous {
-                    Some((id, tree)) if tree.entries == entries => {
+                    Some((id, tree)) if same_entries(&children, &tree, &missing) => {
                         node.subtree = Some(id);
                         (depth, Pending::Unchanged(node, tree))
                     }
-                    _ => {
-                        node.subtree = Some(store_tree(walk, Tree { entries })?);
-                        (depth, Pending::Ready(node))
+                    previous => {
+                        let mut entries = Vec::with_capacity(children.len());
+                        let tree = previous.as_ref().map(|(_, tree)| tree.as_ref());
+                        for child in children {
+                            entries.extend(resolve(walk, child, &missing, tree)?);
+                        }
+                        match previous {
+                            Some((id, tree)) if tree.entries == entries => {
+                                node.subtree = Some(id);
+                                (depth, Pending::Unchanged(node, tree))
+                            }
+                            _ => {
+                                node.subtree = Some(store_tree(walk, Tree { entries })?);
+                                (depth, Pending::Ready(node))
+                            }
+                        }
                     }
                 }
             }
@@ -142,7 +170,7 @@ pub(super) fn assemble(
         }
         // A backup path itself: a directory, a file, or a symlink.
         let missing = missing_trees(walk, std::slice::from_ref(&pending))?;
-        match resolve(walk, pending, &missing)? {
+        match resolve(walk, pending, &missing, None)? {
             Some(node) => out.push(node),
             None => {
                 return Err(Error::InvalidArgument(
@@ -155,6 +183,27 @@ pub(super) fn assemble(
         return Err(Error::Cancelled);
     }
     Ok(out)
+}
+
+/// True if `children`, resolved, would be exactly the entries of
+/// `previous`, told without building them: every file the same as its
+/// previous entry, in place, and every other entry equal to it. An
+/// unchanged subdirectory whose tree must be stored again is left to the
+/// full comparison.
+fn same_entries(children: &[Pending], previous: &Tree, missing: &HashSet<BlobId>) -> bool {
+    children.len() == previous.entries.len()
+        && children
+            .iter()
+            .zip(&previous.entries)
+            .enumerate()
+            .all(|(i, (child, entry))| match child {
+                Pending::Same(index) => *index == i,
+                Pending::Ready(node) => node == entry,
+                Pending::Unchanged(node, _) => {
+                    node.subtree.is_some_and(|id| !missing.contains(&id)) && node == entry
+                }
+                Pending::File(..) | Pending::Link(..) => false,
+            })
 }
 
 /// The trees of the unchanged directories among `children` that have no

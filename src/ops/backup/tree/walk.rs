@@ -31,7 +31,9 @@ use crate::hash::BlobId;
 use crate::progress::Progress;
 use crate::seal::ObjectKind;
 use crate::snapshot::{ContentBuilder, ContentRef, Node, NodeKind, Tree};
-use crate::source::tree::{EntryStat, Excludes, is_unchanged, node_from_stat, node_kind};
+use crate::source::tree::{
+    EntryStat, Excludes, is_unchanged, node_from_stat, node_kind, same_as_previous,
+};
 use crate::write::Batch;
 
 /// A file for the workers to read; its node goes into `slot`.
@@ -595,10 +597,23 @@ impl Walker<'_> {
             ));
             return Visit::Skip;
         };
+        let position = frame
+            .previous
+            .as_ref()
+            .and_then(|(_, tree)| tree.position(name.as_bytes()));
         let previous = frame
             .previous
             .as_ref()
-            .and_then(|(_, tree)| tree.get(name.as_bytes()));
+            .zip(position)
+            .map(|((_, tree), i)| &tree.entries[i]);
+        if let (Some(previous), Some(index)) = (previous, position)
+            && same_as_previous(previous, &stat, &walk.names)
+        {
+            walk.counts.unchanged.fetch_add(1, Ordering::Relaxed);
+            walk.counts.bytes.fetch_add(stat.size, Ordering::Relaxed);
+            Progress::add(&walk.progress.items_done, 1);
+            return Visit::Event(Event::Same { depth, index });
+        }
         if kind != NodeKind::Dir {
             let dir = frame.dir.clone();
             return match self.entry(dir, depth, name, stat, kind, target, previous) {
