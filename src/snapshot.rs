@@ -217,7 +217,28 @@ pub struct SnapshotSummary {
 pub struct Tree {
     /// Entries sorted by name bytes, names unique.
     #[n(0)]
+    #[cbor(decode_with = "decode_entries")]
     pub entries: Vec<Node>,
+}
+
+/// A tree's entries, decoded into a vector sized once from the array's
+/// length (minicbor's own grows it one push at a time, moving every node
+/// already decoded), but never sized beyond what the input could hold.
+fn decode_entries<Ctx>(
+    d: &mut minicbor::Decoder<'_>,
+    ctx: &mut Ctx,
+) -> Result<Vec<Node>, minicbor::decode::Error> {
+    // The smallest encoded node is well over 8 bytes.
+    let room = (d.input().len() - d.position()) / 8;
+    let len = d
+        .probe()
+        .array()?
+        .map_or(0, |n| n.min(room as u64) as usize);
+    let mut entries = Vec::with_capacity(len);
+    for node in d.array_iter_with::<Ctx, Node>(ctx)? {
+        entries.push(node?);
+    }
+    Ok(entries)
 }
 
 impl Tree {
@@ -516,6 +537,24 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn a_tree_claiming_more_entries_than_its_bytes_hold_is_refused_without_reserving_them() {
+        // {0: [<2^62 entries>]} in a dozen bytes.
+        let mut bytes = vec![0xa1, 0x00, 0x9b];
+        bytes.extend_from_slice(&(1u64 << 62).to_be_bytes());
+        assert!(Tree::decode(&bytes, "tree").is_err());
+        // And a well-formed tree still decodes, sized exactly.
+        let tree = Tree {
+            entries: vec![
+                Node::stream_file(b"a", 1, 0, Content::default()),
+                Node::stream_file(b"b", 2, 0, Content::default()),
+            ],
+        };
+        let decoded = Tree::decode(&tree.encode(), "tree").unwrap();
+        assert_eq!(decoded, tree);
+        assert_eq!(decoded.entries.capacity(), 2);
+    }
 
     fn expand(content: &Content, lists: &HashMap<BlobId, Vec<u8>>, out: &mut Vec<ContentRef>) {
         if content.depth == 0 {

@@ -363,11 +363,12 @@ impl CachedTrees {
         let (file, location) = self.find(id)?;
         let mut sealed = vec![0u8; location.length as usize];
         file.read_exact_at(&mut sealed, location.offset).ok()?;
+        // Failures only mean `None`: no object names are formatted.
         let plain = self
             .opener
-            .open(&pack_path(&location.pack), &location, id, &sealed)
+            .open("a cached tree pack", &location, id, &sealed)
             .ok()?;
-        Tree::decode(&plain, &format!("tree {id}")).ok()
+        Tree::decode(&plain, "a cached tree").ok()
     }
 
     /// Where the tree `id` is in an open cached pack.

@@ -333,6 +333,9 @@ struct Frame {
     depth: usize,
     node: Node,
     previous: Option<ParentDir>,
+    /// Entries of `previous` before this are named before the next entry
+    /// (both lists are sorted bytewise: they are walked side by side).
+    previous_next: usize,
     /// The length of the path buffer without this directory's name.
     path_len: usize,
 }
@@ -516,6 +519,7 @@ impl Walker<'_> {
             pending: std::collections::VecDeque::new(),
             inner,
             depth,
+            previous_next: 0,
             node,
             previous,
             path_len,
@@ -597,10 +601,16 @@ impl Walker<'_> {
             ));
             return Visit::Skip;
         };
-        let position = frame
-            .previous
-            .as_ref()
-            .and_then(|(_, tree)| tree.position(name.as_bytes()));
+        let position = frame.previous.as_ref().and_then(|(_, tree)| {
+            let name = name.as_bytes();
+            let entries = &tree.entries[frame.previous_next..];
+            let skip = entries
+                .iter()
+                .position(|e| e.name.as_slice() >= name)
+                .unwrap_or(entries.len());
+            frame.previous_next += skip;
+            (entries.get(skip)?.name.as_slice() == name).then_some(frame.previous_next)
+        });
         let previous = frame
             .previous
             .as_ref()
