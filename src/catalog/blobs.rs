@@ -66,6 +66,38 @@ impl Catalog {
             .map_err(self.err("looking up a blob"))
     }
 
+    /// If pack `id` is usable (named by an absorbed index object, neither
+    /// pending deletion nor found damaged or missing), the blobs `check`
+    /// found damaged in it; `None` if it is not usable. Every other blob
+    /// of a usable pack is one [`Catalog::has_blob`] answers true for:
+    /// index objects list a pack's blobs whole, as in its header.
+    pub(crate) fn usable_pack(&self, id: &PackId) -> Result<Option<HashSet<BlobId>>> {
+        self.reading(|catalog| {
+            match catalog.pack(id)? {
+                Some(pack) if pack.state == PackState::Usable => {}
+                _ => return Ok(None),
+            }
+            let mut stmt = catalog
+                .conn
+                .prepare_cached(
+                    "SELECT d.id FROM damaged_blobs d JOIN packs p ON p.rowid = d.pack
+                     WHERE p.id = ?1",
+                )
+                .map_err(catalog.err("reading damaged blobs"))?;
+            let rows = stmt
+                .query_map([id.as_bytes()], |r| r.get::<_, Vec<u8>>(0))
+                .map_err(catalog.err("reading damaged blobs"))?;
+            let mut damaged = HashSet::new();
+            for row in rows {
+                let bytes = row.map_err(catalog.err("reading damaged blobs"))?;
+                let id = <[u8; 32]>::try_from(bytes.as_slice())
+                    .map_err(|_| catalog.damaged("damaged blob id"))?;
+                damaged.insert(BlobId(id));
+            }
+            Ok(Some(damaged))
+        })
+    }
+
     /// Where a usable copy of the blob is stored.
     pub fn locate(&self, id: &BlobId) -> Result<Option<BlobLocation>> {
         Ok(self.locate_all(id)?.into_iter().next())

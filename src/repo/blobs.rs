@@ -318,6 +318,9 @@ struct KnownTrees {
     trees: std::collections::HashMap<BlobId, (PackId, PackEntry)>,
     /// Packs open, the most recently used last.
     open: Vec<(PackId, std::sync::Arc<std::fs::File>)>,
+    /// Packs looked at that the catalog listed as usable when they were,
+    /// and the blobs `check` had found damaged in them.
+    usable: std::collections::HashMap<PackId, std::collections::HashSet<BlobId>>,
 }
 
 impl KnownTrees {
@@ -371,6 +374,21 @@ impl CachedTrees {
         Tree::decode(&plain, "a cached tree").ok()
     }
 
+    /// True if the tree `id` was found in a cached pack that the catalog
+    /// listed as usable, without it among the pack's damaged blobs, when
+    /// the pack was first looked at: what [`Catalog::has_blob`] would have
+    /// answered then, without asking it per tree. False means unknown.
+    ///
+    /// [`Catalog::has_blob`]: crate::catalog::Catalog::has_blob
+    pub(crate) fn stored_usably(&self, id: &BlobId) -> bool {
+        let known = self.known.lock().expect("cached trees lock");
+        known
+            .trees
+            .get(id)
+            .and_then(|(pack, _)| known.usable.get(pack))
+            .is_some_and(|damaged| !damaged.contains(id))
+    }
+
     /// Where the tree `id` is in an open cached pack.
     fn find(&self, id: &BlobId) -> Option<(std::sync::Arc<std::fs::File>, BlobLocation)> {
         {
@@ -392,6 +410,22 @@ impl CachedTrees {
         if location.kind != ObjectKind::TreeBlob {
             return None;
         }
+        // Asked before taking the lock: the catalog has its own.
+        let fresh = !self
+            .known
+            .lock()
+            .expect("cached trees lock")
+            .packs
+            .contains_key(&location.pack);
+        let usable = fresh
+            .then(|| {
+                self.repo
+                    .catalog()
+                    .usable_pack(&location.pack)
+                    .ok()
+                    .flatten()
+            })
+            .flatten();
         let mut known = self.known.lock().expect("cached trees lock");
         if let std::collections::hash_map::Entry::Vacant(looked) = known.packs.entry(location.pack)
         {
@@ -404,6 +438,9 @@ impl CachedTrees {
                     }
                 }
                 known.keep_open(location.pack, std::sync::Arc::new(file));
+                if let Some(damaged) = usable {
+                    known.usable.insert(location.pack, damaged);
+                }
             }
         }
         if !known.packs[&location.pack] {
@@ -523,5 +560,35 @@ mod tests {
         assert!(fresh.load(&trees[5].0).is_none());
         // Not a tree: not answered from the cache.
         assert!(fresh.load(&BlobId([7; 32])).is_none());
+
+        // Trees read from a pack the catalog lists as usable are known to
+        // be stored, as has_blob says; the others are left to the catalog.
+        for (id, _) in &trees {
+            assert!(cached.stored_usably(id));
+            assert!(repo.catalog().has_blob(id).unwrap());
+        }
+        assert!(!cached.stored_usably(&BlobId([7; 32])));
+        // A blob check found damaged, or a pack pending deletion: not known,
+        // as has_blob would not count on them either.
+        repo.catalog()
+            .set_damaged_blobs(&pack, &[trees[3].0])
+            .unwrap();
+        let damaged = CachedTrees::new(&repo);
+        for (id, tree) in &trees {
+            if let Some(found) = damaged.load(id) {
+                assert_eq!(&found, tree);
+            }
+            // (Tree 5's cached copy is damaged, its stored one is not.)
+            assert_eq!(damaged.stored_usably(id), *id != trees[3].0, "{id}");
+            assert_eq!(repo.catalog().has_blob(id).unwrap(), *id != trees[3].0);
+        }
+        repo.catalog()
+            .set_pack_state(&pack, crate::catalog::PackState::Pending)
+            .unwrap();
+        let pending = CachedTrees::new(&repo);
+        for (id, _) in &trees {
+            pending.load(id);
+            assert!(!pending.stored_usably(id));
+        }
     }
 }

@@ -43,7 +43,7 @@ use crate::error::{Error, Result};
 use crate::hash::BlobId;
 use crate::ops::backup::join;
 use crate::progress::Progress;
-use crate::repo::Repo;
+use crate::repo::{CachedTrees, Repo};
 use crate::snapshot::Node;
 use crate::source::tree::{Excludes, Names};
 use crate::write::{Abort, BlobWriter, spawn_thread};
@@ -156,6 +156,8 @@ struct Walk {
     warnings: Arc<Mutex<Vec<String>>>,
     counts: Arc<FileCounts>,
     names: Names,
+    /// The parent snapshot's trees found in the tree-pack cache.
+    cached: Arc<CachedTrees>,
 }
 
 impl Walk {
@@ -189,6 +191,7 @@ pub(super) async fn backup_tree(
         warnings: Arc::clone(warnings),
         counts: Arc::clone(counts),
         names: Names::default(),
+        cached: Arc::new(CachedTrees::new(repo)),
     });
     let profile = repo.config().profile(FILES_PROFILE)?.clone();
     let chunker = Chunker::new(&profile, repo.config().chunker_seed);
@@ -215,7 +218,7 @@ pub(super) async fn backup_tree(
     }
     drop(job_rx);
 
-    let (loader, parent_loads) = TreeLoader::start(repo);
+    let (loader, parent_loads) = TreeLoader::start(repo, Arc::clone(&walk.cached));
     let walker = {
         let walk = Arc::clone(&walk);
         let input = input.clone();

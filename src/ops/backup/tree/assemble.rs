@@ -207,11 +207,13 @@ fn same_entries(children: &[Pending], previous: &Tree, missing: &HashSet<BlobId>
 }
 
 /// The trees of the unchanged directories among `children` that have no
-/// usable stored copy (lost with its pack, or found damaged): all looked up
+/// usable stored copy (lost with its pack, or found damaged). A tree read
+/// from a cached pack the catalog listed as usable needs no lookup (see
+/// [`crate::repo::CachedTrees::stored_usably`]); the others are looked up
 /// in one catalog read.
 fn missing_trees(walk: &Walk, children: &[Pending]) -> Result<HashSet<BlobId>> {
     let mut ids = children.iter().filter_map(|child| match child {
-        Pending::Unchanged(node, _) => node.subtree,
+        Pending::Unchanged(node, _) => node.subtree.filter(|id| !walk.cached.stored_usably(id)),
         _ => None,
     });
     let Some(first) = ids.next() else {

@@ -113,7 +113,10 @@ pub(super) struct TreeLoader {
 impl TreeLoader {
     /// A loader, and the task answering its requests, which ends once the
     /// loader is dropped. Call from within the runtime.
-    pub(super) fn start(repo: &Repo) -> (TreeLoader, tokio::task::JoinHandle<()>) {
+    pub(super) fn start(
+        repo: &Repo,
+        cached: Arc<CachedTrees>,
+    ) -> (TreeLoader, tokio::task::JoinHandle<()>) {
         // Each asker waits for its answer: the walker and the scanners.
         let (requests, mut incoming) = mpsc::channel::<Request>(4);
         let task = {
@@ -125,10 +128,7 @@ impl TreeLoader {
                 }
             })
         };
-        let loader = TreeLoader {
-            cached: Arc::new(CachedTrees::new(repo)),
-            requests,
-        };
+        let loader = TreeLoader { cached, requests };
         (loader, task)
     }
 
