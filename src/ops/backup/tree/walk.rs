@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -21,7 +21,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use minicbor::bytes::ByteVec;
-use rustix::fs::{Dir, Mode, OFlags};
+use rustix::fs::{Mode, OFlags, RawDir};
 
 use super::parent::{ParentDir, ParentTrees};
 use super::{Event, Slot, TreeInput, Walk};
@@ -40,7 +40,7 @@ use crate::write::Batch;
 pub(super) struct FileJob {
     /// The directory holding it, open, if the walk has it: the file is
     /// opened relative to it (no path lookup from `/` per file).
-    dir: Option<Arc<Dir>>,
+    dir: Option<Arc<OwnedFd>>,
     /// Its absolute path (opened by this if there is no `dir`).
     path: PathBuf,
     node: Node,
@@ -213,9 +213,8 @@ impl Scanner<'_> {
         if let Ok(scanned) = &scanned {
             budget.entries += scanned.entries.len();
         }
-        if let Ok(scanned) = &scanned
-            && let Ok(dir) = scanned.dir.fd()
-        {
+        if let Ok(scanned) = &scanned {
+            let dir = scanned.dir.as_fd();
             for (index, entry) in scanned.entries.iter().enumerate() {
                 if budget.spent() {
                     break;
@@ -260,7 +259,7 @@ fn child_path(path: &[u8], name: &[u8]) -> Vec<u8> {
 /// A directory read: kept open for `openat` of its subdirectories, and its
 /// entries, sorted bytewise, excluded ones left out.
 struct Scanned {
-    dir: Dir,
+    dir: OwnedFd,
     entries: Vec<ScanEntry>,
 }
 
@@ -276,7 +275,7 @@ struct ScanEntry {
 /// excluded entries left out), each `lstat`ed, each symlink read.
 fn scan_dir(fd: OwnedFd, path: &[u8], excludes: &Excludes) -> rustix::io::Result<Scanned> {
     let (dir, names) = read_names(fd)?;
-    let fd = dir.fd()?;
+    let fd = dir.as_fd();
     let mut full = path.to_vec();
     if full.last() != Some(&b'/') {
         full.push(b'/');
@@ -320,7 +319,7 @@ struct Frame {
     /// Open for `openat`; `None` if it could not be opened or read (it is
     /// then stored empty, with a warning). Shared with the file jobs of
     /// its entries.
-    dir: Option<Arc<Dir>>,
+    dir: Option<Arc<OwnedFd>>,
     entries: Vec<ScanEntry>,
     /// The next entry to visit.
     next: usize,
@@ -531,7 +530,7 @@ impl Walker<'_> {
     /// Sends the frame's next subdirectories to the scanners, while fewer
     /// than [`SCAN_AHEAD`] of its scans are outstanding.
     fn scan_ahead(&mut self, frame: &mut Frame) {
-        let Some(dir) = frame.dir.as_ref().and_then(|d| d.fd().ok()) else {
+        let Some(dir) = frame.dir.as_ref().map(|d| d.as_fd()) else {
             return;
         };
         frame.ahead = frame.ahead.max(frame.next);
@@ -678,8 +677,7 @@ impl Walker<'_> {
                     .dir
                     .as_ref()
                     .expect("a directory without a descriptor has no entries")
-                    .fd()
-                    .expect("a directory read has a descriptor");
+                    .as_fd();
                 let scanned =
                     open_subdir(dir, name).and_then(|fd| scan_dir(fd, &self.path, excludes));
                 (scanned, load(self.parents), Inner::new())
@@ -693,7 +691,7 @@ impl Walker<'_> {
     #[allow(clippy::too_many_arguments)]
     fn entry(
         &mut self,
-        dir: Option<Arc<Dir>>,
+        dir: Option<Arc<OwnedFd>>,
         depth: usize,
         name: &OsStr,
         stat: EntryStat,
@@ -771,20 +769,41 @@ fn open_subdir(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<OwnedFd>
     )
 }
 
+/// Bytes of directory entries read per `getdents` call. Most directories
+/// fit in one call (and one more that finds the end); rustix's `Dir` starts
+/// at 768 bytes and grows, so a directory of a few dozen notes took three,
+/// each also zeroing and reallocating its buffer.
+const DIRENT_BUF: usize = 32 << 10;
+
+thread_local! {
+    /// Each scanning thread's buffer for [`read_names`].
+    static DIRENTS: std::cell::RefCell<Vec<std::mem::MaybeUninit<u8>>> =
+        std::cell::RefCell::new(vec![std::mem::MaybeUninit::uninit(); DIRENT_BUF]);
+}
+
 /// Reads directory `fd`: its names, sorted bytewise (`.` and `..` left
-/// out), and the directory, kept open for the entries' `statat`.
-fn read_names(fd: OwnedFd) -> rustix::io::Result<(Dir, Vec<Vec<u8>>)> {
-    let mut dir = Dir::new(fd)?;
+/// out), and the directory, kept open for the entries' `statat`. A
+/// directory removed while it is read ends there (`ENOENT`), as `readdir`
+/// does.
+fn read_names(fd: OwnedFd) -> rustix::io::Result<(OwnedFd, Vec<Vec<u8>>)> {
     let mut names = Vec::new();
-    while let Some(entry) = dir.read() {
-        let entry = entry?;
-        let name = entry.file_name().to_bytes();
-        if name != b"." && name != b".." {
-            names.push(name.to_vec());
+    DIRENTS.with_borrow_mut(|buf| {
+        let mut dir = RawDir::new(&fd, buf.as_mut_slice());
+        while let Some(entry) = dir.next() {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(rustix::io::Errno::NOENT) => break,
+                Err(e) => return Err(e),
+            };
+            let name = entry.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                names.push(name.to_vec());
+            }
         }
-    }
+        Ok(())
+    })?;
     names.sort_unstable();
-    Ok((dir, names))
+    Ok((fd, names))
 }
 
 /// Reads whole files and stores their chunks.
@@ -839,7 +858,7 @@ pub(super) fn file_worker(
 fn read_file(
     walk: &Walk,
     batch: &mut Batch<'_>,
-    dir: Option<&Dir>,
+    dir: Option<&OwnedFd>,
     path: &Path,
     mut node: Node,
     chunker: &Chunker,
@@ -849,11 +868,9 @@ fn read_file(
     // refuse rather than read whatever it points to.
     let flags =
         OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::NONBLOCK | OFlags::CLOEXEC;
-    let opened = match dir.map(Dir::fd) {
-        Some(Ok(dir)) => {
-            rustix::fs::openat(dir, OsStr::from_bytes(&node.name), flags, Mode::empty())
-        }
-        _ => rustix::fs::open(path, flags, Mode::empty()),
+    let opened = match dir {
+        Some(dir) => rustix::fs::openat(dir, OsStr::from_bytes(&node.name), flags, Mode::empty()),
+        None => rustix::fs::open(path, flags, Mode::empty()),
     };
     let file = match opened
         .map(std::fs::File::from)
@@ -973,6 +990,31 @@ mod tests {
             let name = String::from_utf8(entry.name.clone()).unwrap();
             flatten(inner, &format!("{path}/{name}"), out);
         }
+    }
+
+    #[test]
+    fn names_are_read_whole_past_one_buffer_and_a_removed_directory_reads_empty() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let mut expected = Vec::new();
+        // About 150 KB of entries: several buffers' worth.
+        for i in 0..3000 {
+            let name = format!("note-{i:05}-with-a-longer-name.yaml");
+            std::fs::write(dir.path().join(&name), b"").unwrap();
+            expected.push(name.into_bytes());
+        }
+        expected.sort();
+        let open = |path: &Path| {
+            rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap()
+        };
+        let (_, names) = read_names(open(dir.path())).unwrap();
+        assert_eq!(names, expected);
+
+        let gone = dir.path().join("gone");
+        std::fs::create_dir(&gone).unwrap();
+        let fd = open(&gone);
+        std::fs::remove_dir(&gone).unwrap();
+        let (_, names) = read_names(fd).unwrap();
+        assert!(names.is_empty(), "{names:?}");
     }
 
     #[test]
