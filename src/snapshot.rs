@@ -267,14 +267,10 @@ impl Tree {
 
     /// The entry named `name`.
     pub fn get(&self, name: &[u8]) -> Option<&Node> {
-        self.position(name).map(|i| &self.entries[i])
-    }
-
-    /// The index of the entry named `name`.
-    pub fn position(&self, name: &[u8]) -> Option<usize> {
         self.entries
             .binary_search_by(|n| n.name.as_slice().cmp(name))
             .ok()
+            .map(|i| &self.entries[i])
     }
 }
 

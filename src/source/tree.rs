@@ -200,45 +200,42 @@ pub struct Names {
 impl Names {
     /// The user name of `uid`, if it resolves.
     pub fn user(&self, uid: u32) -> Option<String> {
-        self.users
-            .lock()
-            .expect("names lock")
-            .entry(uid)
-            .or_insert_with(|| crate::host::user_name(uid))
-            .clone()
+        resolved(&self.users, uid, crate::host::user_name, Option::clone)
     }
 
     /// The group name of `gid`, if it resolves.
     pub fn group(&self, gid: u32) -> Option<String> {
-        self.groups
-            .lock()
-            .expect("names lock")
-            .entry(gid)
-            .or_insert_with(|| crate::host::group_name(gid))
-            .clone()
+        resolved(&self.groups, gid, crate::host::group_name, Option::clone)
     }
 
     /// True if [`Names::user`] of `uid` is `name` (nothing copied).
     fn user_is(&self, uid: u32, name: Option<&str>) -> bool {
-        self.users
-            .lock()
-            .expect("names lock")
-            .entry(uid)
-            .or_insert_with(|| crate::host::user_name(uid))
-            .as_deref()
-            == name
+        resolved(&self.users, uid, crate::host::user_name, |n| {
+            n.as_deref() == name
+        })
     }
 
     /// True if [`Names::group`] of `gid` is `name` (nothing copied).
     fn group_is(&self, gid: u32, name: Option<&str>) -> bool {
-        self.groups
-            .lock()
-            .expect("names lock")
-            .entry(gid)
-            .or_insert_with(|| crate::host::group_name(gid))
-            .as_deref()
-            == name
+        resolved(&self.groups, gid, crate::host::group_name, |n| {
+            n.as_deref() == name
+        })
     }
+}
+
+/// `f` of the name of `id` in `names`, resolved with `lookup` the first
+/// time `id` is asked for.
+fn resolved<T>(
+    names: &Mutex<HashMap<u32, Option<String>>>,
+    id: u32,
+    lookup: fn(u32) -> Option<String>,
+    f: impl FnOnce(&Option<String>) -> T,
+) -> T {
+    f(names
+        .lock()
+        .expect("names lock")
+        .entry(id)
+        .or_insert_with(|| lookup(id)))
 }
 
 /// What larder records of an entry's `lstat`.

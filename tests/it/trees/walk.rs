@@ -479,12 +479,12 @@ fn wait_until_open(pid: u32, path: &Path, limit: Duration) -> bool {
                     .starts_with('Z')
             })
             .unwrap_or(true);
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-            return false;
-        };
         if exited {
             return false;
         }
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            return false;
+        };
         for fd in fds.flatten() {
             if std::fs::read_link(fd.path()).is_ok_and(|t| t == path) {
                 return true;

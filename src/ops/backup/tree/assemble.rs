@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use crossbeam_channel::Receiver;
 
-use super::{Event, Slot, Walk};
+use super::{Event, ParentDir, Slot, Walk};
 use crate::error::{Error, Result};
 use crate::hash::BlobId;
 use crate::seal::ObjectKind;
@@ -125,7 +125,7 @@ pub(super) fn assemble(
             } => (depth, Pending::Link(node, slot, changed)),
             Event::DirEnd {
                 depth,
-                mut node,
+                node,
                 previous,
             } => {
                 let children = if frames.len() > depth {
@@ -134,34 +134,7 @@ pub(super) fn assemble(
                     Vec::new()
                 };
                 frames.truncate(depth);
-                let missing = missing_trees(walk, &children)?;
-                // Unchanged since the parent snapshot: same tree, same id;
-                // no need to encode and hash it. (Its blob must still be
-                // usable: one lost or found damaged is stored again, see
-                // `missing_trees`.)
-                match previous {
-                    Some((id, tree)) if same_entries(&children, &tree, &missing) => {
-                        node.subtree = Some(id);
-                        (depth, Pending::Unchanged(node, tree))
-                    }
-                    previous => {
-                        let mut entries = Vec::with_capacity(children.len());
-                        let tree = previous.as_ref().map(|(_, tree)| tree.as_ref());
-                        for child in children {
-                            entries.extend(resolve(walk, child, &missing, tree)?);
-                        }
-                        match previous {
-                            Some((id, tree)) if tree.entries == entries => {
-                                node.subtree = Some(id);
-                                (depth, Pending::Unchanged(node, tree))
-                            }
-                            _ => {
-                                node.subtree = Some(store_tree(walk, Tree { entries })?);
-                                (depth, Pending::Ready(node))
-                            }
-                        }
-                    }
-                }
+                (depth, complete_dir(walk, node, children, previous)?)
             }
         };
         if depth > 0 {
@@ -183,6 +156,41 @@ pub(super) fn assemble(
         return Err(Error::Cancelled);
     }
     Ok(out)
+}
+
+/// The entry a completed directory gives its parent: `node` naming its
+/// tree, built from `children` unless they are its tree in the parent
+/// snapshot, `previous`. Unchanged since then: same tree, same id, no need
+/// to encode and hash it. (Its blob must still be usable: one lost or found
+/// damaged is stored again, see `missing_trees`.)
+fn complete_dir(
+    walk: &Walk,
+    mut node: Node,
+    children: Vec<Pending>,
+    previous: Option<ParentDir>,
+) -> Result<Pending> {
+    let missing = missing_trees(walk, &children)?;
+    if let Some((id, tree)) = &previous
+        && same_entries(&children, tree, &missing)
+    {
+        node.subtree = Some(*id);
+        return Ok(Pending::Unchanged(node, Arc::clone(tree)));
+    }
+    let mut entries = Vec::with_capacity(children.len());
+    let tree = previous.as_ref().map(|(_, tree)| tree.as_ref());
+    for child in children {
+        entries.extend(resolve(walk, child, &missing, tree)?);
+    }
+    Ok(match previous {
+        Some((id, tree)) if tree.entries == entries => {
+            node.subtree = Some(id);
+            Pending::Unchanged(node, tree)
+        }
+        _ => {
+            node.subtree = Some(store_tree(walk, Tree { entries })?);
+            Pending::Ready(node)
+        }
+    })
 }
 
 /// True if `children`, resolved, would be exactly the entries of

@@ -212,8 +212,6 @@ impl Scanner<'_> {
         budget.dirs += 1;
         if let Ok(scanned) = &scanned {
             budget.entries += scanned.entries.len();
-        }
-        if let Ok(scanned) = &scanned {
             let dir = scanned.dir.as_fd();
             for (index, entry) in scanned.entries.iter().enumerate() {
                 if budget.spent() {
@@ -337,6 +335,22 @@ struct Frame {
     previous_next: usize,
     /// The length of the path buffer without this directory's name.
     path_len: usize,
+}
+
+impl Frame {
+    /// The index of the entry named `name` in the directory's previous
+    /// tree. Names are asked for in ascending order, so the lookup walks
+    /// the previous tree alongside the scan rather than searching it.
+    fn previous_position(&mut self, name: &[u8]) -> Option<usize> {
+        let (_, tree) = self.previous.as_ref()?;
+        let rest = &tree.entries[self.previous_next..];
+        let skip = rest
+            .iter()
+            .position(|e| e.name.as_slice() >= name)
+            .unwrap_or(rest.len());
+        self.previous_next += skip;
+        (rest.get(skip)?.name.as_slice() == name).then_some(self.previous_next)
+    }
 }
 
 /// The state of one backup path's walk.
@@ -600,16 +614,7 @@ impl Walker<'_> {
             ));
             return Visit::Skip;
         };
-        let position = frame.previous.as_ref().and_then(|(_, tree)| {
-            let name = name.as_bytes();
-            let entries = &tree.entries[frame.previous_next..];
-            let skip = entries
-                .iter()
-                .position(|e| e.name.as_slice() >= name)
-                .unwrap_or(entries.len());
-            frame.previous_next += skip;
-            (entries.get(skip)?.name.as_slice() == name).then_some(frame.previous_next)
-        });
+        let position = frame.previous_position(name.as_bytes());
         let previous = frame
             .previous
             .as_ref()
@@ -978,6 +983,10 @@ fn read_file(
 mod tests {
     use super::*;
 
+    fn open_dir(path: &Path) -> OwnedFd {
+        rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap()
+    }
+
     /// Every directory of a bundle, depth first: (path, entries).
     fn flatten(ahead: &Ahead, path: &str, out: &mut Vec<(String, usize)>) {
         let scanned = ahead.scanned.as_ref().expect("scanned");
@@ -1003,15 +1012,12 @@ mod tests {
             expected.push(name.into_bytes());
         }
         expected.sort();
-        let open = |path: &Path| {
-            rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap()
-        };
-        let (_, names) = read_names(open(dir.path())).unwrap();
+        let (_, names) = read_names(open_dir(dir.path())).unwrap();
         assert_eq!(names, expected);
 
         let gone = dir.path().join("gone");
         std::fs::create_dir(&gone).unwrap();
-        let fd = open(&gone);
+        let fd = open_dir(&gone);
         std::fs::remove_dir(&gone).unwrap();
         let (_, names) = read_names(fd).unwrap();
         assert!(names.is_empty(), "{names:?}");
@@ -1048,14 +1054,8 @@ mod tests {
             load: &load,
         };
         let root = dir.path().as_os_str().as_bytes().to_vec();
-        let fd = rustix::fs::open(
-            dir.path(),
-            OFlags::RDONLY | OFlags::DIRECTORY,
-            Mode::empty(),
-        )
-        .unwrap();
         let mut budget = Budget::default();
-        let ahead = scanner.scan(fd, root, None, &mut budget);
+        let ahead = scanner.scan(open_dir(dir.path()), root, None, &mut budget);
         let mut got = Vec::new();
         flatten(&ahead, "", &mut got);
         // The walk's own order: depth first, names sorted.
@@ -1079,15 +1079,9 @@ mod tests {
                 std::fs::write(sub.join(format!("f{f}")), b"").unwrap();
             }
         }
-        let fd = rustix::fs::open(
-            wide.path(),
-            OFlags::RDONLY | OFlags::DIRECTORY,
-            Mode::empty(),
-        )
-        .unwrap();
         let mut budget = Budget::default();
         let root = wide.path().as_os_str().as_bytes().to_vec();
-        let ahead = scanner.scan(fd, root, None, &mut budget);
+        let ahead = scanner.scan(open_dir(wide.path()), root, None, &mut budget);
         let mut got = Vec::new();
         flatten(&ahead, "", &mut got);
         let paths: Vec<&str> = got.iter().map(|(p, _)| p.as_str()).collect();
