@@ -248,7 +248,7 @@ pub async fn read_file(
     let recipe = Recipe::decode(&bytes).map_err(|e| Error::corrupt(&object, e))?;
     drop(bytes);
     Rebuilder::check(&recipe, content.len()).map_err(|e| Error::corrupt(&object, e))?;
-    // The rebuild runs on a thread of its own (its state is not `Send`); it
+    // The rebuild runs on a thread of its own, off the async runtime; it
     // takes the content a piece at a time and hands rebuilt bytes back,
     // which reach the sink here, in order.
     let (piece_tx, piece_rx) = crossbeam_channel::bounded::<Vec<u8>>(2);

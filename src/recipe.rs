@@ -281,6 +281,15 @@ pub fn unpack_gzip(
     emit: &mut dyn FnMut(Bytes) -> bool,
     tee: &mut dyn FnMut(&[u8]),
 ) -> io::Result<Unpacked> {
+    unpack_gzip_with(input, emit, tee, Replays::default())
+}
+
+fn unpack_gzip_with(
+    input: &mut dyn Read,
+    emit: &mut dyn FnMut(Bytes) -> bool,
+    tee: &mut dyn FnMut(&[u8]),
+    replays: Replays,
+) -> io::Result<Unpacked> {
     let mut u = Unpacker {
         input,
         emit,
@@ -291,6 +300,7 @@ pub fn unpack_gzip(
         read: 0,
         ops: Vec::new(),
         corrections: 0,
+        replays,
     };
     let integrity = u.run()?;
     let passed_through = copied(&u.ops);
@@ -350,6 +360,7 @@ struct Unpacker<'a> {
     ops: Vec<Op>,
     /// Correction bytes gathered so far (for one recipe, across streams).
     corrections: u64,
+    replays: Replays,
 }
 
 /// The checksum a compressed stream's trailer holds.
@@ -386,6 +397,196 @@ impl Summing {
             Summing::Crc32(h) => h.finalize(),
             Summing::Adler32(h) => h.checksum(),
         }
+    }
+}
+
+/// Most contents a segment may have to be replayed beside the analysis of
+/// the next one. A segment replayed beside is copied and held until its
+/// replay is done, so two segments' worth is alive at once; a larger one
+/// (highly compressible input: pgbench's blank padding gzips 35 to 1) is
+/// replayed in place, before the analysis goes on, as it always was.
+const REPLAY_BESIDE: usize = 16 << 20;
+
+/// Where and how segments are replayed.
+#[derive(Clone, Copy)]
+struct Replays {
+    /// Most contents of a segment replayed beside the analysis.
+    beside: usize,
+    /// A content byte whose segment's replay fails, as if its corrections
+    /// did not reproduce it.
+    #[cfg(test)]
+    fail_at: Option<u64>,
+}
+
+impl Default for Replays {
+    fn default() -> Replays {
+        Replays {
+            beside: REPLAY_BESIDE,
+            #[cfg(test)]
+            fail_at: None,
+        }
+    }
+}
+
+/// Replays a stream's analysed segments in order, as a rebuild will,
+/// proving each segment's corrections before its contents are used.
+struct Replay {
+    processor: RecreateStreamProcessor,
+    #[cfg(test)]
+    fail_at: Option<u64>,
+}
+
+impl Replay {
+    fn new(_replays: Replays) -> Replay {
+        Replay {
+            processor: RecreateStreamProcessor::new(),
+            #[cfg(test)]
+            fail_at: _replays.fail_at,
+        }
+    }
+
+    /// Whether `text`, the contents from byte `start` on, with its
+    /// `corrections` compresses again to exactly `compressed`. After a
+    /// failure the replay is no longer usable.
+    fn check(
+        &mut self,
+        start: u64,
+        text: &[u8],
+        corrections: &[u8],
+        compressed: &[u8],
+    ) -> Result<(), String> {
+        #[cfg(test)]
+        if self
+            .fail_at
+            .is_some_and(|at| (start..start + text.len() as u64).contains(&at))
+        {
+            return Err("a replay failure injected by a test".into());
+        }
+        #[cfg(not(test))]
+        let _ = start;
+        let processor = &mut self.processor;
+        let outcome = contained(|| processor.recompress(&mut io::Cursor::new(text), corrections));
+        match outcome {
+            Ok(Ok((again, _))) if again == compressed => Ok(()),
+            Ok(Ok(_)) => Err("its corrections do not reproduce the compressed bytes".into()),
+            Ok(Err(e)) => Err(format!(
+                "{:?}: {}",
+                e.exit_code(),
+                e.message().lines().next().unwrap_or_default()
+            )),
+            Err(_) => Err("its replay failed".into()),
+        }
+    }
+}
+
+/// An analysed segment on its way through a replay on another thread.
+struct Segment {
+    /// Where its contents start within the stream's contents.
+    start: u64,
+    text: Vec<u8>,
+    corrections: Vec<u8>,
+    /// The input it was analysed from, which its replay must reproduce.
+    compressed: Vec<u8>,
+}
+
+/// A segment back from its replay, with the replay and what it found.
+type Replayed = (Replay, Segment, Result<(), String>);
+
+/// The thread replaying segments beside the analysis, one at a time. The
+/// replay's state travels with each segment, so that the next may as well
+/// be replayed in place.
+struct Beside<'scope> {
+    segments: std::sync::mpsc::SyncSender<(Replay, Segment)>,
+    replayed: std::sync::mpsc::Receiver<Replayed>,
+    _thread: std::thread::ScopedJoinHandle<'scope, ()>,
+}
+
+impl<'scope> Beside<'scope> {
+    fn spawn(scope: &'scope std::thread::Scope<'scope, '_>) -> Option<Beside<'scope>> {
+        let (segments, queue) = std::sync::mpsc::sync_channel::<(Replay, Segment)>(1);
+        let (done, replayed) = std::sync::mpsc::sync_channel::<Replayed>(1);
+        let thread = std::thread::Builder::new()
+            .name("larder-replay".into())
+            .spawn_scoped(scope, move || {
+                for (mut replay, segment) in queue {
+                    let found = replay.check(
+                        segment.start,
+                        &segment.text,
+                        &segment.corrections,
+                        &segment.compressed,
+                    );
+                    if done.send((replay, segment, found)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .ok()?;
+        Some(Beside {
+            segments,
+            replayed,
+            _thread: thread,
+        })
+    }
+}
+
+/// One attempt at a DEFLATE stream: what its segments' replays change.
+struct Once<'a, 'scope> {
+    what: &'a str,
+    /// Contents handed on so far, by this attempt or an earlier one.
+    emitted: &'a mut u64,
+    /// The member's input from its first compressed byte, while it is kept.
+    retained: &'a mut Option<Vec<u8>>,
+    /// Input of this attempt's settled segments.
+    consumed: usize,
+    /// The replay, unless it is away with a segment.
+    replay: Option<Replay>,
+    /// The thread replaying beside the analysis, once there is one (`None`
+    /// inside when it could not be started).
+    beside: Option<Option<Beside<'scope>>>,
+}
+
+impl<'scope> Once<'_, 'scope> {
+    /// Sends `segment` to be replayed beside the analysis; gives it back
+    /// when no thread can be had.
+    fn send(
+        &mut self,
+        segment: Segment,
+        scope: &'scope std::thread::Scope<'scope, '_>,
+    ) -> Result<(), Segment> {
+        let Some(beside) = self.beside.get_or_insert_with(|| Beside::spawn(scope)) else {
+            return Err(segment);
+        };
+        let replay = self.replay.take().expect("one segment away at a time");
+        beside
+            .segments
+            .send((replay, segment))
+            .expect("the replay thread takes segments until its queue closes");
+        Ok(())
+    }
+
+    /// The attempt lost, for `why`, after what its settled segments consumed.
+    fn lost(&self, why: String) -> Attempt {
+        Attempt::Lost {
+            consumed: self.consumed,
+            why: Integrity::Unknown(why),
+        }
+    }
+
+    /// The segment away being replayed, and what its replay found, once it
+    /// is done; `None` when none is away.
+    fn collect(&mut self) -> Option<(Segment, Result<(), String>)> {
+        if self.replay.is_some() {
+            return None;
+        }
+        let Some(Some(beside)) = &self.beside else {
+            unreachable!("a segment is away only with a thread to replay it");
+        };
+        let (replay, segment, found) = beside
+            .replayed
+            .recv()
+            .expect("the replay thread answers every segment it takes");
+        self.replay = Some(replay);
+        Some((segment, found))
     }
 }
 
@@ -561,6 +762,14 @@ impl Unpacker<'_> {
 
     /// One attempt at unpacking a DEFLATE stream from the member's start
     /// (or, when the input was not retained, from where `buf` stands).
+    ///
+    /// Each segment's analysis is replayed (see [`Replay`]) before its
+    /// contents are used: up to [`REPLAY_BESIDE`] on a thread of its own
+    /// while the next segment is analysed, which puts the two halves of the
+    /// work on two cores. A segment counts, and its contents are handed on,
+    /// only once its replay has reproduced its compressed bytes; where a
+    /// replay fails, the attempt is lost at that segment's first byte, as
+    /// where the analysis fails.
     fn deflate_once(
         &mut self,
         what: &str,
@@ -570,21 +779,49 @@ impl Unpacker<'_> {
         emitted: &mut u64,
         retained: &mut Option<Vec<u8>>,
     ) -> io::Result<Attempt> {
+        std::thread::scope(|scope| {
+            let mut once = Once {
+                what,
+                emitted,
+                retained,
+                consumed: 0,
+                replay: Some(Replay::new(self.replays)),
+                beside: None,
+            };
+            // Dropping `once` on the way out closes the replay thread's
+            // queue; the scope waits for the thread.
+            self.analyse(&mut once, scope, sum, step, limit)
+        })
+    }
+
+    /// The analysis side of [`Unpacker::deflate_once`].
+    fn analyse<'scope>(
+        &mut self,
+        once: &mut Once<'_, 'scope>,
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        sum: Sum,
+        step: usize,
+        limit: u64,
+    ) -> io::Result<Attempt> {
+        let what = once.what;
         let config = PreflateConfig {
             max_chain_length: 4096,
             plain_text_limit: limit as usize,
-            // Each segment's corrections are replayed and compared with the
-            // input before its contents are used.
-            verify_compression: true,
+            // Each segment is replayed, and compared with the input, by a
+            // `Replay` of larder's before its contents are used.
+            verify_compression: false,
         };
         let mut processor = PreflateStreamProcessor::new(&config);
         let mut crc = Summing::new(sum);
         let mut len = 0u64;
-        let mut consumed = 0usize;
         let mut want = step.max(FIRST_STEP);
         loop {
             self.fill(want)?;
             let outcome = contained(|| processor.decompress(&self.buf));
+            // The segment before this one has been replaying meanwhile.
+            if let Err(why) = self.settle(once)? {
+                return Ok(once.lost(why));
+            }
             let result = match outcome {
                 Ok(Ok(result)) => Some(result),
                 // Not one whole block in the buffer: the parser has rewound,
@@ -596,17 +833,11 @@ impl Unpacker<'_> {
                         e.exit_code(),
                         e.message().lines().next().unwrap_or_default()
                     );
-                    return Ok(Attempt::Lost {
-                        consumed,
-                        why: Integrity::Unknown(why),
-                    });
+                    return Ok(once.lost(why));
                 }
                 Err(_) => {
                     let why = format!("{what} could not be unpacked at content byte {len}");
-                    return Ok(Attempt::Lost {
-                        consumed,
-                        why: Integrity::Unknown(why),
-                    });
+                    return Ok(once.lost(why));
                 }
             };
             let text = processor.plain_text().text();
@@ -620,12 +851,8 @@ impl Unpacker<'_> {
                         ))));
                     }
                     if self.buf.len() >= MAX_PENDING {
-                        return Ok(Attempt::Lost {
-                            consumed,
-                            why: Integrity::Unknown(format!(
-                                "{what} has a block longer than {MAX_PENDING} bytes"
-                            )),
-                        });
+                        let why = format!("{what} has a block longer than {MAX_PENDING} bytes");
+                        return Ok(once.lost(why));
                     }
                     want = self.buf.len() + step;
                     continue;
@@ -633,39 +860,49 @@ impl Unpacker<'_> {
             };
             if self.corrections + result.corrections.len() as u64 > CORRECTIONS_BUDGET {
                 return Ok(Attempt::Final(Integrity::Unknown(format!(
-                    "{what}: the recipe would outgrow {CORRECTIONS_BUDGET} bytes of corrections; \
-                     the rest is stored as it came"
+                    "{what}: the recipe would outgrow {CORRECTIONS_BUDGET} bytes of \
+                     corrections; the rest is stored as it came"
                 ))));
             }
             self.corrections += result.corrections.len() as u64;
             crc.update(text);
             let start = len;
             len += text.len() as u64;
-            self.ops.push(Op::Deflate(
-                text.len() as u64,
-                ByteVec::from(result.corrections),
-            ));
-            // Only contents not handed on by an earlier attempt, in pieces,
-            // so the queue to the chunker holds little.
-            let fresh = &text[(emitted.saturating_sub(start) as usize).min(text.len())..];
-            *emitted = (*emitted).max(len);
-            hand_on(self.emit, fresh)?;
-            consumed += result.compressed_size;
-            let used = self.buf.drain(..result.compressed_size);
-            match retained {
-                Some(input) if input.len() + result.compressed_size <= MAX_RETAINED => {
-                    input.extend(used)
+            let done = processor.is_done();
+            let last = done || len >= MAX_UNPACKED;
+            let mut corrections = Some(result.corrections);
+            let mut here = last || text.len() > self.replays.beside;
+            if !here {
+                let away = Segment {
+                    start,
+                    text: text.to_vec(),
+                    corrections: corrections.take().expect("not sent yet"),
+                    compressed: self.buf.drain(..result.compressed_size).collect(),
+                };
+                if let Err(back) = once.send(away, scope) {
+                    self.put_back(back.compressed);
+                    corrections = Some(back.corrections);
+                    here = true;
                 }
-                _ => {
-                    drop(used);
-                    *retained = None;
+            }
+            // A segment not sent away is replayed here and now.
+            if here {
+                let corrections = corrections.expect("not sent away");
+                let replay = once.replay.as_mut().expect("nothing is away");
+                let compressed = &self.buf[..result.compressed_size];
+                if let Err(detail) = replay.check(start, text, &corrections, compressed) {
+                    let why =
+                        format!("{what} could not be unpacked at content byte {start}: {detail}");
+                    return Ok(once.lost(why));
                 }
+                let compressed: Vec<u8> = self.buf.drain(..result.compressed_size).collect();
+                self.record(once, start, text, corrections, compressed)?;
             }
             processor.shrink_to_dictionary();
-            if processor.is_done() {
+            if done {
                 return Ok(Attempt::Done((crc.finish(), len)));
             }
-            if len >= MAX_UNPACKED {
+            if last {
                 return Ok(Attempt::Final(Integrity::Unknown(format!(
                     "{what} unpacks to more than {MAX_UNPACKED} bytes; the rest is \
                      stored as it came"
@@ -673,6 +910,63 @@ impl Unpacker<'_> {
             }
             want = step;
         }
+    }
+
+    /// Waits for the segment away being replayed, if any, and records it
+    /// when its replay reproduced its compressed bytes. Otherwise its
+    /// compressed bytes go back in front of `buf`, and why is returned.
+    fn settle(&mut self, once: &mut Once<'_, '_>) -> io::Result<Result<(), String>> {
+        let Some((segment, found)) = once.collect() else {
+            return Ok(Ok(()));
+        };
+        let Segment {
+            start,
+            text,
+            corrections,
+            compressed,
+        } = segment;
+        if let Err(detail) = found {
+            self.put_back(compressed);
+            return Ok(Err(format!(
+                "{} could not be unpacked at content byte {start}: {detail}",
+                once.what
+            )));
+        }
+        self.record(once, start, &text, corrections, compressed)?;
+        Ok(Ok(()))
+    }
+
+    /// Records a segment whose replay reproduced its `compressed` bytes:
+    /// its operation, its contents handed on, its input consumed.
+    fn record(
+        &mut self,
+        once: &mut Once<'_, '_>,
+        start: u64,
+        text: &[u8],
+        corrections: Vec<u8>,
+        compressed: Vec<u8>,
+    ) -> io::Result<()> {
+        self.ops
+            .push(Op::Deflate(text.len() as u64, ByteVec::from(corrections)));
+        // Only contents not handed on by an earlier attempt.
+        let fresh = &text[(once.emitted.saturating_sub(start) as usize).min(text.len())..];
+        *once.emitted = (*once.emitted).max(start + text.len() as u64);
+        hand_on(self.emit, fresh)?;
+        once.consumed += compressed.len();
+        match once.retained.as_mut() {
+            Some(input) if input.len() + compressed.len() <= MAX_RETAINED => {
+                input.extend_from_slice(&compressed)
+            }
+            _ => *once.retained = None,
+        }
+        Ok(())
+    }
+
+    /// Puts `compressed`, input taken from the front of `buf` and not
+    /// consumed after all, back where it was.
+    fn put_back(&mut self, mut compressed: Vec<u8>) {
+        compressed.append(&mut self.buf);
+        self.buf = compressed;
     }
 
     /// Reads until `buf` holds `want` bytes or the input ends.
@@ -1208,14 +1502,19 @@ mod tests {
     }
 
     fn unpack(input: &[u8]) -> (Unpacked, Vec<u8>) {
+        unpack_replaying(input, Replays::default())
+    }
+
+    fn unpack_replaying(input: &[u8], replays: Replays) -> (Unpacked, Vec<u8>) {
         let mut content = Vec::new();
-        let unpacked = unpack_gzip(
+        let unpacked = unpack_gzip_with(
             &mut io::Cursor::new(input),
             &mut |piece| {
                 content.extend_from_slice(&piece);
                 true
             },
             &mut |_| {},
+            replays,
         )
         .unwrap();
         (unpacked, content)
@@ -1272,6 +1571,73 @@ mod tests {
                     "level {level}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn replays_beside_the_analysis_give_the_recipe_of_replays_in_place() {
+        // About 9.5 MB of contents: 4 or more segments.
+        let data = sql(500_000, 11);
+        for level in [1, 6] {
+            let gz = gzip(&data, level);
+            let (beside, content) = unpack(&gz);
+            let in_place = Replays {
+                beside: 0,
+                ..Replays::default()
+            };
+            let (here, here_content) = unpack_replaying(&gz, in_place);
+            assert_eq!(beside.integrity, Integrity::Whole { members: 1 });
+            let segments = beside
+                .recipe
+                .ops
+                .iter()
+                .filter(|op| matches!(op, Op::Deflate(..)))
+                .count();
+            assert!(segments > 3, "level {level}: {segments} segments");
+            assert_eq!(content, data, "level {level}");
+            assert_eq!(here_content, data, "level {level}");
+            assert_eq!(
+                beside.recipe.encode(),
+                here.recipe.encode(),
+                "level {level}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_segment_whose_replay_fails_is_stored_as_it_came_from_there() {
+        let data = sql(200_000, 5);
+        let gz = gzip(&data, 6);
+        let len = data.len() as u64;
+        // In the first segment, in one replayed beside the analysis, in the
+        // last (replayed in place), and at the last content byte.
+        for fail_at in [0, len / 2, len - 1000, len - 1] {
+            let replays = Replays {
+                fail_at: Some(fail_at),
+                ..Replays::default()
+            };
+            let (unpacked, content) = unpack_replaying(&gz, replays);
+            let why = match &unpacked.integrity {
+                Integrity::Unknown(why) => why,
+                other => panic!("failing at {fail_at}: {other:?}"),
+            };
+            assert!(
+                why.contains("could not be unpacked at content byte"),
+                "{why}"
+            );
+            assert!(why.contains("injected"), "{why}");
+            assert!(unpacked.passed_through > 0, "failing at {fail_at}");
+            // The contents are the data up to a segment boundary before the
+            // failure, then the compressed bytes from where that segment began.
+            let unpacked_len = content.len() - unpacked.passed_through as usize;
+            assert!(unpacked_len as u64 <= fail_at, "failing at {fail_at}");
+            assert_eq!(content[..unpacked_len], data[..unpacked_len]);
+            assert_eq!(
+                content[unpacked_len..],
+                gz[gz.len() - unpacked.passed_through as usize..],
+                "failing at {fail_at}"
+            );
+            assert_eq!(rebuild(&unpacked.recipe, &content, 4096).unwrap(), gz);
         }
     }
 

@@ -204,6 +204,7 @@ impl Walk<'_> {
             read: 0,
             ops: Vec::new(),
             corrections: self.corrections,
+            replays: super::Replays::default(),
         };
         let integrity = if inner.corrections < super::CORRECTIONS_BUDGET {
             inner.zlib(what)?

@@ -29,7 +29,7 @@ pub enum MatchResult {
 /// Factory function to create a new HashChainHolder based on the parameters and returns
 /// a boxed trait object. The reason for this is that this lets the compiler inline hash
 /// implementation.
-pub fn new_hash_chain_holder(params: &TokenPredictorParameters) -> Box<dyn HashChainHolder> {
+pub fn new_hash_chain_holder(params: &TokenPredictorParameters) -> Box<dyn HashChainHolder + Send> {
     match params.hash_algorithm {
         HashAlgorithm::None => Box::<()>::default(),
 

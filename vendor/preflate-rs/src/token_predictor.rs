@@ -29,7 +29,7 @@ use crate::{
 const VERIFY: bool = false;
 
 pub struct TokenPredictor {
-    state: Box<dyn HashChainHolder>,
+    state: Box<dyn HashChainHolder + Send>,
     params: TokenPredictorParameters,
     pending_reference: Option<DeflateTokenReference>,
     max_token_count: u32,
